@@ -1,0 +1,14 @@
+"""Human feedback: an annotation web app, a durable store, preference export and LangSmith sync.
+
+Modules, each usable on its own:
+
+* :mod:`feedback.store` - the database (SQLite by default, PostgreSQL by URL) and its Python API;
+  the only module that touches the database.
+* :mod:`feedback.app` - the web app (REST API + annotation and admin pages); calls only the store.
+* :mod:`feedback.export` - pairs / KTO / SFT datasets from the stored answers (pure formatters + writers).
+* :mod:`feedback.agreement` - Krippendorff's alpha per question (pure functions).
+* :mod:`feedback.importer` - prompts and candidates from JSONL files and LangSmith runs.
+* :mod:`feedback.generate` - candidates sampled from a model (base or adapter) via :mod:`rlhf.models`.
+* :mod:`feedback.langsmith_sync` - every answer recorded as LangSmith feedback, retried from the store.
+* :mod:`feedback.cli` - ``rlhf feedback <command>``.
+"""

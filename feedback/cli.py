@@ -1,0 +1,305 @@
+"""`rlhf feedback`: run the annotation app and move data in and out of the feedback store.
+
+    rlhf feedback migrate    --db URL                      create or upgrade the schema
+    rlhf feedback annotators add alice --role admin --db URL   prints alice's API token (once)
+    rlhf feedback import     --db URL --file items.jsonl   (or --langsmith-project NAME)
+    rlhf feedback generate   --db URL --model M [--adapter A] --prompts prompts.jsonl --num-candidates 4
+    rlhf feedback serve      --db URL [--host 127.0.0.1] [--port 8000]
+    rlhf feedback progress | agreement | settings | sync   --db URL
+    rlhf feedback export     --db URL --format pairs|kto|sft --out DIR [--aggregation majority|all]
+
+``--db`` takes a SQLAlchemy URL (``sqlite:///feedback.db``, ``postgresql://user@host/db``) or a
+file path (SQLite); it defaults to ``$RLHF_FEEDBACK_DB`` or ``feedback.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from feedback import agreement, export, importer, langsmith_sync
+from feedback.store import MODES, Store, StoreError, migrate, redact
+
+logger = logging.getLogger(__name__)
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if getattr(args, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\n")
+    if getattr(args, "password", False):
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise StoreError("the two passwords differ")
+        return first
+    return None
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands (each takes the parsed arguments)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    revision = migrate(args.db)
+    print(f"{redact(args.db)}: schema at revision {revision}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from feedback.app import create_app
+
+    store = Store.create(args.db)
+    if not any(a.is_admin for a in store.annotators()):
+        logger.warning("no admin yet: rlhf feedback annotators add NAME --role admin --db %s", redact(args.db))
+    client = None if args.no_sync else langsmith_sync.client_from_env()
+    sync = langsmith_sync.LangSmithSync(store, client) if client is not None else None
+    app = create_app(store, max_body_bytes=args.max_body_bytes, on_answer=sync.notify if sync else None)
+    if sync:
+        sync.start()
+        logger.info("LangSmith sync on (%s)", os.environ.get("LANGSMITH_ENDPOINT", "default endpoint"))
+    print(f"feedback app on http://{args.host}:{args.port}/ (admin: /admin) - database {redact(args.db)}", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    finally:
+        if sync:
+            sync.stop()
+        store.close()
+
+
+def cmd_annotators(args: argparse.Namespace) -> None:
+    store = Store(args.db)
+    if args.action == "list":
+        for a in store.annotators():
+            print(f"{a.name}\t{a.role}\t{'active' if a.active else 'inactive'}")
+        return
+    if args.action == "add":
+        token = store.add_annotator(args.name, args.role, password=_password(args))
+        print(f"added {args.role} {args.name!r}; API token (shown once):\n{token}")
+    elif args.action == "token":
+        print(store.new_token(args.name))
+    elif args.action == "password":
+        password = _password(args)
+        if not password:
+            raise StoreError("give --password (prompt) or --password-stdin")
+        store.set_password(args.name, password)
+        print(f"password of {args.name!r} set")
+    elif args.action in ("deactivate", "activate"):
+        store.set_active(args.name, args.action == "activate")
+        print(f"{args.name!r} {args.action}d")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    store = Store(args.db)
+    if args.file:
+        report = importer.import_file(store, args.file)
+        unreadable = 0
+    else:
+        from langsmith import Client
+
+        report, unreadable = importer.import_langsmith(
+            store,
+            Client(),
+            args.langsmith_project,
+            limit=args.limit,
+            run_type=args.run_type or None,
+            input_key=args.input_key,
+            output_key=args.output_key,
+        )
+    print(
+        f"prompts: {report.prompts_added} added, {report.prompts_existing} already there; "
+        f"candidates: {report.candidates_added} added, {report.candidates_existing} already there"
+        + (f"; {unreadable} run(s) without a readable prompt and output skipped" if unreadable else "")
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from feedback.generate import GenerationSettings, generate
+
+    settings = GenerationSettings(
+        num_candidates=args.num_candidates,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    report = generate(
+        Store(args.db),
+        args.model,
+        adapter=args.adapter,
+        prompts_path=args.prompts,
+        settings=settings,
+        batch_size=args.batch_size,
+        quantization=args.quantization,
+    )
+    print(
+        f"{report.prompts} prompts, {report.sampled} samples: {report.stored} stored, "
+        f"{report.duplicates} duplicates and {report.empty} empty ones dropped"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    report = export.export(
+        Store(args.db),
+        args.format,
+        args.out,
+        aggregation=args.aggregation,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        writers=args.writers,
+        push_to_hub=args.push_to_hub,
+    )
+    rows = ", ".join(f"{name} {count}" for name, count in report.rows.items())
+    print(f"{args.format} ({args.aggregation}) from {report.answers} answers on {report.items} items: {rows} rows")
+    for path in report.files:
+        print(f"  {path}")
+    if report.pushed_to:
+        print(f"  pushed to the hub: {report.pushed_to}")
+
+
+def cmd_progress(args: argparse.Namespace) -> None:
+    progress = Store(args.db).progress()
+    if args.json:
+        _print_json(progress)
+        return
+    print(
+        f"{progress['items']} items: {progress['complete']} complete ({progress['overlap']} annotator(s) each), "
+        f"{progress['in_progress']} in progress, {progress['untouched']} untouched; {progress['answers']} answers"
+    )
+    for a in progress["annotators"]:
+        print(f"  {a['name']:<20} {a['role']:<10} {a['answers']:>6} answers {a['skipped']:>5} skipped")
+
+
+def cmd_agreement(args: argparse.Namespace) -> None:
+    rows = agreement.agreement(Store(args.db).records())
+    if args.json:
+        _print_json([asdict(r) for r in rows])
+    else:
+        print(agreement.format_table(rows))
+
+
+def cmd_settings(args: argparse.Namespace) -> None:
+    store = Store(args.db)
+    guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else None
+    settings = store.update_settings(
+        overlap=args.overlap, mode=args.mode, lease_minutes=args.lease_minutes, guidelines=guidelines
+    )
+    _print_json(asdict(settings))
+
+
+def cmd_sync(args: argparse.Namespace) -> None:
+    client = langsmith_sync.client_from_env()
+    if client is None:
+        raise StoreError("LangSmith is not configured: set LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT)")
+    store = Store(args.db)
+    result = langsmith_sync.LangSmithSync(store, client).run_once()
+    print(f"sent {result.sent}, failed {result.failed}; now {store.sync_status()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    default_db = os.environ.get("RLHF_FEEDBACK_DB", "feedback.db")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--db", default=default_db, help="database URL or SQLite file (default: %(default)s)")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("migrate", cmd_migrate, "create or upgrade the database schema")
+
+    serve = command("serve", cmd_serve, "start the web app (REST API, annotation page /, admin page /admin)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    serve.add_argument("--no-sync", action="store_true", help="do not send answers to LangSmith even if configured")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+
+    people = command("annotators", cmd_annotators, "add and list annotators, issue tokens, set passwords")
+    people.add_argument("action", choices=["add", "list", "token", "password", "deactivate", "activate"])
+    people.add_argument("name", nargs="?", help="the annotator's name (all actions but list)")
+    people.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    people.add_argument("--password", action="store_true", help="set a password (asked twice)")
+    people.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    imp = command("import", cmd_import, "import items from a JSONL file or LangSmith runs")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="JSONL/JSON/CSV/Parquet rows: {prompt, id?, candidates?}")
+    source.add_argument("--langsmith-project", help="import the runs of this LangSmith project (list_runs)")
+    imp.add_argument("--limit", type=int, help="at most this many runs")
+    imp.add_argument("--run-type", default="llm", help="run type to import ('' for all; default: %(default)s)")
+    imp.add_argument("--input-key", help="the inputs key that holds the prompt (default: guessed)")
+    imp.add_argument("--output-key", help="the outputs key that holds the response (default: guessed)")
+
+    gen = command("generate", cmd_generate, "sample K candidates per prompt from a model (or adapter) and store them")
+    gen.add_argument("--model", required=True, help="base model: hub id, folder, or builtin:tiny")
+    gen.add_argument("--adapter", help="a PEFT adapter folder (e.g. an SFT run) to put on the base")
+    gen.add_argument("--prompts", help="prompts file (rows with a 'prompt' column); default: every stored prompt")
+    gen.add_argument("--num-candidates", type=int, default=4)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    gen.add_argument("--quantization", choices=["none", "4bit", "8bit"], default="none")
+
+    exp = command("export", cmd_export, "write pairs / KTO / SFT datasets from the answers")
+    exp.add_argument("--format", choices=export.FORMATS, required=True)
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--aggregation", choices=export.AGGREGATIONS, default="majority")
+    exp.add_argument("--test-fraction", type=float, default=0.1, help="share of prompts in the test split")
+    exp.add_argument("--seed", type=int, default=0, help="changes which prompts go to the test split")
+    exp.add_argument("--writers", nargs="+", choices=export.WRITERS, default=list(export.WRITERS))
+    exp.add_argument("--push-to-hub", metavar="REPO", help="also push to this hub dataset repo (needs HF_TOKEN)")
+
+    for name, handler, help in (
+        ("progress", cmd_progress, "items complete / in progress, answers per annotator"),
+        ("agreement", cmd_agreement, "Krippendorff's alpha per question"),
+    ):
+        command(name, handler, help).add_argument("--json", action="store_true", help="print JSON")
+
+    settings = command("settings", cmd_settings, "change overlap, question mode, lease and guidelines; prints them")
+    settings.add_argument("--overlap", type=int, help="annotators per item")
+    settings.add_argument("--mode", choices=MODES, help="what the annotation page asks")
+    settings.add_argument("--lease-minutes", type=int, help="an unanswered item is offered to others after this")
+    settings.add_argument("--guidelines", help="a markdown file with the annotation guidelines")
+
+    command("sync", cmd_sync, "send answers not yet in LangSmith (the server does this continuously)")
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (exit 2, no traceback). A DataError can only come from
+    rlhf.data, so it is looked up only if that heavy module was imported."""
+    data = sys.modules.get("rlhf.data")
+    return (StoreError, data.DataError) if data is not None else (StoreError,)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines narrate every schema check
+    if args.command == "annotators" and args.action != "list" and not args.name:
+        make_parser().error(f"annotators {args.action}: give the annotator's name")
+    try:
+        args.handler(args)
+    except _user_errors() as error:
+        print(f"rlhf feedback {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error

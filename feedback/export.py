@@ -1,0 +1,316 @@
+"""Preference datasets from the stored answers, in the formats TRL and ``rlhf reward`` load directly.
+
+A pipeline of pure formatters over :class:`feedback.records.Item` lists, then writers:
+
+* ``pairs`` - ``prompt`` / ``chosen`` / ``rejected`` (+ ``margin`` where known), conversational, for
+  reward modelling and DPO. From a ranking, every ordered pair (InstructGPT's K*(K-1)/2; ties give
+  none); from thumbs, every (up, down) pair of the same prompt. An answer with both uses its
+  ranking (it is the finer judgement). ``margin`` is the rank gap scaled to (0, 1] (1 = best vs
+  worst); thumbs carry no margin, so their pairs have ``margin: null`` (the reward stage reads that
+  as 0).
+* ``kto`` - ``prompt`` / ``completion`` / ``label`` (bool) from thumbs: the unpaired form KTO wants.
+* ``sft`` - ``messages`` (the prompt and the annotator's corrected response as the assistant turn).
+
+Aggregation across annotators: ``all`` keeps every annotator's judgement as its own row (repeated
+and even conflicting rows stay: they carry the annotators' uncertainty); ``majority`` keeps, per
+candidate pair (or per candidate for KTO), the judgement more than half of the annotators who
+judged it gave, once. Nothing is dropped silently: the report counts what each step kept.
+
+Splits are by prompt (no prompt is in both), from a hash of the prompt text and the seed, so they
+are deterministic and stable: adding annotations later never moves a prompt to the other split.
+
+Writers: ``train.jsonl``/``test.jsonl``, ``train.parquet``/``test.parquet``, and a
+``datasets.save_to_disk`` folder ``hf/``; ``rlhf reward --dataset_name DIR`` reads the JSONL files,
+``datasets.load_from_disk(DIR / "hf")`` the rest of the ecosystem. Optionally pushed to the hub.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from feedback.records import Answer, Item
+
+if TYPE_CHECKING:
+    from feedback.store import Store
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("pairs", "kto", "sft")
+AGGREGATIONS = ("majority", "all")
+WRITERS = ("jsonl", "parquet", "disk")
+SPLITS = ("train", "test")
+Row = dict[str, Any]
+
+# ----------------------------------------------------------------------------------------------
+# Judgements of one answer
+
+
+def preferences(answer: Answer) -> dict[tuple[int, int], float | None]:
+    """(winner, loser) -> margin for every pair this answer orders; ties and unrated pairs give nothing."""
+    if answer.ranks:
+        worst = max(answer.ranks.values())
+        return {
+            (a, b): (answer.ranks[b] - answer.ranks[a]) / (worst - 1)
+            for a, b in itertools.permutations(sorted(answer.ranks), 2)
+            if answer.ranks[a] < answer.ranks[b]
+        }
+    ups = sorted(c for c, up in answer.thumbs.items() if up)
+    downs = sorted(c for c, up in answer.thumbs.items() if not up)
+    return {(a, b): None for a in ups for b in downs}
+
+
+def _judges(answer: Answer, a: int, b: int) -> bool:
+    """Whether an answer judged the pair at all (a tie is a judgement; an unrated candidate is not)."""
+    source = answer.ranks or answer.thumbs
+    return a in source and b in source
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatters: items -> rows (each row keeps its prompt id under "_prompt" for splitting)
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _pair_row(item: Item, winner: int, loser: int, margin: float | None) -> Row:
+    return {
+        "_prompt": item.messages,
+        "prompt": item.messages,
+        "chosen": _assistant(item.candidate(winner).text),
+        "rejected": _assistant(item.candidate(loser).text),
+        "margin": None if margin is None else round(margin, 4),
+    }
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def pair_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
+    """Preference pairs from rankings and thumbs (see the module docstring for the rules)."""
+    rows: list[Row] = []
+    for item in items:
+        judged = [preferences(answer) for answer in item.answers]
+        if aggregation == "all":
+            rows += [_pair_row(item, a, b, m) for prefs in judged for (a, b), m in sorted(prefs.items())]
+            continue
+        ids = sorted(c.id for c in item.candidates)
+        for a, b in itertools.combinations(ids, 2):
+            judges = sum(_judges(answer, a, b) for answer in item.answers)
+            for winner, loser in ((a, b), (b, a)):
+                votes = [prefs[(winner, loser)] for prefs in judged if (winner, loser) in prefs]
+                if votes and len(votes) > judges / 2:
+                    rows.append(_pair_row(item, winner, loser, _mean(votes)))
+    return rows
+
+
+def kto_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
+    """Unpaired (prompt, completion, label) rows from thumbs."""
+    rows: list[Row] = []
+    for item in items:
+        labels: dict[int, list[bool]] = defaultdict(list)
+        for answer in item.answers:
+            for candidate_id, up in sorted(answer.thumbs.items()):
+                labels[candidate_id].append(up)
+        for candidate_id, votes in sorted(labels.items()):
+            if aggregation == "all":
+                kept = votes
+            else:
+                ups = sum(votes)
+                kept = [True] if ups > len(votes) / 2 else [False] if len(votes) - ups > len(votes) / 2 else []
+            completion = _assistant(item.candidate(candidate_id).text)
+            rows += [
+                {"_prompt": item.messages, "prompt": item.messages, "completion": completion, "label": label}
+                for label in kept
+            ]
+    return rows
+
+
+def sft_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
+    """Demonstrations from corrected responses (identical corrections of a prompt kept once)."""
+    del aggregation  # every distinct correction is a demonstration; there is nothing to vote on
+    rows: list[Row] = []
+    for item in items:
+        seen: set[str] = set()
+        for answer in item.answers:
+            text = answer.correction
+            if text is None or text in seen:
+                continue
+            seen.add(text)
+            rows.append({"_prompt": item.messages, "messages": [*item.messages, *_assistant(text)]})
+    return rows
+
+
+FORMATTERS: dict[str, Callable[[Sequence[Item], str], list[Row]]] = {
+    "pairs": pair_rows,
+    "kto": kto_rows,
+    "sft": sft_rows,
+}
+VALIDATION_KIND = {"pairs": "preference", "sft": "sft"}  # rlhf.data checks these formats; KTO has no stage
+
+
+# ----------------------------------------------------------------------------------------------
+# Split
+
+
+def in_test_split(prompt: Any, test_fraction: float, seed: int) -> bool:
+    """A prompt's split from a hash of its text and the seed: deterministic and stable."""
+    key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+
+
+def split_rows(rows: Sequence[Row], test_fraction: float, seed: int) -> dict[str, list[Row]]:
+    """Rows into train and test by prompt; the internal ``_prompt`` key is removed."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    splits: dict[str, list[Row]] = {name: [] for name in SPLITS}
+    for row in rows:
+        name = "test" if in_test_split(row["_prompt"], test_fraction, seed) else "train"
+        splits[name].append({k: v for k, v in row.items() if k != "_prompt"})
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# Writers
+
+
+def _datasets(splits: dict[str, list[Row]]) -> Any:
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})
+
+
+def write_jsonl(splits: dict[str, list[Row]], out_dir: Path) -> list[Path]:
+    written = []
+    for name, rows in splits.items():
+        if rows:
+            path = out_dir / f"{name}.jsonl"
+            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def write_parquet(splits: dict[str, list[Row]], out_dir: Path) -> list[Path]:
+    written = []
+    for name, dataset in _datasets(splits).items():
+        path = out_dir / f"{name}.parquet"
+        dataset.to_parquet(str(path))
+        written.append(path)
+    return written
+
+
+def write_disk(splits: dict[str, list[Row]], out_dir: Path) -> list[Path]:
+    path = out_dir / "hf"
+    _datasets(splits).save_to_disk(str(path))
+    return [path]
+
+
+WRITER_FUNCTIONS: dict[str, Callable[[dict[str, list[Row]], Path], list[Path]]] = {
+    "jsonl": write_jsonl,
+    "parquet": write_parquet,
+    "disk": write_disk,
+}
+
+
+def hub_token() -> str | None:
+    """A hub token from the environment or ``huggingface-cli login``, if one is configured."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole export
+
+
+@dataclass
+class ExportReport:
+    format: str
+    aggregation: str
+    out_dir: str
+    items: int
+    answers: int
+    rows: dict[str, int]
+    files: list[str] = field(default_factory=list)
+    pushed_to: str | None = None
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def build(
+    items: Sequence[Item], format: str, aggregation: str, test_fraction: float, seed: int
+) -> dict[str, list[Row]]:
+    """Rows of every split for an export, validated as the consuming stage will validate them."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    splits = split_rows(FORMATTERS[format](items, aggregation), test_fraction, seed)
+    if format in VALIDATION_KIND:
+        from rlhf.data import Source, validate
+
+        for name, rows in splits.items():
+            if rows:
+                validate(rows, VALIDATION_KIND[format], Source(f"{format} export [{name}]"))
+    return splits
+
+
+def export(
+    store: Store | Sequence[Item],
+    format: str,
+    out_dir: str | Path,
+    *,
+    aggregation: str = "majority",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    writers: Sequence[str] = WRITERS,
+    push_to_hub: str | None = None,
+) -> ExportReport:
+    """Write the ``format`` dataset of a store (or of records) into ``out_dir``; returns what was written.
+
+    ``push_to_hub`` (a repo id) also uploads the splits as a private dataset; it needs a hub token
+    (``HF_TOKEN`` or ``huggingface-cli login``) and fails before writing anything without one.
+    """
+    unknown = sorted(set(writers) - set(WRITERS))
+    if unknown:
+        raise ValueError(f"unknown writer(s) {unknown}; known: {list(WRITERS)}")
+    token = hub_token() if push_to_hub else None
+    if push_to_hub and not token:
+        raise ValueError("push_to_hub needs a hub token: set HF_TOKEN or run `huggingface-cli login`")
+    items = store if isinstance(store, Sequence) else store.records()
+    splits = build(items, format, aggregation, test_fraction, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = ExportReport(
+        format=format,
+        aggregation=aggregation,
+        out_dir=str(out),
+        items=len(items),
+        answers=sum(len(item.answers) for item in items),
+        rows={name: len(rows) for name, rows in splits.items()},
+    )
+    if not any(splits.values()):
+        logger.warning("%s export: no rows (no answers of the kind this format needs yet)", format)
+        return report
+    for name in writers:
+        report.files += [str(p) for p in WRITER_FUNCTIONS[name](splits, out)]
+    if push_to_hub:
+        _datasets(splits).push_to_hub(push_to_hub, private=True, token=token)
+        report.pushed_to = push_to_hub
+    (out / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report

@@ -1,0 +1,139 @@
+"""Candidates to annotate: K sampled responses per prompt from a base model or a LoRA adapter on it.
+
+``rlhf feedback generate --model runs/tiny/sft/merged --prompts prompts.jsonl --num-candidates 4``
+(or ``--model builtin:tiny --adapter runs/tiny/sft``). The model and tokenizer come from
+:mod:`rlhf.models`, exactly as the training stages load them; an adapter (an SFT run folder) is put
+on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used when it saved one.
+
+Prompts are rendered with the model's chat template (generation prompt added), left-padded so
+every row of a batch ends where generation starts, and sampled with temperature / top-p until the
+tokenizer's EOS or ``max_new_tokens``. Each candidate is stored with the model, the adapter and the
+generation settings that produced it. Identical samples of a prompt are stored once (two equal
+responses carry no preference), and empty ones are not stored. Each prompt's candidates are
+committed as soon as its batch is done, so an interrupted run keeps what it made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from feedback import importer
+from feedback.records import Messages
+from feedback.store import Store
+from rlhf import models
+from rlhf.config import ModelArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How candidates are sampled (stored with each candidate)."""
+
+    num_candidates: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+    do_sample: bool = True
+
+
+@dataclass
+class GenerateReport:
+    prompts: int = 0
+    sampled: int = 0
+    stored: int = 0  # distinct non-empty samples (a sample already in the store keeps its id)
+    duplicates: int = 0
+    empty: int = 0
+
+
+def load(
+    model: str, adapter: str | None = None, quantization: str = "none", dtype: str | None = None
+) -> tuple[Any, Any]:
+    """The model (with its adapter, if any) in eval mode and its tokenizer, set up for left padding."""
+    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
+    args = ModelArguments(
+        model_name_or_path=model, tokenizer_name_or_path=tokenizer_source, quantization=quantization, dtype=dtype
+    )
+    models.resolve_dtypes(args)
+    tokenizer = models.load_tokenizer(args)
+    tokenizer.padding_side = "left"
+    lm = models.load_causal_lm(args, tokenizer)
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter)
+    if quantization == "none":
+        lm = lm.to(models.process_device())
+    return lm.eval(), tokenizer
+
+
+@torch.no_grad()
+def sample_batch(
+    model: Any, tokenizer: Any, prompts: Sequence[Messages], settings: GenerationSettings
+) -> list[list[str]]:
+    """``num_candidates`` responses for each prompt of one batch (text without special tokens)."""
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    generated = model.generate(
+        **batch,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        num_return_sequences=settings.num_candidates,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # Rows are prompt 0's K samples, then prompt 1's...; new tokens start after the (left-padded) input.
+    decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    k = settings.num_candidates
+    return [[text.strip() for text in decoded[i * k : (i + 1) * k]] for i in range(len(prompts))]
+
+
+def generate(
+    store: Store,
+    model: str,
+    *,
+    adapter: str | None = None,
+    prompts_path: str | None = None,
+    settings: GenerationSettings | None = None,
+    batch_size: int = 8,
+    quantization: str = "none",
+) -> GenerateReport:
+    """Sample candidates for the prompts of a file (imported first) or, without one, every stored prompt."""
+    settings = settings or GenerationSettings()
+    if prompts_path:
+        prompt_ids = importer.import_file(store, prompts_path).prompt_ids
+        by_id = dict(store.prompts())
+        todo = [(pid, by_id[pid]) for pid in dict.fromkeys(prompt_ids)]
+    else:
+        todo = store.prompts()
+    report = GenerateReport(prompts=len(todo))
+    if not todo:
+        return report
+    lm, tokenizer = load(model, adapter, quantization)
+    generation = asdict(settings)
+    torch.manual_seed(settings.seed)
+    for start in tqdm(range(0, len(todo), batch_size), desc="generating", unit="batch"):
+        chunk = todo[start : start + batch_size]
+        samples = sample_batch(lm, tokenizer, [messages for _, messages in chunk], settings)
+        for (prompt_id, _), texts in zip(chunk, samples, strict=True):
+            kept = [t for t in texts if t]
+            unique = list(dict.fromkeys(kept))
+            report.sampled += len(texts)
+            report.empty += len(texts) - len(kept)
+            report.duplicates += len(kept) - len(unique)
+            if unique:
+                store.add_candidates(prompt_id, unique, model=model, adapter=adapter, generation=generation)
+                report.stored += len(unique)
+    logger.info("generated %s", report)
+    return report

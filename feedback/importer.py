@@ -1,0 +1,251 @@
+"""Getting work in: prompts and candidates from JSONL (or JSON/CSV/Parquet) files and from LangSmith runs.
+
+File rows (one item per row; ``candidates`` may be left out for prompts that ``rlhf feedback
+generate`` will answer)::
+
+    {"id": "q-17", "prompt": "What is 3 plus 4?", "candidates": ["3 plus 4 is 7.", {"text": "...", "model": "m"}]}
+    {"prompt": [{"role": "user", "content": "What is 3 plus 4?"}]}
+
+A candidate is text, or an object with ``text`` and optionally ``model``, ``adapter``,
+``generation`` (the settings that produced it), ``run_id`` and ``session_id`` (its LangSmith run
+and project, so ratings are sent back to that run). Every row is checked before anything is
+stored, and errors name the file, line and field, as ``rlhf data check`` does; an import is one
+transaction, so a bad file stores nothing. Importing a file twice adds nothing the second time.
+
+LangSmith runs (``list_runs``) become candidates of the prompt their inputs hold; runs with the
+same prompt are grouped into one item. Inputs and outputs come in several shapes (chat messages,
+LangChain-serialised messages, ``prompt``/``input``/``question`` text, ``generations``,
+OpenAI-style ``choices``); :func:`run_prompt` and :func:`run_output` read the common ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from feedback.records import prompt_messages
+from feedback.store import ImportReport, Invalid, Store
+
+# rlhf.data (and with it datasets, transformers, torch) is imported where it is used, so the web
+# app starts in a second instead of ten.
+
+CANDIDATE_KEYS = {"text", "model", "adapter", "generation", "run_id", "session_id"}
+ROW_KEYS = {"id", "prompt", "candidates"}
+
+
+def _candidate_problems(candidate: Any, where: str) -> list[str]:
+    if isinstance(candidate, str):
+        return [] if candidate.strip() else [f"{where}: empty response"]
+    if not isinstance(candidate, Mapping):
+        return [f"{where}: expected text or an object with 'text', got {type(candidate).__name__}"]
+    problems = []
+    unknown = sorted(set(candidate) - CANDIDATE_KEYS)
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {unknown}; known: {sorted(CANDIDATE_KEYS)}")
+    text = candidate.get("text")
+    if not isinstance(text, str) or not text.strip():
+        problems.append(f"{where}.text: expected non-empty text")
+    if candidate.get("generation") is not None and not isinstance(candidate["generation"], Mapping):
+        problems.append(f"{where}.generation: expected an object of generation settings")
+    return problems
+
+
+def validate_rows(rows: Sequence[Mapping[str, Any]], source: Any) -> None:
+    """Raise :class:`rlhf.data.DataError` naming file, line and field of every bad row (the first few)."""
+    from rlhf.data import DataError, validate
+
+    validate(rows, "prompt", source)  # the prompt column, exactly as the stages check prompts
+    errors = []
+    for index, row in enumerate(rows):
+        unknown = sorted(set(row) - ROW_KEYS)
+        if unknown:
+            errors.append(f"{source.at(index)}: unknown column(s) {unknown}; known: {sorted(ROW_KEYS)}")
+        if row.get("id") is not None and not isinstance(row["id"], (str, int)):
+            errors.append(f"{source.at(index)}: 'id': expected text or a number")
+        candidates = row.get("candidates")
+        if candidates is None:
+            continue
+        if not isinstance(candidates, list):
+            errors.append(f"{source.at(index)}: 'candidates': expected a list")
+            continue
+        for i, candidate in enumerate(candidates):
+            errors += [f"{source.at(index)}: {p}" for p in _candidate_problems(candidate, f"'candidates'[{i}]")]
+    if errors:
+        shown = "\n  ".join(errors[:5])
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise DataError(f"{len(errors)} problem(s) in import data:\n  {shown}{more}")
+
+
+def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validated rows as the store takes them: prompt as messages, id as text."""
+    return [
+        {
+            "prompt": prompt_messages(row["prompt"]),
+            "id": str(row["id"]) if row.get("id") is not None else None,
+            "candidates": list(row.get("candidates") or []),
+        }
+        for row in rows
+    ]
+
+
+def import_file(store: Store, path: str) -> ImportReport:
+    """Import a JSONL/JSON/CSV/Parquet file of items (all or nothing)."""
+    from rlhf.data import DataError, load_split
+
+    loaded = load_split(path, "train")
+    if loaded is None:
+        raise DataError(f"{path}: nothing to import")
+    rows, source = loaded
+    validate_rows(rows, source)
+    return store.import_items(normalise_rows(rows))
+
+
+def import_rows(store: Store, rows: Sequence[Mapping[str, Any]], name: str = "request") -> ImportReport:
+    """Import rows sent to the API or read from LangSmith; problems are :class:`Invalid`, naming the row."""
+    from rlhf.data import DataError, Source
+
+    if not isinstance(rows, Sequence) or not all(isinstance(r, Mapping) for r in rows):
+        raise Invalid(f"{name}: expected a list of objects")
+    try:
+        validate_rows(rows, Source(name))
+    except DataError as error:
+        raise Invalid(str(error)) from None
+    return store.import_items(normalise_rows(rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# LangSmith runs
+
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "humanmessage": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "aimessage": "assistant",
+    "system": "system",
+    "systemmessage": "system",
+}
+_TEXT_INPUTS = ("prompt", "input", "question", "query", "text")
+_TEXT_OUTPUTS = ("output", "answer", "text", "content", "completion", "response", "result")
+
+
+def _message(value: Any) -> dict[str, str] | None:
+    """One chat message in any of the usual shapes, or None."""
+    if not isinstance(value, Mapping):
+        return None
+    if "kwargs" in value and isinstance(value.get("id"), list):  # LangChain-serialised message
+        kind = str(value["id"][-1]).lower()
+        content = value["kwargs"].get("content")
+    elif "data" in value and isinstance(value["data"], Mapping):
+        kind, content = str(value.get("type", "")).lower(), value["data"].get("content")
+    else:
+        kind, content = str(value.get("role") or value.get("type") or "").lower(), value.get("content")
+    role = _ROLES.get(kind)
+    if role is None or not isinstance(content, str) or not content.strip():
+        return None
+    return {"role": role, "content": content}
+
+
+def _messages(value: Any) -> list[dict[str, str]] | None:
+    if isinstance(value, list) and value and isinstance(value[0], list):  # batched: [[...]]
+        value = value[0]
+    if not isinstance(value, list) or not value:
+        return None
+    messages = [_message(m) for m in value]
+    return messages if all(m is not None for m in messages) else None  # type: ignore[return-value]
+
+
+def run_prompt(inputs: Mapping[str, Any], key: str | None = None) -> list[dict[str, str]] | None:
+    """The prompt of a run's inputs, as chat messages ending with the user's turn, or None."""
+    keys = (key,) if key else ("messages", *_TEXT_INPUTS, "prompts")
+    for name in keys:
+        value = inputs.get(name)
+        if isinstance(value, str) and value.strip():
+            return [{"role": "user", "content": value}]
+        if name == "prompts" and isinstance(value, list) and value and isinstance(value[0], str):
+            return [{"role": "user", "content": value[0]}]
+        messages = _messages(value)
+        if messages:
+            while messages and messages[-1]["role"] == "assistant":  # an answer inside the input is not the prompt
+                messages.pop()
+            return messages or None
+    return None
+
+
+def run_output(outputs: Mapping[str, Any] | None, key: str | None = None) -> str | None:
+    """The response text of a run's outputs, or None."""
+    if not outputs:
+        return None
+    if key:
+        value = outputs.get(key)
+        return value if isinstance(value, str) and value.strip() else (_message(value) or {}).get("content")
+    generations = outputs.get("generations")
+    if isinstance(generations, list) and generations:
+        first = generations[0][0] if isinstance(generations[0], list) and generations[0] else generations[0]
+        if isinstance(first, Mapping):
+            message = _message(first.get("message"))
+            text = message["content"] if message else first.get("text")
+            return text if isinstance(text, str) and text.strip() else None
+    choices = outputs.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        message = _message({"role": "assistant", **(choices[0].get("message") or {})})
+        return message["content"] if message else None
+    for name in _TEXT_OUTPUTS:
+        value = outputs.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+        message = _message(value)
+        if message:
+            return message["content"]
+    return None
+
+
+def _run_model(extra: Mapping[str, Any] | None) -> str | None:
+    extra = extra or {}
+    metadata, params = extra.get("metadata") or {}, extra.get("invocation_params") or {}
+    model = metadata.get("ls_model_name") or params.get("model") or params.get("model_name")
+    return str(model) if model else None
+
+
+def runs_to_rows(
+    runs: Iterable[Any], input_key: str | None = None, output_key: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Import rows from LangSmith runs (grouped by prompt), and how many runs could not be read."""
+    grouped: dict[str, dict[str, Any]] = {}
+    unreadable = 0
+    for run in runs:
+        prompt = run_prompt(run.inputs or {}, input_key)
+        text = run_output(run.outputs, output_key)
+        if prompt is None or text is None:
+            unreadable += 1
+            continue
+        key = repr(prompt)
+        row = grouped.setdefault(key, {"prompt": prompt, "candidates": []})
+        row["candidates"].append(
+            {
+                "text": text,
+                "model": _run_model(run.extra),
+                "run_id": str(run.id),
+                "session_id": str(run.session_id) if run.session_id else None,
+            }
+        )
+    return list(grouped.values()), unreadable
+
+
+def import_langsmith(
+    store: Store,
+    client: Any,
+    project: str,
+    *,
+    limit: int | None = None,
+    run_type: str | None = "llm",
+    input_key: str | None = None,
+    output_key: str | None = None,
+) -> tuple[ImportReport, int]:
+    """Import runs of a LangSmith project (``client.list_runs``); returns the report and unreadable runs."""
+    runs = client.list_runs(project_name=project, run_type=run_type, limit=limit, error=False)
+    rows, unreadable = runs_to_rows(runs, input_key, output_key)
+    if not rows:
+        return ImportReport(), unreadable
+    return import_rows(store, rows, name=f"LangSmith project {project!r}"), unreadable

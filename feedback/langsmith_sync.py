@@ -1,0 +1,211 @@
+"""Every answer also recorded as LangSmith feedback, without blocking annotators or losing ratings.
+
+Configured by the environment (``LANGSMITH_API_KEY``, optionally ``LANGSMITH_ENDPOINT``); the
+``langsmith`` client does the HTTP. The store is the outbox: an answer is committed first (that is
+the acknowledgement the annotator gets), and :class:`LangSmithSync` sends whatever the store says
+is not in LangSmith yet (``Store.pending_sync``) from a background thread, woken after each answer
+and every few seconds. A failed send is retried with exponential backoff (up to
+``MAX_BACKOFF_S``), across server restarts too, because the state lives in the database.
+
+What is sent, per answer, for each candidate that came from a LangSmith run (``run_id``):
+
+* key ``thumbs``: score 1 (up) or 0 (down), value ``"up"``/``"down"``;
+* key ``rank``: score from 1 (best) to 0 (worst), value the rank (1 is best);
+* key ``correction`` for a corrected response with neither of the above;
+* the answer's comment on each, the corrected response as ``correction`` on the candidate it edits
+  (on all of them when it edits none); ``source_info`` names the annotator and the answer.
+
+Feedback ids are derived from (answer, candidate, key), so a resend after a crash between
+"LangSmith stored it" and "we marked it sent" finds it (409) and updates it instead of adding a
+second one; an edited answer updates the same feedback. The answers of one item share a
+``feedback_group_id``. Candidates with no LangSmith run (generated locally, imported without a
+``run_id``) have nothing to attach feedback to and are not sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from feedback.store import Store, SyncJob, utcnow
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = uuid.UUID("6f1c2f0e-8d3b-4b7a-9a53-2c1f4e5d7a10")  # fixed: feedback ids must be the same on every run
+MAX_BACKOFF_S = 300.0
+FIRST_BACKOFF_S = 2.0
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """One ``create_feedback`` call, as data (so what is sent is tested without a server)."""
+
+    feedback_id: str
+    run_id: str
+    session_id: str | None
+    key: str
+    score: float
+    value: Any
+    comment: str | None
+    correction: dict[str, str] | None
+    source_info: dict[str, Any]
+    group_id: str
+
+
+def feedback_for(job: SyncJob) -> list[FeedbackSpec]:
+    """The feedback records of an answer, one per (candidate with a run, question)."""
+    group = str(uuid.uuid5(NAMESPACE, f"answer/{job.submission_id}"))
+    source = {
+        "annotator": job.annotator,
+        "annotator_id": job.annotator_id,
+        "answer_id": job.submission_id,
+        "revision": job.revision,
+        "source": "rlhf-feedback",
+    }
+    worst = max(job.ranks.values(), default=1)
+    questions: dict[int, list[tuple[str, float, Any]]] = {}
+    for candidate_id, up in job.thumbs.items():
+        questions.setdefault(candidate_id, []).append(("thumbs", 1.0 if up else 0.0, "up" if up else "down"))
+    for candidate_id, rank in job.ranks.items():
+        score = (worst - rank) / (worst - 1) if worst > 1 else 1.0
+        questions.setdefault(candidate_id, []).append(("rank", score, rank))
+    if job.correction is not None and not questions:
+        targets = [job.corrected_candidate_id] if job.corrected_candidate_id is not None else list(job.runs)
+        for candidate_id in targets:
+            questions[candidate_id] = [("correction", 0.0, "corrected")]
+    specs = []
+    for candidate_id, entries in sorted(questions.items()):
+        if candidate_id not in job.runs:
+            continue
+        run_id, session_id = job.runs[candidate_id]
+        corrected = job.correction is not None and job.corrected_candidate_id in (None, candidate_id)
+        for key, score, value in entries:
+            specs.append(
+                FeedbackSpec(
+                    feedback_id=str(uuid.uuid5(NAMESPACE, f"{job.submission_id}/{candidate_id}/{key}")),
+                    run_id=run_id,
+                    session_id=session_id,
+                    key=key,
+                    score=round(score, 4),
+                    value=value,
+                    comment=job.comment,
+                    correction={"text": job.correction} if corrected and job.correction else None,
+                    source_info=source,
+                    group_id=group,
+                )
+            )
+    return specs
+
+
+def client_from_env() -> Any | None:
+    """A LangSmith client when ``LANGSMITH_API_KEY`` is set, else None (sync off)."""
+    if not os.environ.get("LANGSMITH_API_KEY"):
+        return None
+    from langsmith import Client
+    from urllib3.util.retry import Retry
+
+    # Few, quick transport retries: our own backoff (from the store) handles longer outages.
+    return Client(
+        api_url=os.environ.get("LANGSMITH_ENDPOINT") or None,
+        api_key=os.environ["LANGSMITH_API_KEY"],
+        auto_batch_tracing=False,
+        retry_config=Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504], allowed_methods=None),
+        timeout_ms=(3_000, 15_000),
+    )
+
+
+def send(client: Any, spec: FeedbackSpec, create: bool) -> None:
+    """Create (or, for a revision already sent once, update) one feedback record, idempotently."""
+    from langsmith.utils import LangSmithConflictError, LangSmithNotFoundError
+
+    fields = {"score": spec.score, "value": spec.value, "comment": spec.comment, "correction": spec.correction}
+    if not create:
+        try:
+            client.update_feedback(spec.feedback_id, **fields)
+            return
+        except LangSmithNotFoundError:
+            pass  # never arrived (a new question in an edited answer): create it
+    try:
+        client.create_feedback(
+            spec.run_id,
+            spec.key,
+            **fields,
+            source_info=spec.source_info,
+            feedback_id=spec.feedback_id,
+            feedback_group_id=spec.group_id,
+            session_id=spec.session_id,
+            stop_after_attempt=1,
+        )
+    except LangSmithConflictError:
+        client.update_feedback(spec.feedback_id, **fields)  # sent before, not marked: make it current
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    return dt.timedelta(seconds=min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**attempts))
+
+
+@dataclass
+class SyncResult:
+    sent: int = 0
+    failed: int = 0
+
+
+class LangSmithSync:
+    """Sends pending answers to LangSmith from a daemon thread (or once, with :meth:`run_once`)."""
+
+    def __init__(self, store: Store, client: Any, interval_s: float = 5.0, batch: int = 100) -> None:
+        self.store = store
+        self.client = client
+        self.interval_s = interval_s
+        self.batch = batch
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: dt.datetime | None = None) -> SyncResult:
+        """Send every answer that is due; failures are scheduled for a later attempt."""
+        result = SyncResult()
+        for job in self.store.pending_sync(limit=self.batch, now=now):
+            try:
+                for spec in feedback_for(job):
+                    send(self.client, spec, create=job.first_sync)
+            except Exception as error:  # any failure: keep it in the outbox, try again later
+                logger.warning(
+                    "LangSmith sync of answer %s failed (attempt %d): %s", job.submission_id, job.attempts + 1, error
+                )
+                self.store.mark_sync_failed(
+                    job.submission_id, f"{type(error).__name__}: {error}", utcnow() + backoff(job.attempts)
+                )
+                result.failed += 1
+                continue
+            self.store.mark_synced(job.submission_id, job.revision)
+            result.sent += 1
+        return result
+
+    def notify(self) -> None:
+        """Wake the thread now (an answer was just stored)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the database itself failed: the loop must survive it
+                logger.exception("LangSmith sync pass failed")
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="langsmith-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)

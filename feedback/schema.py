@@ -1,0 +1,163 @@
+"""The feedback store's tables (SQLAlchemy Core), the single source the Alembic migrations follow.
+
+Design notes (why the tables look like this):
+
+* ``submissions.id`` is the **client-supplied id** of an answer. It is the primary key, so a
+  retried request can never record an answer twice, whatever the timing: the second insert fails
+  on the key and the store returns the first one. ``(annotator_id, prompt_id)`` is unique too: an
+  annotator answers an item once and changes that answer with an edit, never a second record.
+* ``ratings`` (thumbs) and ``ranks`` hang off a submission, one row per candidate.
+* ``assignments`` hold who is working on which item (``assigned``, ``submitted``, ``skipped``), so
+  an item goes to exactly ``overlap`` annotators and leaves the queue when they have answered; an
+  assignment older than the lease stops counting, so an abandoned browser tab frees its slot.
+* ``submissions.revision`` / ``synced_revision`` are the LangSmith outbox: a rating is committed
+  first and sent later, and whatever was not sent (LangSmith down, server killed) is retried
+  from here.
+* Tokens are stored as SHA-256 hashes (they are long random strings, so a fast hash is enough);
+  passwords with scrypt.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Named constraints, so migrations can refer to them on every backend (SQLite has no names otherwise).
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ROLES = ("admin", "annotator")
+ASSIGNMENT_STATES = ("assigned", "submitted", "skipped")
+TOKEN_KINDS = ("api", "session")
+
+
+def _now_column(name: str, nullable: bool = False) -> Column:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+prompts = Table(
+    "prompts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # sha256 of the external id (when given) or of the canonical messages: re-importing a file adds nothing.
+    Column("key", String(64), nullable=False, unique=True),
+    Column("external_id", String(200), nullable=True),
+    Column("messages", JSON, nullable=False),
+    _now_column("created_at"),
+)
+
+candidates = Table(
+    "candidates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    # Identical samples are stored once: two equal responses have no preference between them.
+    Column("text_hash", String(64), nullable=False),
+    Column("model", String(500), nullable=True),
+    Column("adapter", String(500), nullable=True),
+    Column("generation", JSON, nullable=True),
+    Column("langsmith_run_id", String(36), nullable=True),
+    Column("langsmith_session_id", String(36), nullable=True),
+    _now_column("created_at"),
+    UniqueConstraint("prompt_id", "text_hash", name="uq_candidates_prompt_text"),
+)
+
+annotators = Table(
+    "annotators",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(300), nullable=True),
+    Column("active", Boolean, nullable=False, default=True),
+    _now_column("created_at"),
+    CheckConstraint("role IN ('admin', 'annotator')", name="role"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("annotator_id", Integer, ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    _now_column("created_at"),
+    _now_column("expires_at", nullable=True),
+    CheckConstraint("kind IN ('api', 'session')", name="kind"),
+)
+
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("annotator_id", Integer, ForeignKey("annotators.id", ondelete="CASCADE"), primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), nullable=False),
+    _now_column("assigned_at"),
+    _now_column("updated_at"),
+    CheckConstraint("status IN ('assigned', 'submitted', 'skipped')", name="status"),
+    Index("ix_assignments_prompt_status", "prompt_id", "status"),
+)
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the client-supplied id
+    Column("annotator_id", Integer, ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False),
+    Column("prompt_id", Integer, ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("body_hash", String(64), nullable=False),  # of the first request: a retry must carry the same body
+    Column("comment", Text, nullable=True),
+    Column("correction", Text, nullable=True),
+    Column("corrected_candidate_id", Integer, ForeignKey("candidates.id", ondelete="SET NULL"), nullable=True),
+    _now_column("created_at"),
+    _now_column("updated_at"),
+    Column("revision", Integer, nullable=False, default=1),
+    Column("synced_revision", Integer, nullable=True),
+    Column("sync_attempts", Integer, nullable=False, default=0),
+    Column("sync_error", Text, nullable=True),
+    _now_column("sync_after", nullable=True),
+    UniqueConstraint("annotator_id", "prompt_id", name="uq_submissions_annotator_prompt"),
+)
+
+ratings = Table(
+    "ratings",
+    metadata,
+    Column("submission_id", String(64), ForeignKey("submissions.id", ondelete="CASCADE"), primary_key=True),
+    Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+    Column("up", Boolean, nullable=False),
+)
+
+ranks = Table(
+    "ranks",
+    metadata,
+    Column("submission_id", String(64), ForeignKey("submissions.id", ondelete="CASCADE"), primary_key=True),
+    Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+    Column("rank", Integer, nullable=False),
+    CheckConstraint("rank >= 1", name="positive"),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+)

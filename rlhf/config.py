@@ -1,0 +1,500 @@
+"""Typed configuration for every stage: YAML recipes set defaults, command-line flags override them.
+
+Each stage reads a few dataclasses: :class:`ModelArguments` (a TRL ``ModelConfig`` with one
+``quantization`` key), :class:`DataArguments`, and the stage's training config, which subclasses
+TRL's (``SFTConfig``, ``RewardConfig``) and adds only what is new. A recipe is a flat YAML
+mapping whose keys are the fields of those dataclasses, so ``rlhf sft --help`` lists every key a
+recipe may hold, and the resolved config a run writes can be passed back as ``--config``.
+
+Why our own parsing: TRL's scripts ask its parser for the "remaining strings", so a misspelt
+``learning_rat: 1e-4`` trains silently with the default. Here an unknown key, in the YAML or on the
+command line, is an error that names it (and the closest known key), and values that argparse
+never sees (YAML defaults) are checked against their field's type and choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import trl
+import yaml
+from transformers import HfArgumentParser
+
+
+class ConfigError(ValueError):
+    """A recipe or command line that cannot be run as written."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataclasses
+
+
+@dataclass
+class ModelArguments(trl.ModelConfig):
+    """The base model, its quantization and the LoRA adapter trained on it.
+
+    Defaults are QLoRA-shaped: a LoRA on every linear layer. ``dtype`` and
+    ``bnb_4bit_compute_dtype`` left unset follow the training precision (bf16 on Ampere or newer,
+    fp16 on older GPUs such as the T4, fp32 on CPU).
+    """
+
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Quantization of the base weights: '4bit' (NF4, QLoRA), '8bit' or 'none'. Unset: taken from "
+            "TRL's load_in_4bit/load_in_8bit, else 'none'.",
+            "choices": ["4bit", "8bit", "none"],
+        },
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the base weights that are not quantized. Unset: follows the training precision "
+            "(bfloat16 with bf16, float16 with fp16, else float32). 'auto' takes the checkpoint's dtype.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the 4-bit matmuls. Unset: the resolved `dtype` (float32 when that is 'auto').",
+            "choices": ["bfloat16", "float16", "float32"],
+        },
+    )
+    use_bnb_nested_quant: bool = field(
+        default=True,
+        metadata={"help": "Double quantization of the 4-bit scales (QLoRA's default; saves ~0.4 bit/parameter)."},
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (QLoRA when quantized)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get a LoRA: names, or 'all-linear' for every linear layer but the head."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; unset: the one saved with the model."}
+    )
+
+    def __post_init__(self) -> None:
+        wanted = "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
+        if self.quantization is None:
+            self.quantization = wanted or "none"
+        elif wanted is not None and wanted != self.quantization:
+            raise ConfigError(f"quantization: {self.quantization!r} contradicts load_in_{wanted}: true")
+        self.load_in_4bit = self.quantization == "4bit"
+        self.load_in_8bit = self.quantization == "8bit"
+        super().__post_init__()
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how it is split."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset: a local .json/.jsonl/.csv/.parquet file, a folder (files, or datasets.save_to_disk), "
+            "a hub id, or a built-in set such as 'builtin:tiny/sft'."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub datasets)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on, when it exists."})
+    eval_split_size: float = field(
+        default=0.05,
+        metadata={
+            "help": "When the dataset has no test split, the fraction of rows held out for evaluation "
+            "(deterministic, by `seed`); 0 disables evaluation."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation rows."})
+    overlong: str = field(
+        default="drop",
+        metadata={
+            "help": "Rows longer than max_length: 'drop' them (and say how many), 'truncate' them (SFT only), "
+            "or stop with an 'error' naming them.",
+            "choices": ["drop", "truncate", "error"],
+        },
+    )
+
+
+@dataclass
+class RunOptions:
+    """Options every training stage shares, beyond TRL's."""
+
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the last checkpoint in output_dir (checkpoints are saved every save_steps)."},
+    )
+
+
+def _auto_precision(config: Any) -> None:
+    """bf16/fp16 left unset: bf16 on GPUs that have it (Ampere+), fp16 on older GPUs (T4), fp32 on CPU."""
+    cuda = torch.cuda.is_available() and not getattr(config, "use_cpu", False)
+    native_bf16 = cuda and torch.cuda.get_device_capability()[0] >= 8
+    if config.bf16 is None:
+        config.bf16 = bool(native_bf16) and not config.fp16
+    if config.fp16 is None:
+        config.fp16 = bool(cuda) and not config.bf16
+    if not cuda and getattr(config, "dataloader_pin_memory", False):
+        config.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+
+
+@dataclass
+class _TrainerOptions(RunOptions):
+    """What the sft and reward stages change in TRL's configs: precision for the hardware, frequent checkpoints.
+
+    Listed before TRL's class in each config's bases, so these fields replace TRL's of the same name.
+    """
+
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on if the GPU has it."})
+    fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision. Unset: on for GPUs without bf16."})
+    save_steps: float = field(
+        default=200, metadata={"help": "Checkpoint every N steps (what --resume continues from)."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+
+    def __post_init__(self) -> None:
+        _auto_precision(self)
+        super().__post_init__()  # TRL's config, next in the MRO
+
+
+@dataclass
+class SFTConfig(_TrainerOptions, trl.SFTConfig):
+    """TRL's SFTConfig, plus merging the adapter into a full-precision copy of the base."""
+
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Loss on assistant tokens only (needs a chat template with generation markers; TRL swaps one in "
+            "for known models). Unset: on for conversational data, off for plain text."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write output_dir/merged: the adapter merged into a full-precision copy of the base. The "
+            "reward and PPO stages start from it (PPO keeps it as the frozen reference)."
+        },
+    )
+    merged_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+
+
+@dataclass
+class RewardConfig(_TrainerOptions, trl.RewardConfig):
+    """TRL's RewardConfig with our precision, checkpoint and resume options."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key set twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' is set twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_recipe(path: str) -> dict[str, Any]:
+    recipe = Path(path)
+    if not recipe.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.load(recipe.read_text(), Loader=_UniqueKeyLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def _scalar_types(annotation: Any) -> tuple[type, ...] | None:
+    """The scalar types a field accepts, or None when it is not a plain scalar field (lists, dicts, ...)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(annotation) if a is not type(None)]
+    else:
+        parts = [annotation]
+    if all(p in (int, float, bool, str) for p in parts):
+        accepted = set(parts)
+        if float in accepted:
+            accepted.add(int)
+        return tuple(accepted)
+    return None
+
+
+def _converts(kind: type, text: str) -> bool:
+    if kind is bool:
+        return text.lower() in ("true", "false", "yes", "no", "1", "0")
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_recipe_value(f: dataclasses.Field, annotation: Any, value: Any, where: str) -> None:
+    """Type and choice checks for a YAML value: argparse converts and checks only command-line strings."""
+    if value is None:
+        return
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {f.name}: {value!r} is not one of {list(choices)}")
+    accepted = _scalar_types(annotation)
+    if accepted is None:
+        return
+    if isinstance(value, str):
+        if str in accepted or any(_converts(t, value) for t in accepted):
+            return  # argparse converts string defaults with the field's type
+        raise ConfigError(
+            f"{where}: {f.name}: expected {'/'.join(sorted(t.__name__ for t in accepted))}, got {value!r}"
+        )
+    if (isinstance(value, bool) and bool not in accepted) or not isinstance(value, accepted):
+        raise ConfigError(
+            f"{where}: {f.name}: expected {'/'.join(sorted(t.__name__ for t in accepted))}, got {value!r}"
+        )
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # argparse would print the whole usage and exit
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def make_parser(dataclass_types: Sequence[type], prog: str, description: str) -> HfArgumentParser:
+    """The parser of one stage; shared by `rlhf <stage>` and the stage's `main(argv)`."""
+    parser = _Parser(list(dataclass_types), prog=prog, description=description)
+    parser.add_argument("--config", default=None, help="YAML recipe: a mapping of the options below.")
+    return parser
+
+
+def parse(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None, *, prog: str, description: str
+) -> tuple[Any, ...]:
+    """Parse ``--config recipe.yaml`` plus command-line overrides into the given dataclasses.
+
+    Raises :class:`ConfigError` for an unknown key (naming the file), an unknown flag, or a value of
+    the wrong type or outside its choices.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(dataclass_types, prog, description)
+    known = sorted(a.dest for a in parser._actions if a.dest not in ("help", "config"))
+
+    config_path = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ConfigError("--config needs a path to a YAML recipe")
+        config_path = argv[index + 1]
+        del argv[index : index + 2]
+    where = config_path or "command line"
+    if config_path is not None:
+        recipe = _load_recipe(config_path)
+        # HfArgumentParser narrows Field.type in place, so the declared annotations come from the classes.
+        fields = {
+            f.name: (f, typing.get_type_hints(t)[f.name])
+            for t in dataclass_types
+            for f in dataclasses.fields(t)
+            if f.init
+        }
+        for key, value in recipe.items():
+            if key not in known:
+                raise ConfigError(f"{config_path}: unknown key '{key}'{_closest(str(key), known)}")
+            _check_recipe_value(*fields[key], value, config_path)
+        parser.set_defaults(**recipe)
+
+    flags = [a for a in argv if a.startswith("--")]
+    for flag in flags:
+        name = flag[2:].split("=", 1)[0]
+        bare = name[3:] if name.startswith("no_") else name
+        if name not in known and bare not in known and name != "help":
+            raise ConfigError(f"unknown option '--{name}'{_closest(name, known)}; see --help")
+
+    try:
+        outputs = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {error}") from error
+    *instances, remaining = outputs
+    instances = [i for i in instances if dataclasses.is_dataclass(i)]
+    if remaining:
+        raise ConfigError(f"unexpected arguments: {' '.join(remaining)}")
+    return tuple(instances)
+
+
+def from_options(dataclass_types: Sequence[type], options: dict[str, Any]) -> tuple[Any, ...]:
+    """Rebuild a run's configs from its resolved options (``rlhf_config.yaml``), each from its own keys."""
+    out = []
+    for kind in dataclass_types:
+        names = {f.name for f in dataclasses.fields(kind) if f.init}
+        out.append(kind(**{k: v for k, v in options.items() if k in names}))
+    return tuple(out)
+
+
+def resolved_dict(*instances: Any) -> dict[str, Any]:
+    """The flat option mapping of parsed configs, suitable to pass back as ``--config``."""
+    out: dict[str, Any] = {}
+    for instance in instances:
+        values = instance.to_dict() if hasattr(instance, "to_dict") else dataclasses.asdict(instance)
+        init_fields = {f.name for f in dataclasses.fields(instance) if f.init}
+        for key, value in values.items():
+            if key not in init_fields:
+                continue
+            if key == "hub_token":
+                value = None  # never write secrets into run folders
+            out[key] = value.value if hasattr(value, "value") and not isinstance(value, (str, int, float)) else value
+    return out
+
+
+def write_resolved_config(path: Path, stage: str, *instances: Any) -> None:
+    """Write every option the run used (defaults included) as a flat YAML recipe."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# Resolved config of `rlhf {stage}`: every option this run used. Re-run with --config {path.name}.\n"
+    path.write_text(header + yaml.safe_dump(resolved_dict(*instances), sort_keys=True))
+
+
+@dataclass
+class PPOConfig(RunOptions):
+    """PPO on one shared base. TRL 1.x has no PPO config to subclass; fields follow TRL 1.12's names where it had them.
+
+    Defaults are for LoRA policies: roughly 10x the learning rate of full fine-tuning.
+    """
+
+    output_dir: str = field(
+        default="runs/ppo", metadata={"help": "Run folder: policy adapter, value adapter, metrics."}
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Run folder of `rlhf reward` (its LoRA and score head are loaded, frozen)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of sampling, data order and adapter initialisation."})
+    steps: int = field(default=100, metadata={"help": "PPO iterations (each: rollout, scoring, update)."})
+    rollout_batch_size: int = field(default=64, metadata={"help": "Prompts rolled out per iteration, per process."})
+    mini_batch_size: int = field(default=16, metadata={"help": "Episodes per optimizer step within an iteration."})
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Episodes per forward/backward (gradient accumulation); unset: mini_batch_size."},
+    )
+    forward_batch_size: int = field(default=64, metadata={"help": "Episodes per no-grad forward (scoring)."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the policy LoRA."})
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the value LoRA and head; unset: learning_rate."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Decay over `steps`.", "choices": ["constant", "linear", "cosine"]}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up iterations."})
+    optim: str = field(
+        default="adamw_torch",
+        metadata={
+            "help": "Optimizer; paged 8-bit AdamW saves memory on GPUs.",
+            "choices": ["adamw_torch", "paged_adamw_8bit"],
+        },
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping, per role (policy, value)."})
+    # Generation
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompts longer than this many tokens follow the `overlong` policy (drop or error)."},
+    )
+    max_new_tokens: int = field(default=53, metadata={"help": "Response length cap (TRL 1.12's response_length)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (log-probs use the same)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
+    # Reward shaping
+    kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator (k1: log-ratio; k3: non-negative).", "choices": ["k1", "k3"]},
+    )
+    target_kl: float | None = field(
+        default=None, metadata={"help": "Adaptive KL: target sequence KL; unset keeps kl_coef fixed."}
+    )
+    kl_horizon: float = field(default=10_000, metadata={"help": "Adaptive KL horizon, in episodes."})
+    missing_eos_penalty: float = field(
+        default=1.0, metadata={"help": "Subtracted from the score of a response that did not end with EOS."}
+    )
+    normalize_reward: bool = field(
+        default=True, metadata={"help": "Divide scores by their running std (and centre them)."}
+    )
+    reward_clip: float | None = field(default=5.0, metadata={"help": "Clip normalised scores to +-this."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    max_approx_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop an iteration's remaining updates once the policy's approx KL to its rollout exceeds this."
+        },
+    )
+    value_init: str = field(
+        default="reward",
+        metadata={
+            "help": "Initialise the critic from the reward model, or at random.",
+            "choices": ["reward", "random"],
+        },
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory in updates."})
+    # Evaluation and logging
+    gold_judge: str | None = field(
+        default=None,
+        metadata={"help": "'module:function' scoring (prompt, response) -> float, e.g. the tiny task's judge."},
+    )
+    eval_max_prompts: int | None = field(
+        default=None, metadata={"help": "Held-out prompts to evaluate on at the end (unset: all; 0: none)."}
+    )
+    eval_seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "Sampling seeds of the final evaluation."}
+    )
+    logging_steps: int = field(
+        default=1, metadata={"help": "Print/TensorBoard every N iterations (metrics.jsonl has all)."}
+    )
+    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N iterations."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "'tensorboard' to write TensorBoard logs."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast. Unset: on if the GPU has it."})
+    fp16: bool | None = field(default=None, metadata={"help": "fp16 autocast. Unset: on for GPUs without bf16."})
+
+    def __post_init__(self) -> None:
+        _auto_precision(self)
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
+        micro = self.micro_batch_size or self.mini_batch_size
+        if self.mini_batch_size % micro:
+            raise ConfigError("mini_batch_size must be a multiple of micro_batch_size")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        self.report_to = [r for r in self.report_to if r != "none"]

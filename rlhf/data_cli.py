@@ -1,0 +1,53 @@
+"""`rlhf data`: look at data before a long run.
+
+* ``rlhf data tiny --out DIR`` writes the built-in task's sets as JSONL (the formats every stage
+  reads), so users can see and copy them.
+* ``rlhf data check --kind sft|preference|prompt --dataset PATH`` validates a dataset with the
+  same checks the stages run, and prints its size per split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlhf import data
+
+TINY_SETS = {"sft": "builtin:tiny/sft", "pairs": "builtin:tiny/pairs", "prompts": "builtin:tiny/prompts"}
+
+
+def write_tiny(out: Path) -> list[Path]:
+    written = []
+    for name, dataset in TINY_SETS.items():
+        for split in ("train", "test"):
+            loaded = data.load_split(dataset, split)
+            assert loaded is not None
+            path = out / name / f"{split}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(row) + "\n" for row in loaded[0]))
+            written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="rlhf data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    tiny = commands.add_parser("tiny", help="write the built-in tiny task's datasets as JSONL")
+    tiny.add_argument("--out", type=Path, required=True, help="folder to write sft/, pairs/, prompts/ into")
+    check = commands.add_parser("check", help="validate a dataset as a stage would")
+    check.add_argument("--kind", choices=sorted(data.CHECKS), required=True, help="what the dataset is for")
+    check.add_argument("--dataset", required=True, help="file, folder, hub id or builtin:... name")
+    args = parser.parse_args(argv)
+    if args.command == "tiny":
+        for path in write_tiny(args.out):
+            print(path)
+        return
+    for split in ("train", "test"):
+        loaded = data.load_split(args.dataset, split)
+        if loaded is not None:
+            data.validate(loaded[0], args.kind, loaded[1])
+            print(f"{args.dataset} [{split}]: {len(loaded[0])} rows, valid {args.kind} data")

@@ -1,0 +1,221 @@
+"""The one place that builds models and tokenizers, so every stage loads them the same way.
+
+A stage never calls ``from_pretrained`` itself: it asks this module for the tokenizer, for a causal
+LM or a reward model (sequence classifier with one label) with the recipe's quantization, for the
+LoRA config of its task, and for merging an adapter into a full-precision copy of its base. That
+keeps the QLoRA details (NF4 with double quantization, compute dtype, device placement, a pad
+token distinct from EOS) in one file, and keeps the reward model loadable in a fresh process
+exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhf.config import ConfigError, ModelArguments, from_options
+from rlhf.tiny.build import MODEL_DIR as TINY_MODEL_DIR
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {"builtin:tiny": TINY_MODEL_DIR}
+
+# Tokens that some families reserve for padding; used before adding a new one, which would need a
+# resized (and untrained) embedding row.
+_RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endoftext|>", "<unk>")
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A built-in name (``builtin:tiny``) to its folder; anything else (hub id, path) unchanged."""
+    if name_or_path.startswith("builtin:"):
+        if name_or_path not in BUILTIN_MODELS:
+            raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {sorted(BUILTIN_MODELS)}")
+        path = BUILTIN_MODELS[name_or_path]
+        if not (path / "model.safetensors").is_file():
+            raise ConfigError(f"{name_or_path}: {path} is missing; run scripts/build_tiny_model.py")
+        return str(path)
+    return name_or_path
+
+
+def resolve_dtypes(model_args: ModelArguments, training_args: Any | None = None) -> None:
+    """Fill ``dtype`` and ``bnb_4bit_compute_dtype`` left unset from the training precision."""
+    if model_args.dtype is None:
+        bf16 = bool(getattr(training_args, "bf16", False))
+        fp16 = bool(getattr(training_args, "fp16", False))
+        model_args.dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
+    if model_args.bnb_4bit_compute_dtype is None:
+        model_args.bnb_4bit_compute_dtype = model_args.dtype if model_args.dtype in _DTYPES else "float32"
+
+
+def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None:
+    """NF4 (or FP4) 4-bit with optional double quantization, 8-bit, or nothing."""
+    if model_args.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+            bnb_4bit_compute_dtype=_DTYPES[model_args.bnb_4bit_compute_dtype or "float32"],
+            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage,
+        )
+    if model_args.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def process_device() -> torch.device:
+    """This process's device: its local GPU under torchrun/accelerate, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with a pad token distinct from EOS (pad == EOS masks EOS out of losses)."""
+    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        reserved = [t for t in _RESERVED_PAD_TOKENS if t in vocab and vocab[t] != tokenizer.eos_token_id]
+        if reserved:
+            tokenizer.pad_token = reserved[0]
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        logger.info("pad token set to %r (distinct from eos %r)", tokenizer.pad_token, tokenizer.eos_token)
+    return tokenizer
+
+
+def _model_kwargs(model_args: ModelArguments, trust_remote_code: bool) -> dict[str, Any]:
+    quant = quantization_config(model_args)
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": trust_remote_code,
+        "dtype": model_args.dtype if model_args.dtype == "auto" else _DTYPES[model_args.dtype or "float32"],
+    }
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quant is not None:
+        # bitsandbytes places quantized weights at load time, so each process loads onto its own device.
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": process_device()}
+    return kwargs
+
+
+def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_causal_lm(
+    model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The base (or SFT-merged) causal LM, quantized as the recipe says."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_args, trust_remote_code))
+    return _match_tokenizer(model, tokenizer)
+
+
+def load_reward_backbone(
+    model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A sequence classifier with one output (the reward) on top of the given causal LM checkpoint."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    kwargs = _model_kwargs(model_args, trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    return _match_tokenizer(model, tokenizer)
+
+
+def match_trainable_dtype(model: torch.nn.Module, mixed_precision: bool) -> None:
+    """Keep trainable weights in float32 when training without bf16/fp16 autocast.
+
+    TRL casts the trainable parameters of a quantized model to bf16 (QLoRA's recipe, which assumes
+    bf16 autocast). Without autocast (fp32 training, as on CPU) a bf16 score head then meets fp32
+    hidden states, and bf16 weights would lose small updates: float32 is right there.
+    """
+    if mixed_precision:
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+
+
+def lora_config(model_args: ModelArguments, task_type: str) -> LoraConfig | None:
+    """The recipe's LoRA for a task ("CAUSAL_LM" or "SEQ_CLS").
+
+    With ``SEQ_CLS`` PEFT keeps the randomly initialised ``score`` head as a fully trained module
+    saved with the adapter, instead of putting a LoRA on it ("all-linear" would), so the saved
+    reward model can be rebuilt exactly.
+    """
+    if not model_args.use_peft:
+        return None
+    targets = model_args.lora_target_modules
+    return LoraConfig(
+        task_type=task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets[0] if isinstance(targets, list) and len(targets) == 1 else targets,
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+    )
+
+
+def merge_adapter(
+    base_name_or_path: str, adapter_dir: str | Path, output_dir: str | Path, dtype: str = "float32"
+) -> Path:
+    """Merge a LoRA adapter into a full-precision copy of its base and save it (safetensors).
+
+    The base is loaded unquantized even when the adapter was trained with QLoRA: merging into 4-bit
+    weights would round the update away. The result is a plain checkpoint any tool can load.
+    """
+    output_dir = Path(output_dir)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name_or_path), dtype=_DTYPES[dtype])
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    base = _match_tokenizer(base, tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "merge.json").write_text(
+        json.dumps({"base": base_name_or_path, "adapter": str(adapter_dir), "dtype": dtype}, indent=2) + "\n"
+    )
+    return output_dir
+
+
+def load_reward_model(run_dir: str | Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """A trained reward model from its run folder, rebuilt exactly as the reward stage trained it.
+
+    The run's resolved config names the backbone and its quantization; the adapter folder holds
+    the LoRA and the score head (saved as a module of the SEQ_CLS adapter).
+    """
+    from rlhf import runs  # runs imports config only; kept local to keep this module's imports flat
+
+    options = runs.read_config(run_dir)
+    (model_args,) = from_options([ModelArguments], options)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    backbone = load_reward_backbone(model_args, tokenizer, bool(options.get("trust_remote_code", False)))
+    model = PeftModel.from_pretrained(backbone, str(run_dir))
+    model.eval()
+    return model, tokenizer

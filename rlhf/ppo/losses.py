@@ -1,0 +1,217 @@
+"""PPO's arithmetic as small pure functions over padded ``(batch, response_length)`` tensors.
+
+Every function takes a ``mask`` (1 for real response tokens, 0 after EOS / padding) instead of
+inferring it from pad ids, so "did it stop?" and "which tokens count" are never confused. Names
+follow the papers: Schulman et al. 2017 (PPO, https://arxiv.org/abs/1707.06347), Schulman et al.
+2015 (GAE, https://arxiv.org/abs/1506.02438), Ziegler et al. 2019 (KL-penalised RLHF and the
+adaptive KL controller, https://arxiv.org/abs/1909.08593), and Schulman's note on KL estimators
+(k1, k3: http://joschu.net/blog/kl-approx.html).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# A reduction over ranks: given a tensor of local partial sums, returns the global sums. Identity
+# in one process; `all_reduce(SUM)` under torchrun.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the tokens where ``mask`` is 1 (over all of them, or along ``dim``)."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1)
+
+
+def masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _identity
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) variance over masked tokens, across every rank ``reduce`` sums over."""
+    stats = reduce(torch.stack([masked_sum(x, mask), masked_sum(x * x, mask), mask.sum()]).double())
+    total, total_sq, count = stats[0], stats[1], stats[2].clamp(min=1)
+    mean = total / count
+    variance = (total_sq / count - mean * mean).clamp(min=0) * count / (count - 1).clamp(min=1)
+    return mean.to(x.dtype), variance.to(x.dtype)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce: Reduce = _identity) -> torch.Tensor:
+    """Normalise masked values to unit variance (and zero mean); padding stays 0."""
+    mean, variance = masked_moments(x, mask, reduce)
+    out = (x - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from log-probs of tokens sampled by the policy.
+
+    k1 = log p - log q is unbiased but can be negative per token; k3 = (r - 1) - log r with
+    r = q / p is unbiased and always >= 0, with lower variance when the two are close.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (use 'k1' or 'k3')")
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards: ``-kl_coef * KL`` at every response token, plus the sequence score at its last token.
+
+    ``scores``: (B,), ``kl``/``mask``: (B, T). The last token is the last masked one (EOS when the
+    response stopped, the final generated token when it was cut off).
+    """
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(1) - 1).clamp(min=0).long()  # (B,)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the response tokens; returns (advantages, returns).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t ;  A_t = delta_t + gamma * lam * A_{t+1}, with
+    V and A zero after the last real token. returns = advantages + values.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, advantages + values
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate objective (PPO eq. 7), as a loss to minimise, with its diagnostics.
+
+    Returns the loss and ``clipfrac`` (share of tokens where the clip was active) and
+    ``approx_kl`` (k3 estimate of KL(old || new), the early-stopping signal).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- clip) - R)^2), and its clip fraction."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    with torch.no_grad():
+        stats = {"value_clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask)}
+    return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, <= 0 is no better than a constant."""
+    _, var_returns = masked_moments(returns, mask)
+    _, var_error = masked_moments(returns - values, mask)
+    return float(1.0 - var_error / var_returns) if var_returns > 0 else float("nan")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stateful helpers (small, with explicit state so checkpoints can save and restore them)
+
+
+@dataclass
+class KLController:
+    """The KL coefficient: fixed, or adaptive (Ziegler et al. 2019, sec. 2.2).
+
+    Adaptive: ``coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon`` after each batch of
+    ``n`` episodes, so the measured KL drifts towards ``target``.
+    """
+
+    coef: float
+    target: float | None = None
+    horizon: float = 10_000.0
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        if self.target is None or not math.isfinite(kl):
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + error * n_episodes / self.horizon
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"coef": self.coef, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.coef = float(state["coef"])  # type: ignore[arg-type]
+        self.target = state["target"]
+        self.horizon = float(state["horizon"])  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningMoments:
+    """Running mean and standard deviation of scores (Chan et al.'s parallel update), for normalisation."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    count: float = 1e-4
+
+    def update(self, values: torch.Tensor, reduce: Reduce = _identity) -> None:
+        stats = reduce(
+            torch.stack([values.sum(), (values * values).sum(), torch.tensor(float(values.numel()))]).double()
+        )
+        n = float(stats[2])
+        if n == 0:
+            return
+        batch_mean = float(stats[0]) / n
+        batch_var = max(float(stats[1]) / n - batch_mean * batch_mean, 0.0)
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta * delta * self.count * n / total) / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+    def normalize(self, values: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+        out = (values - self.mean) / max(self.std, 1e-6)
+        return out.clamp(-clip, clip) if clip is not None else out
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])

@@ -1,0 +1,156 @@
+"""Four PPO roles on ONE copy of the (quantized) base weights.
+
+Peers keep four models for PPO (policy, reference, value, reward); TRL's last PPOTrainer kept four
+full models. With LoRA the roles differ only by small adapters, so they can share the base:
+
+* **policy**    = base + "policy" LoRA (trainable), initialised to zero so it starts as the SFT model;
+* **reference** = base with adapters disabled: the SFT model itself, because PPO's base is the SFT
+  adapter merged into the base (``rlhf sft --merge_adapter``);
+* **value**     = base + "value" LoRA + a scalar value head (trainable), initialised from the reward
+  model (DeepSpeed-Chat and OpenRLHF do this; a critic that starts by predicting the reward helps
+  early PPO);
+* **reward**    = base + "reward" LoRA + the reward model's score head (frozen).
+
+This is only sound when the reward model was trained on the same base weights (the merged SFT
+model) loaded the same way, which the stage checks.
+
+Traps this module handles (each has a test): PEFT's ``set_adapter`` makes the active adapter
+trainable and freezes the others, and leaving ``disable_adapter`` unfreezes only the active one, so
+``requires_grad`` is reset after every switch; loading a
+SEQ_CLS adapter into a causal LM drops its ``score`` module, so the score head is read from the
+reward folder's safetensors; under 4-bit the hidden states come out in the compute dtype, so the
+heads get float32 inputs; and each adapter's forward and backward run as a pair (switching
+adapters between a checkpointed forward and its backward gives wrong gradients).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+
+POLICY, VALUE, REWARD = "policy", "value", "reward"
+TRAINABLE = (POLICY, VALUE)
+SCORE_KEY = "base_model.model.score.weight"
+
+
+def load_score_head(reward_dir: str | Path) -> torch.Tensor:
+    """The reward model's score head weight (1, hidden), from its adapter file."""
+    weights = load_file(str(Path(reward_dir) / "adapter_model.safetensors"))
+    if SCORE_KEY not in weights:
+        raise ValueError(f"{reward_dir}: adapter has no {SCORE_KEY}; was it trained by `rlhf reward` (SEQ_CLS LoRA)?")
+    return weights[SCORE_KEY].float()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (HF models otherwise count pad tokens as positions)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class SharedBase(nn.Module):
+    """The policy, reference, value and reward roles of PPO over one base model."""
+
+    def __init__(
+        self, base: PreTrainedModel, policy_lora: LoraConfig, reward_dir: str | Path, value_init: str = "reward"
+    ):
+        super().__init__()
+        self.peft: PeftModel = get_peft_model(base, policy_lora, adapter_name=POLICY)
+        self.peft.load_adapter(str(reward_dir), adapter_name=REWARD, is_trainable=False)
+        score = load_score_head(reward_dir)
+        hidden = score.shape[1]
+        if value_init == "reward":
+            self.peft.load_adapter(str(reward_dir), adapter_name=VALUE, is_trainable=True)
+        elif value_init == "random":
+            reward_config = json.loads((Path(reward_dir) / "adapter_config.json").read_text())
+            self.peft.add_adapter(
+                VALUE,
+                LoraConfig(
+                    r=reward_config["r"],
+                    lora_alpha=reward_config["lora_alpha"],
+                    target_modules=reward_config["target_modules"],
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        else:
+            raise ValueError(f"value_init must be 'reward' or 'random', got {value_init!r}")
+        self.reward_head = nn.Linear(hidden, 1, bias=False)
+        self.reward_head.weight.data.copy_(score)
+        self.reward_head.requires_grad_(False)
+        self.value_head = nn.Linear(hidden, 1, bias=False)
+        if value_init == "reward":
+            self.value_head.weight.data.copy_(score)
+        else:
+            nn.init.zeros_(self.value_head.weight)
+        device = next(p for p in base.parameters()).device
+        self.reward_head.to(device)
+        self.value_head.to(device)
+        self.use(POLICY)
+
+    # -- adapters -------------------------------------------------------------------------------
+
+    def use(self, role: str) -> None:
+        """Activate a role's adapter and put ``requires_grad`` back where PPO needs it."""
+        self.peft.set_adapter(role)
+        self.peft.base_model.set_requires_grad(list(TRAINABLE), requires_grad=True)
+        self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """The SFT model: every adapter disabled.
+
+        PEFT freezes all adapters while they are disabled and, on the way out, makes only the
+        active one trainable again, so the critic's LoRA would silently stay frozen: restore it.
+        """
+        active = self.peft.active_adapter
+        try:
+            with self.peft.disable_adapter():
+                yield
+        finally:
+            self.use(active)
+
+    def trainable_parameters(self, role: str) -> list[nn.Parameter]:
+        """The parameters one role trains: its LoRA (and the value head for the critic)."""
+        params = [p for n, p in self.peft.named_parameters() if f".{role}." in n and "lora_" in n]
+        if role == VALUE:
+            params += list(self.value_head.parameters())
+        return params
+
+    # -- forward passes -------------------------------------------------------------------------
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        return self.peft.base_model.model
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the active adapter (or the reference), without the vocabulary projection."""
+        decoder = getattr(self.causal_lm, self.causal_lm.base_model_prefix)
+        out = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.causal_lm.get_output_embeddings()(hidden)
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Reward of right-padded sequences, read at each one's last real token (as the reward stage did)."""
+        self.use(REWARD)
+        try:
+            hidden = self.hidden_states(input_ids, attention_mask)
+        finally:
+            self.use(POLICY)
+        last = attention_mask.long().sum(1) - 1
+        return self.reward_head(hidden[torch.arange(len(last)), last].float()).squeeze(-1)

@@ -1,0 +1,569 @@
+"""The PPO loop over a :class:`~rlhf.ppo.roles.SharedBase`: rollout, scoring, advantages, update.
+
+One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
+
+1. sample responses for a batch of prompts (policy adapter, eval mode, KV cache, stop at EOS);
+2. recompute the sampled tokens' log-probs with a forward pass (generate()'s scores differ in
+   precision and would cost a batch x length x vocabulary tensor), and the reference's with
+   adapters disabled;
+3. values per response token from the value adapter and head;
+4. the reward model's score of prompt + response rendered exactly as the reward stage rendered its
+   data, minus a penalty when the response did not end with EOS; normalised by a running std;
+5. per-token rewards ``-kl_coef * KL`` plus the score at the last token; GAE; whitened advantages;
+6. ``ppo_epochs`` passes of clipped policy and value losses over minibatches, each role's forward
+   and backward as a pair, gradients clipped per role and averaged over ranks.
+
+Shapes: ``B`` episodes, ``P`` (left-padded) prompt tokens, ``R`` response tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+from trl.trainer.utils import selective_log_softmax
+
+from rlhf import data
+from rlhf.config import PPOConfig
+from rlhf.ppo import distributed as dist
+from rlhf.ppo import losses
+from rlhf.ppo.roles import POLICY, VALUE, SharedBase
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+STEP_METRICS_FILE = "metrics.jsonl"
+
+
+def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
+    """``"package.module:function"`` to the function (the gold judge of a task with one)."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class Rollout:
+    """One iteration's episodes and everything computed about them (tensors are B x R unless noted)."""
+
+    prompts: list[Any]
+    query: torch.Tensor  # B x P, left-padded
+    query_mask: torch.Tensor  # B x P
+    response: torch.Tensor  # B x R, pad after EOS
+    mask: torch.Tensor  # B x R, float: 1 up to and including EOS
+    texts: list[str]
+    ended: torch.Tensor  # B, bool: the response stopped with EOS
+    logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None  # B, raw reward-model score (before the EOS penalty)
+
+    @property
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.query, self.response], 1), torch.cat([self.query_mask, self.mask.long()], 1)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class PPOTrainer:
+    """Trains the policy and value adapters of a SharedBase with PPO; resumable from checkpoints."""
+
+    def __init__(
+        self,
+        roles: SharedBase,
+        tokenizer: PreTrainedTokenizerBase,
+        config: PPOConfig,
+        train_prompts: Dataset,
+        eval_prompts: Dataset | None = None,
+    ) -> None:
+        self.roles = roles
+        self.tokenizer = tokenizer
+        self.config = config
+        self.train_prompts = train_prompts
+        self.eval_prompts = eval_prompts
+        self.judge = load_judge(config.gold_judge)
+        self.device = next(p for p in roles.parameters()).device
+        self.output_dir = Path(config.output_dir)
+
+        policy_params = roles.trainable_parameters(POLICY)
+        value_params = roles.trainable_parameters(VALUE)
+        groups = [
+            {"params": policy_params, "lr": config.learning_rate, "name": POLICY},
+            {"params": value_params, "lr": config.value_learning_rate or config.learning_rate, "name": VALUE},
+        ]
+        if config.optim == "paged_adamw_8bit":
+            import bitsandbytes as bnb
+
+            self.optimizer = bnb.optim.PagedAdamW8bit(groups, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.kl_controller = losses.KLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        self.score_moments = losses.RunningMoments()
+        self.step = 0
+        self.epoch = 0
+        self.cursor = 0  # position in this epoch's prompt order
+        self.history: list[dict[str, float]] = []
+        self.writer = None
+        if "tensorboard" in config.report_to and dist.rank() == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "runs"))
+
+    def _lr_factor(self, step: int) -> float:
+        config = self.config
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        if config.lr_scheduler_type == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.lr_scheduler_type == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    def _autocast(self) -> Any:
+        dtype = torch.bfloat16 if self.config.bf16 else torch.float16 if self.config.fp16 else None
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    # ------------------------------------------------------------------------------------------
+    # Data
+
+    def _next_prompts(self) -> list[Any]:
+        """This rank's share of the next global batch, in a seeded order that checkpoints can restore."""
+        size, world, rank = self.config.rollout_batch_size, dist.world_size(), dist.rank()
+        needed = size * world
+        batch: list[Any] = []
+        while len(batch) < needed:
+            order = torch.randperm(
+                len(self.train_prompts), generator=torch.Generator().manual_seed(self.config.seed + self.epoch)
+            )
+            take = order[self.cursor : self.cursor + needed - len(batch)].tolist()
+            batch += [self.train_prompts[i]["prompt"] for i in take]
+            self.cursor += len(take)
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return batch[rank * size : (rank + 1) * size]
+
+    def _encode_prompts(self, prompts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [
+            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            if isinstance(p, list)
+            else p
+            for p in prompts
+        ]
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            encoded = self.tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str)
+            )
+        finally:
+            self.tokenizer.padding_side = side
+        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+
+    # ------------------------------------------------------------------------------------------
+    # Rollout and scoring
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Any], reference: bool = False) -> Rollout:
+        """Sample responses (policy, or the SFT reference), cut at the first EOS."""
+        config, roles = self.config, self.roles
+        query, query_mask = self._encode_prompts(prompts)
+        was_training = roles.peft.training
+        roles.peft.eval()
+        checkpointing = roles.causal_lm.is_gradient_checkpointing
+        if checkpointing:  # generating under checkpointing in train mode samples different tokens
+            roles.causal_lm.gradient_checkpointing_disable()
+        try:
+            with roles.reference() if reference else nullcontext(), self._autocast():
+                out = roles.peft.generate(
+                    input_ids=query,
+                    attention_mask=query_mask,
+                    max_new_tokens=config.max_new_tokens,
+                    do_sample=True,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+        finally:
+            if checkpointing:
+                roles.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            roles.peft.train(was_training)
+        response = out[:, query.shape[1] :]
+        is_eos = response == self.tokenizer.eos_token_id
+        ended = is_eos.any(1)
+        first_eos = torch.where(
+            ended, is_eos.float().argmax(1), torch.full_like(ended, response.shape[1], dtype=torch.long)
+        )
+        positions = torch.arange(response.shape[1], device=response.device)
+        mask = (positions[None, :] <= first_eos[:, None]).float()
+        if response.shape[1] == 0:
+            mask = mask[:, :0]
+        response = torch.where(mask.bool(), response, torch.full_like(response, self.tokenizer.pad_token_id))
+        texts = self.tokenizer.batch_decode(
+            response.masked_fill(response == self.tokenizer.eos_token_id, self.tokenizer.pad_token_id),
+            skip_special_tokens=True,
+        )
+        return Rollout(list(prompts), query, query_mask, response, mask, [t.strip() for t in texts], ended)
+
+    def _response_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Logits predicting each response token (B x R x V), at the sampling temperature."""
+        hidden = self.roles.hidden_states(ids, mask)[:, prompt_length - 1 : -1]
+        return self.roles.token_logits(hidden).float() / self.config.temperature
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout, reference: bool = False) -> torch.Tensor:
+        ids, mask = rollout.sequences
+        out = []
+        with self.roles.reference() if reference else nullcontext(), self._autocast():
+            for part in _chunks(len(ids), self.config.forward_batch_size):
+                logits = self._response_logits(ids[part], mask[part], rollout.query.shape[1])
+                out.append(selective_log_softmax(logits, rollout.response[part]))
+        return torch.cat(out) * rollout.mask
+
+    @torch.no_grad()
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        ids, mask = rollout.sequences
+        prompt_length = rollout.query.shape[1]
+        out = []
+        self.roles.use(VALUE)
+        try:
+            with self._autocast():
+                for part in _chunks(len(ids), self.config.forward_batch_size):
+                    hidden = self.roles.hidden_states(ids[part], mask[part])[:, prompt_length - 1 : -1]
+                    out.append(self.roles.values(hidden))
+        finally:
+            self.roles.use(POLICY)
+        return torch.cat(out) * rollout.mask
+
+    @torch.no_grad()
+    def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
+        """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""
+        sequences = [data.scoring_ids(self.tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)]
+        return self.score_token_ids(sequences)
+
+    @torch.no_grad()
+    def score_token_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Reward-model scores of already tokenized sequences (right-padded in batches)."""
+        scores = []
+        with self._autocast():
+            for part in _chunks(len(sequences), self.config.forward_batch_size):
+                chunk = sequences[part]
+                width = max(len(s) for s in chunk)
+                ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, seq in enumerate(chunk):
+                    ids[row, : len(seq)] = torch.tensor(seq)
+                    mask[row, : len(seq)] = 1
+                scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
+        return torch.cat(scores)
+
+    def score(self, rollout: Rollout) -> None:
+        rollout.logprobs = self.logprobs(rollout)
+        rollout.ref_logprobs = self.logprobs(rollout, reference=True)
+        rollout.values = self.values(rollout)
+        rollout.scores = self.reward_scores(rollout.prompts, rollout.texts)
+
+    # ------------------------------------------------------------------------------------------
+    # Advantages and update
+
+    def advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        config = self.config
+        assert rollout.scores is not None and rollout.logprobs is not None
+        assert rollout.ref_logprobs is not None and rollout.values is not None
+        scores = rollout.scores - config.missing_eos_penalty * (~rollout.ended).float()
+        if config.normalize_reward:
+            self.score_moments.update(scores, dist.all_sum)
+            scores = self.score_moments.normalize(scores, config.reward_clip)
+        elif config.reward_clip is not None:
+            scores = scores.clamp(-config.reward_clip, config.reward_clip)
+        kl = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, config.kl_estimator) * rollout.mask
+        rewards = losses.token_rewards(scores, kl, rollout.mask, self.kl_controller.coef)
+        if config.whiten_rewards:
+            rewards = losses.whiten(rewards, rollout.mask, shift_mean=False, reduce=dist.all_sum)
+        advantages, returns = losses.gae(rewards, rollout.values, rollout.mask, config.gamma, config.lam)
+        advantages = losses.whiten(advantages, rollout.mask, reduce=dist.all_sum)
+        return {"advantages": advantages, "returns": returns, "kl": kl, "shaped_scores": scores, "rewards": rewards}
+
+    def update(self, rollout: Rollout, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+        """PPO epochs over minibatches; stops early when the approximate KL passes ``max_approx_kl``."""
+        config, roles = self.config, self.roles
+        ids, mask = rollout.sequences
+        prompt_length = rollout.query.shape[1]
+        micro = config.micro_batch_size or config.mini_batch_size
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
+        }
+        roles.peft.train()
+        epochs_done, stop = 0, False
+        policy_params = roles.trainable_parameters(POLICY)
+        value_params = roles.trainable_parameters(VALUE)
+        for _ in range(config.ppo_epochs):
+            order = torch.randperm(len(ids))
+            for mb in _chunks(len(ids), config.mini_batch_size):
+                rows = order[mb]
+                tokens = rollout.mask[rows].sum().clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                approx_kl = torch.zeros((), device=self.device)
+                # policy: forward and backward as a pair
+                roles.use(POLICY)
+                for part in _chunks(len(rows), micro):
+                    r = rows[part]
+                    with self._autocast():
+                        logits = self._response_logits(ids[r], mask[r], prompt_length)
+                    new_logprobs = selective_log_softmax(logits, rollout.response[r])
+                    loss, part_stats = losses.policy_loss(
+                        new_logprobs, rollout.logprobs[r], targets["advantages"][r], rollout.mask[r], config.cliprange
+                    )
+                    weight = rollout.mask[r].sum() / tokens
+                    (loss * weight).backward()
+                    with torch.no_grad():
+                        entropy = losses.masked_mean(losses.entropy_from_logits(logits), rollout.mask[r])
+                    approx_kl += part_stats["approx_kl"] * weight
+                    for key, value in (
+                        ("policy_loss", loss),
+                        ("clipfrac", part_stats["clipfrac"]),
+                        ("entropy", entropy),
+                    ):
+                        stats[key].append(float(value.detach()))
+                # value: forward and backward as a pair
+                roles.use(VALUE)
+                for part in _chunks(len(rows), micro):
+                    r = rows[part]
+                    with self._autocast():
+                        hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
+                    new_values = roles.values(hidden)
+                    vloss, part_stats = losses.value_loss(
+                        new_values, rollout.values[r], targets["returns"][r], rollout.mask[r], config.cliprange_value
+                    )
+                    weight = rollout.mask[r].sum() / tokens
+                    (config.vf_coef * vloss * weight).backward()
+                    stats["value_loss"].append(float(vloss.detach()))
+                    stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
+                roles.use(POLICY)
+                dist.average_gradients(policy_params + value_params)
+                torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm)
+                self.optimizer.step()
+                approx_kl = float(dist.all_sum(approx_kl.detach().reshape(1))[0]) / dist.world_size()
+                stats["approx_kl"].append(approx_kl)
+                if config.max_approx_kl is not None and approx_kl > config.max_approx_kl:
+                    stop = True
+                    break
+            epochs_done += 1
+            if stop:
+                break
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {
+            f"policy/{k}" if k in ("clipfrac", "approx_kl", "entropy") else f"loss/{k}": float(np.mean(v))
+            for k, v in stats.items()
+            if v
+        }
+        out["policy/update_epochs"] = epochs_done
+        out["policy/early_stopped"] = float(stop)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def train_step(self) -> dict[str, float]:
+        started = time.perf_counter()
+        prompts = self._next_prompts()
+        rollout = self.generate(prompts)
+        generated = time.perf_counter()
+        self.score(rollout)
+        scored = time.perf_counter()
+        targets = self.advantages(rollout)
+        update_stats = self.update(rollout, targets)
+        updated = time.perf_counter()
+
+        assert rollout.scores is not None and rollout.values is not None
+        seq_kl = targets["kl"].sum(1)
+        n = float(len(prompts))
+        mean = lambda t: float(dist.all_sum(t.float().sum().reshape(1))[0]) / (n * dist.world_size())  # noqa: E731
+        tokens = float(dist.all_sum(rollout.mask.sum().reshape(1))[0])
+        metrics = {
+            "step": self.step + 1,
+            "objective/score": mean(rollout.scores),
+            "objective/kl": mean(seq_kl),
+            "objective/kl_coef": self.kl_controller.coef,
+            "objective/non_score_reward": mean(-self.kl_controller.coef * seq_kl),
+            "objective/rlhf_reward": mean(rollout.scores - self.kl_controller.coef * seq_kl),
+            "value/explained_variance": losses.explained_variance(rollout.values, targets["returns"], rollout.mask),
+            "response/length": mean(rollout.mask.sum(1)),
+            "response/eos_rate": mean(rollout.ended),
+            "time/generate": generated - started,
+            "time/score": scored - generated,
+            "time/update": updated - scored,
+            "throughput/tokens_per_second": tokens / (updated - started),
+            "throughput/episodes_per_second": n * dist.world_size() / (updated - started),
+            "lr": self.scheduler.get_last_lr()[0],
+            **update_stats,
+        }
+        if self.judge is not None:
+            metrics["gold/score"] = mean(
+                torch.tensor([self.judge(p, t) for p, t in zip(rollout.prompts, rollout.texts, strict=True)])
+            )
+        self.kl_controller.update(metrics["objective/kl"], int(n) * dist.world_size())
+        self.scheduler.step()
+        self.step += 1
+        return metrics
+
+    def train(self) -> list[dict[str, float]]:
+        config = self.config
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            desc="ppo",
+            unit="it",
+            disable=config.disable_tqdm or dist.rank() != 0,
+        )
+        while self.step < config.steps:
+            metrics = self.train_step()
+            self.history.append(metrics)
+            if dist.rank() == 0:
+                with (self.output_dir / STEP_METRICS_FILE).open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                if self.writer is not None and self.step % config.logging_steps == 0:
+                    for key, value in metrics.items():
+                        if key != "step":
+                            self.writer.add_scalar(key, value, self.step)
+                postfix = {"score": f"{metrics['objective/score']:.2f}", "kl": f"{metrics['objective/kl']:.2f}"}
+                if "gold/score" in metrics:
+                    postfix["gold"] = f"{metrics['gold/score']:.2f}"
+                bar.set_postfix(postfix)
+            bar.update(1)
+            if self.step % config.save_steps == 0 or self.step == config.steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        return self.history
+
+    # ------------------------------------------------------------------------------------------
+    # Saving and resuming
+
+    def save_adapter(self, role: str, folder: Path) -> None:
+        """A role's LoRA as a plain PEFT adapter folder (loads with PeftModel.from_pretrained)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.roles.peft, adapter_name=role)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors")
+        )
+        config = self.roles.peft.peft_config[role]
+        inference_mode = config.inference_mode
+        config.inference_mode = True
+        config.save_pretrained(str(folder))
+        config.inference_mode = inference_mode
+
+    def _trainable_checksum(self) -> float:
+        params = self.roles.trainable_parameters(POLICY) + self.roles.trainable_parameters(VALUE)
+        return float(sum(p.detach().double().sum() for p in params))
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint atomically: a staging folder renamed once every rank has written its part.
+
+        A run killed while saving leaves only the hidden staging folder, which ``--resume`` ignores.
+        """
+        final = self.output_dir / f"checkpoint-{self.step}"
+        staging = self.output_dir / f".checkpoint-{self.step}.partial"
+        if dist.rank() == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self.save_adapter(POLICY, staging / POLICY)
+            self.save_adapter(VALUE, staging / VALUE)
+            save_file({"weight": self.roles.value_head.weight.detach().cpu()}, str(staging / "value_head.safetensors"))
+            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "cursor": self.cursor,
+                "kl_controller": self.kl_controller.state_dict(),
+                "score_moments": self.score_moments.state_dict(),
+                "world_size": dist.world_size(),
+            }
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+        dist.barrier()
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # every rank must hold the same weights; a resume compares these
+            "trainable_checksum": self._trainable_checksum(),
+        }
+        torch.save(rng, staging / f"rng_state_{dist.rank()}.pth")
+        dist.barrier()
+        if dist.rank() == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+            self._rotate_checkpoints()
+        dist.barrier()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if limit is None:
+            return
+        checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore everything a checkpoint holds, so the run continues as if never stopped."""
+        folder = Path(folder)
+        state = json.loads((folder / STATE_FILE).read_text())
+        if state["world_size"] != dist.world_size():
+            raise ValueError(f"{folder} was written by {state['world_size']} processes; resume with as many")
+        for role in (POLICY, VALUE):
+            weights = load_file(str(folder / role / "adapter_model.safetensors"), device=str(self.device))
+            set_peft_model_state_dict(self.roles.peft, weights, adapter_name=role)
+        self.roles.value_head.weight.data.copy_(load_file(str(folder / "value_head.safetensors"))["weight"])
+        self.roles.use(POLICY)
+        self.optimizer.load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)
+        )
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.score_moments.load_state_dict(state["score_moments"])
+        rng = torch.load(folder / f"rng_state_{dist.rank()}.pth", weights_only=False)
+        if abs(rng["trainable_checksum"] - self._trainable_checksum()) > 1e-6 * max(
+            1.0, abs(rng["trainable_checksum"])
+        ):
+            raise ValueError(f"{folder}: restored weights differ from those rank {dist.rank()} saved")
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        metrics_file = self.output_dir / STEP_METRICS_FILE
+        if metrics_file.exists():  # drop what a killed run logged after this checkpoint
+            kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            self.history = [json.loads(line) for line in kept]
+            if dist.rank() == 0:
+                metrics_file.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,276 @@
+"""`rlhf report`: one HTML page and a few PNG plots that say at a glance whether a run worked.
+
+Reads a pipeline run folder (``sft/``, ``reward/``, ``ppo/``, ``eval/``; any may be missing) and
+writes ``report.html`` beside them and the plots into ``report/``. The verdict at the top compares
+the PPO and SFT policies on held-out prompts (gold judge where the task has one, else the reward
+model). Model output is untrusted text: every string is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+REPORT_FILE = "report.html"
+PLOTS_DIR = "report"
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _series(history: Sequence[dict[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    points = [(h[x], h[key]) for h in history if key in h and h[key] is not None and x in h]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot(ax: Any, history: Sequence[dict[str, Any]], key: str, *style: str, label: str | None = None) -> None:
+    """Plot a logged series if the run logged it (no empty legend entries)."""
+    xs, ys = _series(history, key)
+    if xs:
+        ax.plot(xs, ys, *style, label=label)
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_sft(history: list[dict[str, Any]], out: Path) -> str | None:
+    if not history:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    _plot(ax, history, "loss", label="train loss")
+    _plot(ax, history, "eval_loss", "o-", label="eval loss")
+    ax.set(title="SFT loss", xlabel="step", ylabel="loss (assistant tokens)")
+    ax.legend()
+    return _save(fig, out / "sft_loss.png")
+
+
+def plot_reward(history: list[dict[str, Any]], out: Path) -> str | None:
+    if not history:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    _plot(left, history, "loss", label="train")
+    _plot(left, history, "eval_loss", "o-", label="eval")
+    left.set(title="Reward model loss", xlabel="step")
+    left.legend()
+    _plot(right, history, "accuracy", label="train")
+    _plot(right, history, "eval_accuracy", "o-", label="eval")
+    right.axhline(0.5, color="grey", linestyle=":", label="chance")
+    right.set(title="Pairwise accuracy", xlabel="step", ylim=(0.3, 1.02))
+    right.legend()
+    return _save(fig, out / "reward.png")
+
+
+def plot_ppo(history: list[dict[str, Any]], out: Path) -> str | None:
+    if not history:
+        return None
+    panels = [
+        ("objective/score", "reward-model score"),
+        ("gold/score", "gold-judge score"),
+        ("objective/kl", "KL to SFT (nats/answer)"),
+        ("response/length", "response length (tokens)"),
+    ]
+    panels = [(k, t) for k, t in panels if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        _plot(ax, history, key)
+        ax.set(title=title, xlabel="PPO iteration")
+    return _save(fig, out / "ppo.png")
+
+
+def plot_comparison(evaluation: dict[str, Any], out: Path) -> str | None:
+    if "sft" not in evaluation or "ppo" not in evaluation:
+        return None
+    keys = [k for k in ("gold", "reward") if k in evaluation["sft"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
+    axes = axes if len(keys) > 1 else [axes]
+    for ax, key in zip(axes, keys, strict=True):
+        values = [evaluation[p][key] for p in ("sft", "ppo")]
+        errors = [1.96 * evaluation[p][f"{key}_stderr"] for p in ("sft", "ppo")]
+        ax.bar(["SFT", "PPO"], values, yerr=errors, capsize=6, color=["#9aa5b1", "#2f855a"])
+        ax.set(title=f"{'gold-judge' if key == 'gold' else 'reward-model'} score (95% CI)")
+    return _save(fig, out / "comparison.png")
+
+
+def plot_calibration(reward_model: dict[str, Any], out: Path) -> str | None:
+    bins = reward_model.get("bins") or []
+    if not bins:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+    ax.plot([b["claimed"] for b in bins], [b["observed"] for b in bins], "o-", label="reward model")
+    ax.set(title=f"Calibration (ECE {reward_model['ece']:.3f})", xlabel="claimed P(chosen)", ylabel="observed")
+    ax.legend()
+    return _save(fig, out / "calibration.png")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+    return str(prompt)
+
+
+def verdict(evaluation: dict[str, Any]) -> tuple[bool | None, str]:
+    """Did PPO beat SFT? Judged by the gold judge when there is one, else the reward model."""
+    wins = evaluation.get("win_rate", {})
+    judge = "gold" if "gold" in wins else "reward" if "reward" in wins else None
+    if judge is None:
+        return None, "No evaluation yet: run `rlhf eval` (or the pipeline's eval stage)."
+    w = wins[judge]
+    worked = w["ci_low"] > 0.5
+    scores = ""
+    if judge in evaluation.get("sft", {}):
+        scores = f" Mean {judge} score {evaluation['sft'][judge]:.2f} (SFT) → {evaluation['ppo'][judge]:.2f} (PPO)."
+    text = (
+        f"PPO {'beat' if worked else 'did not clearly beat'} the SFT policy on held-out prompts: "
+        f"it wins {w['win_rate']:.0%} of paired comparisons by the {judge} judge "
+        f"(95% CI {w['ci_low']:.0%}–{w['ci_high']:.0%}, {int(w['pairs'])} pairs).{scores}"
+        f" KL to SFT: {evaluation.get('kl_ppo_to_sft', float('nan')):.2f} nats per answer."
+    )
+    return worked, text
+
+
+def _samples_table(samples: list[dict[str, Any]], limit: int) -> str:
+    pairs: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for s in samples:
+        pairs.setdefault((s["prompt_index"], s["seed"]), {})[s["policy"]] = s
+    rows = []
+    for _, pair in sorted(pairs.items())[:limit]:
+        if "sft" not in pair or "ppo" not in pair:
+            continue
+        cells = [f"<td>{_e(_prompt_text(pair['sft']['prompt']))}</td>"]
+        for policy in ("sft", "ppo"):
+            s = pair[policy]
+            score = f"gold {s['gold']:.1f}, " if "gold" in s else ""
+            cells.append(f"<td>{_e(s['response'])}<div class='score'>{score}reward {s['reward']:.2f}</div></td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table><tr><th>prompt</th><th>SFT policy</th><th>PPO policy</th></tr>" + "".join(rows) + "</table>"
+
+
+def _metric_rows(evaluation: dict[str, Any]) -> str:
+    rows = []
+    for key, label in (
+        ("gold", "gold-judge score"),
+        ("reward", "reward-model score"),
+        ("length", "length (tokens)"),
+        ("eos_rate", "ended with EOS"),
+    ):
+        if key in evaluation.get("sft", {}):
+            cells = []
+            for policy in ("sft", "ppo"):
+                value = evaluation[policy][key]
+                err = evaluation[policy].get(f"{key}_stderr")
+                cells.append(f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+            rows.append(f"<tr><td>{label}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    for judge, w in evaluation.get("win_rate", {}).items():
+        rows.append(
+            f"<tr><td>PPO win rate ({judge} judge)</td><td colspan=2>{w['win_rate']:.1%} "
+            f"(95% CI {w['ci_low']:.1%}–{w['ci_high']:.1%}; {int(w['wins'])} wins, {int(w['ties'])} ties, "
+            f"{int(w['losses'])} losses)</td></tr>"
+        )
+    for policy, scores in evaluation.get("rouge", {}).items():
+        rows.append(
+            f"<tr><td>ROUGE-L vs reference ({policy.upper()})</td><td colspan=2>{scores['rougeL']:.3f}</td></tr>"
+        )
+    return "<table><tr><th></th><th>SFT policy</th><th>PPO policy</th></tr>" + "".join(rows) + "</table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #1a202c; }
+.verdict { padding: 1em 1.2em; border-radius: 8px; font-size: 1.1em; }
+.ok { background: #e6ffed; border: 1px solid #2f855a; } .bad { background: #fff5f5; border: 1px solid #c53030; }
+.unknown { background: #f7fafc; border: 1px solid #a0aec0; }
+table { border-collapse: collapse; margin: 0.8em 0; width: 100%; } td, th { border: 1px solid #e2e8f0; padding: 6px 8px;
+text-align: left; vertical-align: top; } th { background: #f7fafc; } img { max-width: 100%; margin: 0.5em 0; }
+.score { color: #718096; font-size: 0.85em; margin-top: 4px; } h2 { margin-top: 1.6em; }
+"""
+
+
+def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
+    """Write ``report.html`` and its plots for a pipeline run folder; returns the HTML path."""
+    run_dir = Path(run_dir)
+    plots = run_dir / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    sft_history = _jsonl(run_dir / "sft" / "log_history.jsonl")
+    reward_history = _jsonl(run_dir / "reward" / "log_history.jsonl")
+    reward_metrics = _json(run_dir / "reward" / "metrics.json")
+    ppo_history = _jsonl(run_dir / "ppo" / "metrics.jsonl")
+    evaluation = _json(run_dir / "eval" / "metrics.json") or _json(run_dir / "ppo" / "metrics.json").get("eval", {})
+    samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(run_dir / "ppo" / "eval_samples.jsonl")
+    annotation = _json(run_dir / "annotate" / "summary.json")
+
+    worked, verdict_text = verdict(evaluation)
+    css = {True: "ok", False: "bad", None: "unknown"}[worked]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf report: {_e(run_dir.name)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>rlhf report: {_e(run_dir.name)}</h1>",
+        f"<div class='verdict {css}'>{_e(verdict_text)}</div>",
+    ]
+    if evaluation:
+        parts += ["<h2>PPO vs SFT on held-out prompts</h2>", _metric_rows(evaluation)]
+        image = plot_comparison(evaluation, plots)
+        if image:
+            parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='SFT vs PPO scores'>")
+    if ppo_history:
+        parts += ["<h2>PPO training</h2>", f"<img src='{PLOTS_DIR}/{plot_ppo(ppo_history, plots)}' alt='PPO curves'>"]
+    if samples:
+        parts += [
+            f"<h2>Sample answers (first {samples_shown} held-out prompts)</h2>",
+            _samples_table(samples, samples_shown),
+        ]
+    if reward_history:
+        held_out = reward_metrics.get("eval", {})
+        line = (
+            f"Held-out pairwise accuracy {held_out['accuracy']:.1%} on {held_out['pairs']} pairs." if held_out else ""
+        )
+        parts += [
+            "<h2>Reward model</h2>",
+            f"<p>{_e(line)}</p>",
+            f"<img src='{PLOTS_DIR}/{plot_reward(reward_history, plots)}' alt='reward model'>",
+        ]
+        calibration = plot_calibration(evaluation.get("reward_model") or {}, plots)
+        if calibration:
+            parts.append(f"<img src='{PLOTS_DIR}/{calibration}' alt='calibration'>")
+    if sft_history:
+        parts += [
+            "<h2>Supervised fine-tuning</h2>",
+            f"<img src='{PLOTS_DIR}/{plot_sft(sft_history, plots)}' alt='SFT loss'>",
+        ]
+    if annotation:
+        parts += ["<h2>Annotation</h2>", "<pre>" + _e(json.dumps(annotation, indent=2)) + "</pre>"]
+    parts.append("</body></html>")
+    path = run_dir / REPORT_FILE
+    path.write_text("\n".join(parts))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="rlhf report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run_dir", required=True, help="pipeline run folder (with sft/, reward/, ppo/, eval/)")
+    parser.add_argument("--samples", type=int, default=10, help="sample answers to show")
+    args = parser.parse_args(argv)
+    print(build_report(args.run_dir, args.samples))

@@ -1,0 +1,95 @@
+"""Run folders: what every stage writes beside its model (resolved config, metrics, log history).
+
+A run folder is the unit the pipeline and the report read: ``rlhf_config.yaml`` (every option,
+re-runnable with ``--config``), ``metrics.json`` (the stage's summary figures),
+``log_history.jsonl`` (what the trainer logged, step by step) and ``checkpoint-*`` folders that
+``--resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers.trainer_utils import get_last_checkpoint
+
+from rlhf.config import ConfigError, write_resolved_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "rlhf_config.yaml"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "log_history.jsonl"
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def start(stage: str, output_dir: str, resume: bool, *configs: Any) -> str | None:
+    """Create the run folder, record the resolved config, and find the checkpoint to resume from."""
+    out = Path(output_dir)
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if resume and checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
+    if checkpoint is not None and not resume:
+        logger.warning("%s has checkpoints but --resume was not given: training starts over", out)
+    if is_main_process():
+        write_resolved_config(out / CONFIG_FILE, stage, *configs)
+    return checkpoint if resume else None
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    path = Path(output_dir) / METRICS_FILE
+    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_metrics(output_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output_dir) / METRICS_FILE).read_text())
+
+
+def write_history(output_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    with (Path(output_dir) / HISTORY_FILE).open("w") as handle:
+        for entry in history:
+            handle.write(json.dumps(_clean(entry)) + "\n")
+
+
+def read_config(output_dir: str | Path) -> dict[str, Any]:
+    """The resolved options a run folder was made with."""
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{output_dir}: not a run folder of this toolkit (no {CONFIG_FILE})")
+    return yaml.safe_load(path.read_text())
+
+
+def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """First/last training loss and evaluation loss from a trainer's log history."""
+    train = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    summary: dict[str, Any] = {}
+    if train:
+        summary["first_train_loss"] = train[0]["loss"]
+        summary["final_train_loss"] = train[-1]["loss"]
+    if evals:
+        summary["first_eval_loss"] = evals[0]["eval_loss"]
+        summary["eval_loss"] = evals[-1]["eval_loss"]
+    tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
+    if tokens:
+        summary["tokens_seen"] = int(max(tokens))
+    return summary

@@ -1,0 +1,133 @@
+"""`rlhf eval`: is the PPO policy better than the SFT policy, and how good is the reward model?
+
+Rebuilds the PPO run's shared base from its resolved config, loads the trained policy adapter,
+and answers held-out prompts with both policies (same prompts, same seeds). Reports:
+
+* PPO-vs-SFT win rates judged by the reward model and, where the task has one, the gold judge,
+  with bootstrap confidence intervals;
+* the KL of the PPO policy to the SFT reference, response lengths and EOS rates;
+* ROUGE against the prompts' reference answers, where the dataset has a ``reference`` column;
+* the reward model's held-out pairwise accuracy, score gap and calibration (ECE), on the test
+  split of the preference data it was trained on.
+
+Writes ``metrics.json`` and every sample to ``samples.jsonl`` in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from rlhf import data, evaluation, runs
+from rlhf.config import ConfigError, from_options, parse
+from rlhf.ppo.roles import POLICY
+from rlhf.ppo.trainer import PPOTrainer
+from rlhf.stages import ppo
+
+DESCRIPTION = "Evaluate a PPO run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and on which prompts."""
+
+    ppo_dir: str | None = field(default=None, metadata={"help": "Run folder of `rlhf ppo` (its policy adapter)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write; unset: <ppo_dir>/../eval."})
+    prompts: str | None = field(
+        default=None, metadata={"help": "Prompt dataset (default: the PPO run's); needs a 'prompt' column."}
+    )
+    split: str = field(default="test", metadata={"help": "Split of the prompts: held out from PPO training."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Evaluate on at most this many prompts."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Sampling seeds (answers per prompt)."}
+    )
+    preferences: str | None = field(
+        default=None, metadata={"help": "Preference data for reward-model accuracy (default: the reward run's)."}
+    )
+    max_pairs: int | None = field(default=1000, metadata={"help": "Score at most this many held-out pairs."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+CONFIG_TYPES = [EvalConfig]
+
+
+def _reward_model_metrics(trainer: Any, dataset: str, max_pairs: int | None) -> dict[str, Any] | None:
+    loaded = data.load_split(dataset, "test")
+    if loaded is None:
+        return None
+    rows, source = loaded
+    data.validate(rows, "preference", source)
+    rows = rows[:max_pairs] if max_pairs else rows
+    ids = [data.preference_ids(row, trainer.tokenizer) for row in rows]
+    chosen = trainer.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
+    rejected = trainer.score_token_ids([i["rejected_ids"] for i in ids]).tolist()
+    return {"dataset": dataset, **evaluation.reward_calibration(chosen, rejected)}
+
+
+def run(config: EvalConfig) -> dict[str, Any]:
+    started = time.time()
+    if not config.ppo_dir:
+        raise ConfigError("ppo_dir: the run folder of `rlhf ppo` is required")
+    ppo_dir = Path(config.ppo_dir)
+    if not (ppo_dir / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did `rlhf ppo` finish?")
+    output_dir = Path(config.output_dir) if config.output_dir else ppo_dir.parent / "eval"
+    model_args, data_args, ppo_config = from_options(ppo.CONFIG_TYPES, runs.read_config(ppo_dir))
+    ppo_config.disable_tqdm = config.disable_tqdm
+    roles, tokenizer = ppo.build_roles(model_args, ppo_config)
+    trainer = PPOTrainer(roles, tokenizer, ppo_config, train_prompts=Dataset.from_list([]))
+    set_peft_model_state_dict(
+        trainer.roles.peft, load_file(str(ppo_dir / "adapter_model.safetensors")), adapter_name=POLICY
+    )
+    trainer.roles.use(POLICY)
+
+    prompt_set = config.prompts or data_args.dataset_name
+    loaded = data.load_split(prompt_set, config.split)
+    if loaded is None:
+        raise ConfigError(f"{prompt_set}: no {config.split!r} split of prompts to evaluate on")
+    rows, source = loaded
+    data.validate(rows, "prompt", source)
+    rows = rows[: config.max_prompts] if config.max_prompts else rows
+    samples = evaluation.sample_policies(trainer, [r["prompt"] for r in rows], config.seeds)
+
+    metrics: dict[str, Any] = {
+        "stage": "eval",
+        "ppo_dir": str(ppo_dir),
+        "prompts_dataset": prompt_set,
+        **evaluation.summarize(samples),
+        "win_rate": evaluation.paired_win_rates(samples),
+    }
+    if "reference" in rows[0]:
+        metrics["rouge"] = {
+            policy: evaluation.rouge(
+                [s["response"] for s in samples if s["policy"] == policy],
+                [rows[s["prompt_index"]]["reference"] for s in samples if s["policy"] == policy],
+            )
+            for policy in evaluation.POLICIES
+        }
+    reward_options = runs.read_config(ppo_config.reward_model_path)
+    preferences = config.preferences or reward_options.get("dataset_name")
+    if preferences:
+        metrics["reward_model"] = _reward_model_metrics(trainer, preferences, config.max_pairs)
+    metrics["runtime_seconds"] = round(time.time() - started, 1)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_metrics(output_dir, metrics)
+    with (output_dir / SAMPLES_FILE).open("w") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample) + "\n")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    (config,) = parse(CONFIG_TYPES, argv, prog="rlhf eval", description=DESCRIPTION)
+    return run(config)

@@ -1,0 +1,342 @@
+"""`rlhf pipeline`: the whole loop in one command, resumable stage by stage.
+
+    sft -> generate -> annotate -> preferences -> reward -> ppo -> eval -> export -> report
+
+Each stage writes into its own folder under ``output_dir`` and, when it has finished, a
+``done.json`` marker; a re-run skips finished stages, and a stage that was killed part-way resumes
+from its last checkpoint (``sft``, ``reward`` and ``ppo`` save them). ``--from STAGE`` clears that
+stage and every later one and runs them again.
+
+The stages are the toolkit's own commands with the recipe's configs (``recipes/<name>/{sft,
+reward,ppo}.yaml``) and the pipeline's paths: candidates are sampled from the SFT model into a
+feedback store (SQLite in ``output_dir`` by default), annotated either by simulated annotators
+(the task's gold judge ranking the candidates, optionally with noise, through the same store API
+the web app uses) or by people in the feedback app (the pipeline waits, showing progress), then
+exported as preference pairs that the reward stage trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rlhf import runs
+from rlhf.config import ConfigError, parse
+from rlhf.ppo.trainer import load_judge
+from rlhf.stages import evaluate, export, ppo, reward, sft
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sft", "generate", "annotate", "preferences", "reward", "ppo", "eval", "export", "report")
+DONE = "done.json"
+DESCRIPTION = "Run the whole loop: sft, candidates, annotation, preferences, reward, ppo, eval, export, report."
+
+
+@dataclass
+class PipelineConfig:
+    """The pipeline's own options; each training stage's options come from the recipe's YAML files."""
+
+    recipe: str | None = field(default=None, metadata={"help": "Recipe folder with sft.yaml, reward.yaml, ppo.yaml."})
+    output_dir: str | None = field(default=None, metadata={"help": "Run folder; one sub-folder per stage."})
+    from_stage: str | None = field(
+        default=None, metadata={"help": "Redo this stage and every later one.", "choices": list(STAGES)}
+    )
+    stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage.", "choices": list(STAGES)})
+    db: str | None = field(default=None, metadata={"help": "Feedback store URL; unset: sqlite in output_dir."})
+    prompts: str = field(default="builtin:tiny/prompts", metadata={"help": "Prompts to sample candidates for."})
+    prompts_split: str = field(default="train", metadata={"help": "Split of `prompts` to annotate."})
+    annotation_prompts: int = field(default=500, metadata={"help": "How many prompts to annotate."})
+    num_candidates: int = field(default=4, metadata={"help": "Candidates sampled per prompt (K)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the candidates."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Length cap of the candidates."})
+    annotator: str = field(
+        default="simulated",
+        metadata={
+            "help": "'simulated' (gold judge ranks) or 'human' (people in the feedback app).",
+            "choices": ["simulated", "human"],
+        },
+    )
+    gold_judge: str | None = field(
+        default="rlhf.tiny.task:score", metadata={"help": "'module:function' the simulated annotator ranks with."}
+    )
+    noise: float = field(default=0.0, metadata={"help": "Share of simulated answers shuffled at random."})
+    overlap: int = field(default=1, metadata={"help": "Annotators per item (simulated: that many annotators)."})
+    aggregation: str = field(
+        default="majority",
+        metadata={"help": "How answers of several annotators combine.", "choices": ["majority", "all"]},
+    )
+    test_fraction: float = field(default=0.1, metadata={"help": "Prompts held out as the preference test split."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Human mode: where the feedback app listens."})
+    port: int = field(default=8000, metadata={"help": "Human mode: the app's port."})
+    wait_timeout: float | None = field(default=None, metadata={"help": "Human mode: give up after this many seconds."})
+    eval_seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Sampling seeds of the evaluation."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and simulated annotators."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+CONFIG_TYPES = [PipelineConfig]
+
+
+class Pipeline:
+    """Runs the stages of one run folder in order, skipping finished ones."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        if not config.recipe or not config.output_dir:
+            raise ConfigError("recipe and output_dir are required")
+        self.config = config
+        self.recipe = Path(config.recipe)
+        for stage in ("sft", "reward", "ppo"):
+            if not (self.recipe / f"{stage}.yaml").is_file():
+                raise ConfigError(f"{self.recipe}: no {stage}.yaml")
+        self.out = Path(config.output_dir)
+        self.db = config.db or f"sqlite:///{(self.out / 'feedback.db').resolve()}"
+        self.steps: dict[str, Callable[[Path], dict[str, Any]]] = {
+            "sft": self.sft,
+            "generate": self.generate,
+            "annotate": self.annotate,
+            "preferences": self.preferences,
+            "reward": self.reward,
+            "ppo": self.ppo,
+            "eval": self.eval,
+            "export": self.export,
+            "report": self.report,
+        }
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def folder(self, stage: str) -> Path:
+        return self.out / stage
+
+    def done(self, stage: str) -> bool:
+        return (self.folder(stage) / DONE).is_file()
+
+    def clear_from(self, stage: str) -> None:
+        for later in STAGES[STAGES.index(stage) :]:
+            shutil.rmtree(self.folder(later), ignore_errors=True)
+        if STAGES.index(stage) <= STAGES.index("generate") and self.db.startswith("sqlite:///"):
+            Path(self.db.removeprefix("sqlite:///")).unlink(missing_ok=True)  # candidates and answers go too
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        runs.write_resolved_config(self.out / "pipeline_config.yaml", "pipeline", self.config)
+        if self.config.from_stage:
+            self.clear_from(self.config.from_stage)
+        summary: dict[str, Any] = {}
+        for stage in STAGES:
+            if self.done(stage):
+                logger.info("pipeline: %s already done, skipped", stage)
+                summary[stage] = json.loads((self.folder(stage) / DONE).read_text())
+            else:
+                started = time.time()
+                logger.info("pipeline: %s", stage)
+                self.folder(stage).mkdir(parents=True, exist_ok=True)
+                result = self.steps[stage](self.folder(stage))
+                record = {"stage": stage, "seconds": round(time.time() - started, 1), **result}
+                (self.folder(stage) / DONE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+                summary[stage] = record
+            if stage == self.config.stop_after:
+                break
+        return summary
+
+    def _stage_args(self, stage: str, out: Path, *overrides: str) -> list[str]:
+        args = ["--config", str(self.recipe / f"{stage}.yaml"), "--output_dir", str(out), *overrides]
+        if self.config.disable_tqdm:
+            args += ["--disable_tqdm", "true"]
+        if any(out.glob("checkpoint-*")):
+            args.append("--resume")  # killed part-way: continue from its last checkpoint
+        return args
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def sft(self, out: Path) -> dict[str, Any]:
+        metrics = sft.main(self._stage_args("sft", out, "--merge_adapter", "true"))
+        return {"eval_loss": metrics.get("eval_loss")}
+
+    def _store(self) -> Any:
+        from feedback.store import Store
+
+        return Store.create(self.db)
+
+    def generate(self, out: Path) -> dict[str, Any]:
+        from feedback import generate
+        from rlhf import data
+
+        loaded = data.load_split(self.config.prompts, self.config.prompts_split)
+        if loaded is None:
+            raise ConfigError(f"{self.config.prompts}: no {self.config.prompts_split!r} split")
+        prompts_file = out / "prompts.jsonl"
+        with prompts_file.open("w") as handle:
+            for row in loaded[0][: self.config.annotation_prompts]:
+                handle.write(json.dumps({"prompt": row["prompt"]}) + "\n")
+        store = self._store()
+        store.update_settings(overlap=self.config.overlap, mode="ranking")
+        settings = generate.GenerationSettings(
+            num_candidates=self.config.num_candidates,
+            temperature=self.config.temperature,
+            max_new_tokens=self.config.max_new_tokens,
+            seed=self.config.seed,
+        )
+        report = generate.generate(
+            store, str(self.folder("sft") / "merged"), prompts_path=str(prompts_file), settings=settings, batch_size=64
+        )
+        return asdict(report)
+
+    def annotate(self, out: Path) -> dict[str, Any]:
+        store = self._store()
+        if self.config.annotator == "simulated":
+            from feedback import simulate
+
+            judge = load_judge(self.config.gold_judge)
+            if judge is None:
+                raise ConfigError("--annotator simulated needs a gold_judge ('module:function')")
+            report = simulate.annotate(
+                store,
+                judge,
+                annotators=self.config.overlap,
+                noise=self.config.noise,
+                seed=self.config.seed,
+                show_progress=not self.config.disable_tqdm,
+            )
+            summary = {"annotator": "simulated", **asdict(report), **_progress_counts(store.progress())}
+        else:
+            summary = {"annotator": "human", **self._wait_for_people(store)}
+        runs.write_metrics(out, summary)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _wait_for_people(self, store: Any) -> dict[str, Any]:
+        """Start the feedback app and wait until every item has its answers, showing progress."""
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rlhf",
+                "feedback",
+                "serve",
+                "--db",
+                self.db,
+                "--host",
+                self.config.host,
+                "--port",
+                str(self.config.port),
+            ]
+        )
+        print(
+            f"\nAnnotate at http://{self.config.host}:{self.config.port}/ (create accounts with "
+            f"`rlhf feedback annotators --db {self.db} ...`). The pipeline continues when all items are done.\n",
+            flush=True,
+        )
+        started = time.time()
+        try:
+            progress = store.progress()
+            bar = tqdm(total=progress["items"], desc="items annotated", unit="item", disable=self.config.disable_tqdm)
+            while progress["complete"] < progress["items"]:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the feedback app exited with code {server.returncode}")
+                if self.config.wait_timeout is not None and time.time() - started > self.config.wait_timeout:
+                    raise TimeoutError(f"annotation not finished after {self.config.wait_timeout}s: {progress}")
+                time.sleep(2)
+                progress = store.progress()
+                bar.update(progress["complete"] - bar.n)
+            bar.close()
+            return _progress_counts(progress)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    def preferences(self, out: Path) -> dict[str, Any]:
+        from feedback import export as feedback_export
+
+        report = feedback_export.export(
+            self._store(),
+            "pairs",
+            out,
+            aggregation=self.config.aggregation,
+            test_fraction=self.config.test_fraction,
+            seed=self.config.seed,
+        )
+        if not report.rows.get("train"):
+            raise RuntimeError(f"no preference pairs to train on: {report}")
+        return {"rows": report.rows, "answers": report.answers}
+
+    def reward(self, out: Path) -> dict[str, Any]:
+        metrics = reward.main(
+            self._stage_args(
+                "reward",
+                out,
+                "--model_name_or_path",
+                str(self.folder("sft") / "merged"),
+                "--dataset_name",
+                str(self.folder("preferences")),
+            )
+        )
+        return {"accuracy": metrics.get("eval", {}).get("accuracy")}
+
+    def ppo(self, out: Path) -> dict[str, Any]:
+        metrics = ppo.main(
+            self._stage_args(
+                "ppo",
+                out,
+                "--model_name_or_path",
+                str(self.folder("sft") / "merged"),
+                "--reward_model_path",
+                str(self.folder("reward")),
+                "--eval_max_prompts",
+                "0",
+            )
+        )
+        return {"steps": metrics.get("steps")}
+
+    def eval(self, out: Path) -> dict[str, Any]:
+        args = [
+            "--ppo_dir",
+            str(self.folder("ppo")),
+            "--output_dir",
+            str(out),
+            "--seeds",
+            *map(str, self.config.eval_seeds),
+        ]
+        metrics = evaluate.main(args + (["--disable_tqdm", "true"] if self.config.disable_tqdm else []))
+        return {"win_rate": metrics.get("win_rate"), "kl_ppo_to_sft": metrics.get("kl_ppo_to_sft")}
+
+    def export(self, out: Path) -> dict[str, Any]:
+        metrics = export.main(
+            ["--run_dir", str(self.folder("ppo")), "--output_dir", str(out), "--eval_dir", str(self.folder("eval"))]
+        )
+        return {"max_logit_diff_vs_adapter": metrics["max_logit_diff_vs_adapter"]}
+
+    def report(self, out: Path) -> dict[str, Any]:
+        from rlhf.report import build_report
+
+        path = build_report(self.out)
+        return {"report": str(path)}
+
+
+def _progress_counts(progress: dict[str, Any]) -> dict[str, Any]:
+    return {key: progress[key] for key in ("items", "complete", "answers", "overlap")}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--recipe" in argv and "--config" not in argv:
+        recipe = Path(argv[argv.index("--recipe") + 1])
+        if (recipe / "pipeline.yaml").is_file():  # the recipe's pipeline settings are the defaults
+            argv = ["--config", str(recipe / "pipeline.yaml"), *argv]
+    (config,) = parse(CONFIG_TYPES, argv, prog="rlhf pipeline", description=DESCRIPTION)
+    summary = Pipeline(config).run()
+    report = Path(config.output_dir or ".") / "report.html"
+    if report.is_file():
+        print(f"\nReport: {report.resolve()}")
+    return summary

@@ -1,0 +1,179 @@
+"""`rlhf ppo`: PPO against the reward model, with a KL leash to the SFT model, on ONE shared base.
+
+The base is the SFT model (the merged output of ``rlhf sft``), loaded once, quantized as the recipe
+says; the policy, reference, value and reward roles are adapters on it (see
+:mod:`rlhf.ppo.roles`). The run writes the policy adapter at the top of ``output_dir`` (it loads
+with ``PeftModel.from_pretrained`` on the SFT model), the value adapter and head under
+``value/``, a line of metrics per iteration in ``metrics.jsonl``, and ``metrics.json`` comparing the
+SFT and PPO policies on held-out prompts (gold judge where the task has one, reward model, KL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from safetensors.torch import save_file
+from transformers.trainer_utils import get_last_checkpoint
+
+from rlhf import data, evaluation, models, runs
+from rlhf.config import ConfigError, DataArguments, ModelArguments, PPOConfig, parse
+from rlhf.ppo import distributed as dist
+from rlhf.ppo.roles import POLICY, VALUE, SharedBase
+from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "eval_samples.jsonl"
+CONFIG_TYPES = [ModelArguments, DataArguments, PPOConfig]
+DESCRIPTION = "PPO: optimise a LoRA policy against a reward model with a KL leash, all roles on one shared base."
+
+
+def _check_reward_model(model_args: ModelArguments, reward_dir: str) -> None:
+    """The reward LoRA must have been trained on the very base PPO loads, quantized the same way."""
+    reward = runs.read_config(reward_dir)
+
+    def where(name: str) -> Path:
+        return Path(models.resolve_model_path(name)).resolve()
+
+    if where(str(reward["model_name_or_path"])) != where(model_args.model_name_or_path):
+        raise ConfigError(
+            f"reward model {reward_dir} was trained on {reward['model_name_or_path']!r}, but PPO loads "
+            f"{model_args.model_name_or_path!r}: the shared base must be the one the reward LoRA was trained on"
+        )
+    if reward.get("quantization") != model_args.quantization:
+        raise ConfigError(
+            f"reward model {reward_dir} was trained with quantization {reward.get('quantization')!r}, PPO loads "
+            f"the base with {model_args.quantization!r}: use the same so the reward LoRA sees the weights it was "
+            "trained on"
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBase, Any]:
+    """The shared base with its four roles, and the tokenizer (checks the reward model fits the base)."""
+    if not config.reward_model_path:
+        raise ConfigError("reward_model_path: the run folder of `rlhf reward` is required")
+    _check_reward_model(model_args, config.reward_model_path)
+    models.resolve_dtypes(model_args, config)
+    tokenizer = models.load_tokenizer(model_args)
+    _seed_everything(config.seed)
+    base = models.load_causal_lm(model_args, tokenizer)
+    if config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    lora = models.lora_config(model_args, "CAUSAL_LM")
+    if lora is None:
+        raise ConfigError("PPO trains a LoRA policy on the shared base: use_peft must stay true")
+    lora.lora_dropout = 0.0  # dropout would make the recomputed log-probs differ from the sampling ones
+    return SharedBase(base, lora, config.reward_model_path, value_init=config.value_init), tokenizer
+
+
+def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> PPOTrainer:
+    """The trainer with its shared base and prompts (train split for rollouts, test split held out)."""
+    if not data_args.dataset_name:
+        raise ConfigError("dataset_name: PPO needs prompts (a dataset with a 'prompt' column)")
+    train_rows = data.load_split(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config)
+    if train_rows is None:
+        raise ConfigError(f"{data_args.dataset_name}: no {data_args.dataset_train_split!r} split of prompts")
+    data.validate(train_rows[0], "prompt", train_rows[1])
+    eval_rows = data.load_split(data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config)
+    if eval_rows is not None:
+        data.validate(eval_rows[0], "prompt", eval_rows[1])
+    roles, tokenizer = build_roles(model_args, config)
+    train_prompts = _prompts(train_rows[0], tokenizer, config, data_args, "ppo train prompts")
+    eval_prompts = _prompts(eval_rows[0], tokenizer, config, data_args, "ppo eval prompts") if eval_rows else None
+    if eval_prompts is not None and config.eval_max_prompts is not None:
+        eval_prompts = eval_prompts.select(range(min(config.eval_max_prompts, len(eval_prompts))))
+    return PPOTrainer(roles, tokenizer, config, train_prompts, eval_prompts)
+
+
+def _prompts(
+    rows: list[dict[str, Any]], tokenizer: Any, config: PPOConfig, data_args: DataArguments, name: str
+) -> Dataset:
+    """The prompt column, with prompts over ``max_prompt_length`` dropped or refused (never silently)."""
+    prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
+    if config.max_prompt_length is None:
+        return prompts
+    if data_args.overlong == "truncate":
+        raise ConfigError("overlong: truncate would cut the end of a prompt (the question); use drop or error")
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            return {
+                "input_ids": tokenizer.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+            }
+        return {"input_ids": tokenizer(prompt)["input_ids"]}
+
+    encoded = prompts.map(encode, desc=f"measuring {name}")
+    kept, _ = data.enforce_max_length(encoded, config.max_prompt_length, data_args.overlong, name)
+    return kept.remove_columns("input_ids")
+
+
+def _write_outputs(trainer: PPOTrainer, output_dir: Path) -> None:
+    trainer.save_adapter(POLICY, output_dir)
+    trainer.save_adapter(VALUE, output_dir / VALUE)
+    save_file(
+        {"weight": trainer.roles.value_head.weight.detach().cpu()}, str(output_dir / VALUE / "value_head.safetensors")
+    )
+    trainer.tokenizer.save_pretrained(str(output_dir))
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> dict[str, Any]:
+    started = time.time()
+    dist.init_from_env()
+    output_dir = Path(config.output_dir)
+    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if config.resume and checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir} to resume from")
+    if dist.rank() == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_resolved_config(output_dir / runs.CONFIG_FILE, "ppo", model_args, data_args, config)
+        if not config.resume and (output_dir / STEP_METRICS_FILE).exists():
+            (output_dir / STEP_METRICS_FILE).unlink()
+    trainer = build(model_args, data_args, config)
+    if config.resume:
+        logger.info("resuming from %s", checkpoint)
+        trainer.load_checkpoint(checkpoint)
+    history = trainer.train()
+
+    metrics: dict[str, Any] = {"stage": "ppo", "steps": trainer.step}
+    if history:
+        last = history[-10:]
+        metrics["final"] = {key: float(np.mean([h[key] for h in last])) for key in last[0] if key != "step"}
+    samples: list[dict[str, Any]] = []
+    if trainer.eval_prompts is not None and len(trainer.eval_prompts) > 0:
+        samples = evaluation.sample_policies(
+            trainer, [row["prompt"] for row in trainer.eval_prompts], config.eval_seeds
+        )
+        metrics["eval"] = {**evaluation.summarize(samples), "win_rate": evaluation.paired_win_rates(samples)}
+    if dist.rank() == 0:
+        with (output_dir / SAMPLES_FILE).open("w") as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample) + "\n")
+        _write_outputs(trainer, output_dir)
+        metrics["runtime_seconds"] = round(time.time() - started, 1)
+        runs.write_metrics(output_dir, metrics)
+    dist.barrier()
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    model_args, data_args, config = parse(CONFIG_TYPES, argv, prog="rlhf ppo", description=DESCRIPTION)
+    return train(model_args, data_args, config)

@@ -1,0 +1,126 @@
+"""`rlhf sft`: supervised instruction tuning of a LoRA (QLoRA) adapter with TRL's SFTTrainer.
+
+TRL does the training: chat template, loss on assistant tokens only (or on the completion for
+prompt/completion data), paged 8-bit AdamW when the recipe's ``optim`` asks for it, checkpoints.
+This module adds what a run needs around it: validated data, rows over ``max_length`` handled by
+an explicit policy instead of silent truncation, a resolved config and ``metrics.json`` in the run
+folder, ``--resume``, and optionally the adapter merged into a full-precision copy of the base
+(the reward and PPO stages start from that merged model).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trl import SFTTrainer
+
+from rlhf import data, models, runs
+from rlhf.config import ConfigError, DataArguments, ModelArguments, SFTConfig, parse
+
+logger = logging.getLogger(__name__)
+
+CONFIG_TYPES = [ModelArguments, DataArguments, SFTConfig]
+DESCRIPTION = "Supervised fine-tuning: train a LoRA adapter on chat (or prompt/completion, or text) data."
+MERGED_DIR = "merged"
+
+
+class _SFTTrainer(SFTTrainer):
+    """SFTTrainer that applies the recipe's ``overlong`` policy instead of silently truncating."""
+
+    def __init__(self, *args: Any, overlong: str, **kwargs: Any) -> None:
+        self.overlong = overlong
+        self.length_reports: dict[str, data.LengthReport] = {}
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):  # type: ignore[override]
+        if packing:  # packing chunks sequences to max_length itself: nothing is lost
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        max_length, args.max_length = args.max_length, None
+        try:
+            dataset = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        finally:
+            args.max_length = max_length
+        dataset, report = data.enforce_max_length(dataset, max_length, self.overlong, f"sft {dataset_name} data")
+        self.length_reports[dataset_name] = report
+        return dataset
+
+
+def _is_conversational(row: dict[str, Any]) -> bool:
+    return "messages" in row or isinstance(row.get("prompt"), list)
+
+
+def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfig) -> _SFTTrainer:
+    """The SFT trainer for a parsed config: validated data, the (quantized) base, the LoRA."""
+    if not model_args.use_peft and model_args.quantization != "none":
+        raise ConfigError("quantized base weights cannot be trained directly: keep use_peft: true (QLoRA)")
+    models.resolve_dtypes(model_args, config)
+    train_set, eval_set = data.load_splits(data_args, "sft", seed=config.seed)
+    if config.assistant_only_loss is None:
+        config.assistant_only_loss = _is_conversational(train_set[0])
+    if eval_set is None:
+        config.eval_strategy = "no"
+    tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
+    model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
+    trainer = _SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=models.lora_config(model_args, "CAUSAL_LM"),
+        overlong=data_args.overlong,
+    )
+    models.match_trainable_dtype(trainer.model, config.bf16 or config.fp16)
+    return trainer
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, config: SFTConfig) -> dict[str, Any]:
+    """Run the SFT stage; returns the metrics it also writes to ``output_dir/metrics.json``."""
+    started = time.time()
+    checkpoint = runs.start("sft", config.output_dir, config.resume, model_args, data_args, config)
+    trainer = build(model_args, data_args, config)
+    eval_set = trainer.eval_dataset
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    final_eval = trainer.evaluate() if eval_set is not None else {}
+    trainer.save_model(config.output_dir)
+
+    metrics: dict[str, Any] = {
+        "stage": "sft",
+        "train_loss": result.training_loss,
+        "eval_loss": final_eval.get("eval_loss"),
+        "train_rows": len(trainer.train_dataset),
+        "eval_rows": len(trainer.eval_dataset) if eval_set is not None else 0,
+        "loss_tokens_per_epoch": sum(
+            sum(1 for label in row["labels"] if label != -100)
+            for row in trainer.train_dataset.select_columns(["labels"])
+        ),
+        "length_policy": {name: vars(report) for name, report in trainer.length_reports.items()},
+        "global_steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **runs.summarize_history(trainer.state.log_history),
+    }
+    if trainer.is_world_process_zero():
+        runs.write_history(config.output_dir, trainer.state.log_history)
+        if config.merge_adapter:
+            if not model_args.use_peft:
+                raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
+            merged = models.merge_adapter(
+                model_args.model_name_or_path,
+                config.output_dir,
+                Path(config.output_dir) / MERGED_DIR,
+                config.merged_dtype,
+            )
+            metrics["merged_model"] = str(merged)
+        metrics["runtime_seconds"] = round(time.time() - started, 1)
+        runs.write_metrics(config.output_dir, metrics)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    model_args, data_args, config = parse(CONFIG_TYPES, argv, prog="rlhf sft", description=DESCRIPTION)
+    return train(model_args, data_args, config)

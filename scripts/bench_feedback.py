@@ -1,0 +1,326 @@
+"""Load and crash test of the feedback server: concurrent annotators over loopback, then an audit.
+
+    python scripts/bench_feedback.py                                   # SQLite and PostgreSQL, 32 x 50
+    python scripts/bench_feedback.py --backends sqlite --crash         # SIGKILL the server mid-load
+    python scripts/bench_feedback.py --postgres postgresql://postgres@127.0.0.1:5432/test
+
+It starts the real server (``python -m feedback serve``, uvicorn, 127.0.0.1 only) on a fresh
+database, then runs ``--clients`` annotator clients at once, each answering ``--ratings`` items the
+way the annotation page does: ``GET /api/items/next``, then ``POST /api/answers`` with a
+client-chosen id, resent with the same id after a network error or a 503 until it is
+acknowledged. With ``--crash`` the server is killed with SIGKILL once a third of the answers are
+acknowledged and started again; clients keep retrying. Then the store is audited: every
+acknowledged answer must be stored exactly once (``lost`` and ``duplicates`` must be 0), no item
+may have more answers than its overlap, and every answer must have all its ranks.
+
+Everything is bounded: the number of requests (clients x ratings, a few retries each) and the
+time (``--deadline`` seconds). Latency is per acknowledged POST (the attempt that got the answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from feedback.store import Store, normalize_url
+from rlhf.tiny import task
+
+OVERLAP = 2
+
+
+@dataclass
+class Result:
+    backend: str
+    clients: int
+    ratings: int  # attempted: clients x ratings each
+    acknowledged: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    overfilled: int = 0
+    incomplete: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    crashed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicates == 0 and self.overfilled == 0 and self.incomplete == 0
+
+    def row(self) -> list[str]:
+        lat = sorted(self.latencies_ms)
+        p50 = statistics.median(lat) if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] if lat else float("nan")
+        return [
+            self.backend + (" +kill" if self.crashed else ""),
+            str(self.clients),
+            str(self.ratings),
+            str(self.acknowledged),
+            str(self.stored),
+            str(self.duplicates),
+            str(self.lost),
+            f"{self.acknowledged / self.seconds:.1f}" if self.seconds else "n/a",
+            f"{p50:.1f}",
+            f"{p99:.1f}",
+        ]
+
+
+HEADER = [
+    "backend",
+    "clients",
+    "ratings",
+    "acknowledged",
+    "stored",
+    "duplicates",
+    "lost",
+    "ratings/s",
+    "p50 ms",
+    "p99 ms",
+]
+
+
+def table(results: list[Result]) -> str:
+    rows = [HEADER, *(r.row() for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up
+
+
+def items(n: int, seed: int = 0) -> list[dict]:
+    """Tiny-task questions with four answers in different styles (distinct texts)."""
+    rng = random.Random(seed)
+    facts = task.all_facts()
+    rows = []
+    for i in range(n):
+        fact = facts[i % len(facts)]
+        question = f"{task.question_text(fact, rng.choice(task.templates_for(fact)))} (#{i})"
+        texts = list(dict.fromkeys(task.STYLES[s](fact, rng) for s in ("helpful", "terse", "rude", "off_topic")))
+        rows.append({"prompt": question, "candidates": texts})
+    return rows
+
+
+def prepare(url: str, clients: int, ratings: int) -> list[str]:
+    """A migrated store with enough items for everyone (overlap 2) and one token per client."""
+    store = Store.create(url)
+    store.update_settings(overlap=OVERLAP)
+    store.import_items(items(math.ceil(clients * ratings / OVERLAP) + clients))
+    tokens = [store.add_annotator(f"annotator-{i:03d}") for i in range(clients)]
+    store.close()
+    return tokens
+
+
+def postgres_database(admin_url: str, name: str, create: bool = True) -> str:
+    """Create (or drop) a database next to the one ``admin_url`` names; returns its URL."""
+    engine = sa.create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if create:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return sa.make_url(normalize_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """The real server in a subprocess (``python -m feedback serve``), on 127.0.0.1."""
+
+    def __init__(self, url: str, port: int, log: Path) -> None:
+        self.url, self.port, self.log = url, port, log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        command = [sys.executable, "-m", "feedback", "serve", "--db", self.url, "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--log-level", "warning", "--no-sync"]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within {timeout_s}s; see {self.log}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# ----------------------------------------------------------------------------------------------
+# Clients
+
+
+class Load:
+    def __init__(self, base: str, deadline: float) -> None:
+        self.base = base
+        self.deadline = deadline
+        self.acked: list[str] = []
+        self.latencies_ms: list[float] = []
+        self.errors: list[str] = []
+
+    async def _request(self, client: httpx.AsyncClient, method: str, path: str, **kwargs) -> httpx.Response:
+        """Retry network errors and 503s until the deadline (the same body, so the same client id)."""
+        for attempt in range(10_000):
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"{method} {path}: deadline passed")
+            started = time.perf_counter()
+            try:
+                response = await client.request(method, self.base + path, **kwargs)
+            except httpx.TransportError:
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+                continue
+            if response.status_code == 503:
+                await asyncio.sleep(0.1)
+                continue
+            response.elapsed_ms = (time.perf_counter() - started) * 1000  # type: ignore[attr-defined]
+            return response
+        raise RuntimeError("unreachable")
+
+    async def annotator(self, token: str, ratings: int) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            for _ in range(ratings):
+                item = (await self._request(client, "GET", "/api/items/next")).json()["item"]
+                if item is None:
+                    self.errors.append("queue empty")
+                    return
+                ranks = list(range(1, len(item["candidates"]) + 1))
+                random.shuffle(ranks)
+                body = {
+                    "client_id": uuid.uuid4().hex,
+                    "prompt_id": item["prompt_id"],
+                    "ranking": [
+                        {"candidate_id": c["id"], "rank": r} for c, r in zip(item["candidates"], ranks, strict=True)
+                    ],
+                }
+                response = await self._request(client, "POST", "/api/answers", json=body)
+                if response.status_code in (200, 201):
+                    self.acked.append(body["client_id"])
+                    self.latencies_ms.append(response.elapsed_ms)  # type: ignore[attr-defined]
+                else:
+                    self.errors.append(f"{response.status_code} {response.text[:200]}")
+
+
+async def _drive(server: Server, tokens: list[str], ratings: int, crash: bool, deadline_s: float) -> Load:
+    load = Load(server.base, time.monotonic() + deadline_s)
+    tasks = [asyncio.create_task(load.annotator(token, ratings)) for token in tokens]
+    if crash:
+        target = len(tokens) * ratings // 3
+        while len(load.acked) < target and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(server.kill)  # mid-load: requests are in flight
+        await asyncio.to_thread(server.start)
+    await asyncio.gather(*tasks)
+    return load
+
+
+def audit(url: str, acked: list[str], result: Result) -> None:
+    """Exactly once: each acknowledged id stored once; no overfilled item; every ranking complete."""
+    store = Store(url)
+    stored = store.submission_ids()
+    result.stored = len(stored)
+    result.duplicates = len(stored) - len(set(stored))
+    result.lost = len(set(acked) - set(stored))
+    for item in store.records():
+        result.overfilled += len(item.answers) > OVERLAP
+        result.incomplete += sum(len(a.ranks) != len(item.candidates) for a in item.answers)
+    # an annotator answering one item twice would also be a duplicate rating
+    pairs = [(a.annotator, item.prompt_id) for item in store.records() for a in item.answers]
+    result.duplicates += len(pairs) - len(set(pairs))
+    store.close()
+
+
+def run(backend: str, url: str, clients: int, ratings: int, crash: bool, workdir: Path, deadline_s: float) -> Result:
+    tokens = prepare(url, clients, ratings)
+    server = Server(url, free_port(), workdir / f"server-{backend}.log")
+    server.start()
+    result = Result(backend, clients, clients * ratings, crashed=crash)
+    started = time.perf_counter()
+    try:
+        load = asyncio.run(_drive(server, tokens, ratings, crash, deadline_s))
+    finally:
+        result.seconds = time.perf_counter() - started
+        server.stop()
+    result.acknowledged = len(load.acked)
+    result.latencies_ms = load.latencies_ms
+    if load.errors:
+        print(f"{backend}: {len(load.errors)} answers refused, e.g. {load.errors[:3]}", file=sys.stderr)
+    audit(url, load.acked, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--ratings", type=int, default=50, help="answers per client")
+    parser.add_argument("--crash", action="store_true", help="SIGKILL the server a third of the way and restart it")
+    parser.add_argument("--both", action="store_true", help="run each backend without and with the crash")
+    parser.add_argument(
+        "--postgres", default=os.environ.get("RLHF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-feedback"))
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the whole load")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for backend in args.backends:
+        for crash in [False, True] if args.both else [args.crash]:
+            name = f"bench_{uuid.uuid4().hex[:8]}"
+            if backend == "sqlite":
+                url = f"sqlite:///{args.workdir / (name + '.db')}"
+            else:
+                url = postgres_database(args.postgres, name)
+            try:
+                results.append(run(backend, url, args.clients, args.ratings, crash, args.workdir, args.deadline))
+            finally:
+                if backend == "postgresql":
+                    postgres_database(args.postgres, name, create=False)
+            print(table(results[-1:]), flush=True)
+    print()
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

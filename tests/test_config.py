@@ -1,0 +1,119 @@
+"""Recipes and flags: unknown keys are errors that name them; values are checked; recipes all parse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import RECIPES
+
+from rlhf.config import ConfigError, parse
+from rlhf.stages import pipeline, ppo, reward, sft
+
+SFT_TYPES = sft.CONFIG_TYPES
+STAGE_TYPES = {
+    "sft": sft.CONFIG_TYPES,
+    "reward": reward.CONFIG_TYPES,
+    "ppo": ppo.CONFIG_TYPES,
+    "pipeline": pipeline.CONFIG_TYPES,
+}
+
+
+def _recipe(tmp_path: Path, **options: object) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny", "output_dir": str(tmp_path), **options}))
+    return str(path)
+
+
+def _parse(*argv: str):
+    return parse(SFT_TYPES, list(argv), prog="rlhf sft", description="")
+
+
+def test_yaml_sets_defaults_and_flags_override(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, learning_rate=0.001, lora_r=8)
+    model, _, config = _parse("--config", recipe, "--learning_rate", "1e-4")
+    assert config.learning_rate == pytest.approx(1e-4)
+    assert model.lora_r == 8
+
+
+def test_misspelt_yaml_key_is_an_error_naming_file_key_and_suggestion(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, learning_rat=0.001)
+    with pytest.raises(
+        ConfigError, match=r"recipe\.yaml: unknown key 'learning_rat' \(did you mean 'learning_rate'\?\)"
+    ):
+        _parse("--config", recipe)
+
+
+def test_unknown_flag_is_an_error_with_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown option '--lora_rr' \(did you mean 'lora_r'\?\)"):
+        _parse("--config", _recipe(tmp_path), "--lora_rr", "4")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lora_r": "many"}, "lora_r"),
+        ({"num_train_epochs": [1, 2]}, "num_train_epochs: expected"),
+        ({"quantization": "5bit"}, r"quantization: '5bit' is not one of"),
+        ({"overlong": "ignore"}, r"overlong: 'ignore' is not one of"),
+        ({"merge_adapter": 3}, "merge_adapter: expected bool"),
+        ({"quantization": "none", "load_in_4bit": True}, "contradicts load_in_4bit"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_key(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _parse("--config", _recipe(tmp_path, **options))
+
+
+def test_a_key_set_twice_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("learning_rate: 0.1\nlora_r: 4\nlearning_rate: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: line 3: key 'learning_rate' is set twice"):
+        _parse("--config", str(path))
+
+
+def test_recipe_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- learning_rate: 1\n")
+    with pytest.raises(ConfigError, match="a recipe is a mapping"):
+        _parse("--config", str(path))
+
+
+def test_quantization_key_drives_trl_flags(tmp_path: Path) -> None:
+    model, _, _ = _parse("--config", _recipe(tmp_path, quantization="4bit"))
+    assert model.load_in_4bit and not model.load_in_8bit
+    model, _, _ = _parse("--config", _recipe(tmp_path, load_in_8bit=True))
+    assert model.quantization == "8bit"
+
+
+def test_precision_follows_the_hardware_when_unset(tmp_path: Path) -> None:
+    _, _, config = _parse("--config", _recipe(tmp_path))
+    assert config.bf16 is False and config.fp16 is False  # CPU
+
+
+def _all_recipes() -> list[Path]:
+    return sorted(RECIPES.rglob("*.yaml"))
+
+
+def test_there_are_recipes_for_every_model_and_stage() -> None:
+    names = {(p.parent.name, p.stem) for p in _all_recipes()}
+    for model in ("tiny", "qwen2.5-0.5b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct"):
+        assert {(model, "sft"), (model, "reward")} <= names
+
+
+@pytest.mark.parametrize("recipe", _all_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_parses(recipe: Path) -> None:
+    types = STAGE_TYPES[recipe.stem]
+    configs = parse(types, ["--config", str(recipe)], prog="rlhf", description="")
+    assert configs[0].model_name_or_path if recipe.stem != "pipeline" else configs[0].prompts
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    from rlhf.config import resolved_dict, write_resolved_config
+
+    parsed = _parse("--config", _recipe(tmp_path, lora_r=4, learning_rate=0.01, merge_adapter=True))
+    path = tmp_path / "run" / "rlhf_config.yaml"
+    write_resolved_config(path, "sft", *parsed)
+    again = _parse("--config", str(path))
+    assert resolved_dict(*again) == resolved_dict(*parsed)

@@ -1,0 +1,107 @@
+"""Evaluation arithmetic (win rates, calibration, summaries) and the eval stage on a small PPO run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from conftest import ppo_args
+
+from rlhf import evaluation, runs
+from rlhf.stages import evaluate, ppo
+
+
+def test_win_rate_counts_ties_as_half_and_brackets_the_rate() -> None:
+    result = evaluation.win_rate([1, 2, 3, 5], [0, 2, 4, 1])  # win, tie, loss, win
+    assert result["win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert (result["wins"], result["ties"], result["losses"]) == (2, 1, 1)
+    assert result["ci_low"] <= result["win_rate"] <= result["ci_high"]
+    certain = evaluation.win_rate([1.0] * 50, [0.0] * 50)
+    assert certain["ci_low"] == certain["ci_high"] == 1.0
+    with pytest.raises(ValueError, match="paired"):
+        evaluation.win_rate([1.0], [])
+
+
+def test_win_rate_interval_narrows_with_more_pairs() -> None:
+    small = evaluation.win_rate([1, 0] * 10, [0, 1] * 10)
+    large = evaluation.win_rate([1, 0] * 500, [0, 1] * 500)
+    assert large["ci_high"] - large["ci_low"] < small["ci_high"] - small["ci_low"]
+
+
+def test_reward_calibration_by_hand() -> None:
+    # gaps 4, 4, -4: claimed P(chosen) = sigmoid(4) = .982 for two pairs (both right), .018 for one (wrong)
+    result = evaluation.reward_calibration([4.0, 4.0, 0.0], [0.0, 0.0, 4.0], bins=5)
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert result["mean_gap"] == pytest.approx(4 / 3)
+    p = 1 / (1 + math.exp(-4))
+    assert result["ece"] == pytest.approx(2 / 3 * (1 - p) + 1 / 3 * (1 - p))
+    assert [b["pairs"] for b in result["bins"]] == [1, 2]
+
+
+def test_summary_and_paired_win_rates() -> None:
+    samples = []
+    for i in range(3):
+        samples.append(
+            {
+                "policy": "sft",
+                "prompt_index": i,
+                "seed": 0,
+                "reward": 0.0,
+                "gold": 0.0,
+                "length": 5.0,
+                "ended": True,
+                "kl": 0.0,
+            }
+        )
+        samples.append(
+            {
+                "policy": "ppo",
+                "prompt_index": i,
+                "seed": 0,
+                "reward": 1.0,
+                "gold": float(i > 0),
+                "length": 7.0,
+                "ended": i != 2,
+                "kl": 0.5,
+            }
+        )
+    summary = evaluation.summarize(samples)
+    assert summary["ppo"]["eos_rate"] == pytest.approx(2 / 3) and summary["kl_ppo_to_sft"] == pytest.approx(0.5)
+    assert summary["prompts"] == 3 and summary["seeds"] == [0]
+    wins = evaluation.paired_win_rates(samples)
+    assert wins["reward"]["win_rate"] == 1.0
+    assert wins["gold"]["win_rate"] == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+def test_rouge_through_evaluate_offline() -> None:
+    scores = evaluation.rouge(["Sure! 3 plus 4 is 7."], ["Sure! 3 plus 4 is 7. Hope that helps!"])
+    assert 0.6 < scores["rougeL"] < 1.0 and set(scores) == {"rouge1", "rouge2", "rougeL"}
+
+
+def test_eval_stage_on_a_small_ppo_run(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    ppo_dir = tmp_path / "ppo"
+    ppo.main(ppo_args(ppo_dir, tiny_sft_run, tiny_reward_run, "--steps", "2", "--eval_max_prompts", "0"))
+    assert "eval" not in runs.read_metrics(ppo_dir)  # 0 prompts: the stage skips its own comparison
+    metrics = evaluate.main(
+        [
+            "--ppo_dir",
+            str(ppo_dir),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--seeds",
+            "0",
+            "1",
+            "--max_prompts",
+            "12",
+            "--max_pairs",
+            "40",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert metrics["prompts"] == 12 and metrics["seeds"] == [0, 1]
+    assert metrics["win_rate"]["gold"]["pairs"] == 24 and metrics["win_rate"]["reward"]["pairs"] == 24
+    assert set(metrics["rouge"]) == {"sft", "ppo"}
+    assert metrics["reward_model"]["pairs"] == 40 and 0 <= metrics["reward_model"]["ece"] <= 1
+    assert len((tmp_path / "eval" / evaluate.SAMPLES_FILE).read_text().splitlines()) == 2 * 12 * 2

@@ -1,0 +1,123 @@
+"""Export (adapter, verified merge, model card) and the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from rlhf import models, report
+from rlhf.stages import export
+
+
+def test_export_writes_adapter_merged_model_and_card(tiny_sft_run: Path, tmp_path: Path) -> None:
+    result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
+    assert result["max_logit_diff_vs_adapter"] < 1e-3 < result["max_logit_diff_vs_base"]
+    base_path = models.resolve_model_path("builtin:tiny")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(tmp_path / "adapter"))
+    ids = torch.tensor([[300, 202, 350, 260, 287]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+    card = (tmp_path / "README.md").read_text()
+    assert "base_model: builtin:tiny" in card and "Recipe (resolved config)" in card and "eval_loss" in card
+
+
+def test_export_refuses_a_merge_that_did_not_merge(
+    tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def save_base_unchanged(base: str, adapter_dir: Path, out: Path, dtype: str = "float32") -> Path:
+        model = AutoModelForCausalLM.from_pretrained(models.resolve_model_path(base))
+        model.save_pretrained(out)
+        return out
+
+    monkeypatch.setattr(models, "merge_adapter", save_base_unchanged)
+    with pytest.raises(RuntimeError, match="does not reproduce base\\+adapter"):
+        export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
+
+
+def test_push_to_hub_needs_a_token(tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    from rlhf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="HF_TOKEN"):
+        export.push(tmp_path, "me/model")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _fake_run(root: Path, ci_low: float) -> None:
+    _write_jsonl(
+        root / "sft" / "log_history.jsonl",
+        [{"step": s, "loss": 1 / s} for s in range(1, 6)] + [{"step": 5, "eval_loss": 0.3}],
+    )
+    _write_jsonl(
+        root / "reward" / "log_history.jsonl",
+        [{"step": s, "loss": 0.7 / s, "accuracy": 0.6 + s / 20} for s in range(1, 6)],
+    )
+    (root / "reward" / "metrics.json").write_text(json.dumps({"eval": {"accuracy": 0.8, "pairs": 100}}))
+    _write_jsonl(
+        root / "ppo" / "metrics.jsonl",
+        [
+            {"step": s, "objective/score": s, "objective/kl": s / 10, "response/length": 10, "gold/score": s / 5}
+            for s in range(1, 6)
+        ],
+    )
+    stats = {
+        "gold": 0.4,
+        "gold_stderr": 0.05,
+        "reward": 1.0,
+        "reward_stderr": 0.1,
+        "length": 12.0,
+        "length_stderr": 0.5,
+        "eos_rate": 1.0,
+    }
+    win = {"win_rate": 0.76, "ci_low": ci_low, "ci_high": 0.8, "wins": 70, "ties": 40, "losses": 19, "pairs": 129}
+    evaluation = {
+        "sft": stats,
+        "ppo": {**stats, "gold": 1.3},
+        "kl_ppo_to_sft": 1.0,
+        "win_rate": {"gold": win, "reward": win},
+        "reward_model": {"accuracy": 0.8, "ece": 0.1, "bins": [{"claimed": 0.9, "observed": 0.95, "pairs": 10}]},
+    }
+    (root / "eval").mkdir(parents=True)
+    (root / "eval" / "metrics.json").write_text(json.dumps(evaluation))
+    payload = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    _write_jsonl(
+        root / "eval" / "samples.jsonl",
+        [
+            {
+                "policy": p,
+                "prompt_index": 0,
+                "seed": 0,
+                "prompt": [{"role": "user", "content": "What is 1 plus 1?"}],
+                "response": payload if p == "ppo" else "1 plus 1 is 2.",
+                "reward": 1.0,
+                "gold": 1.0,
+            }
+            for p in ("sft", "ppo")
+        ],
+    )
+
+
+def test_report_shows_the_verdict_plots_and_escaped_samples(tmp_path: Path) -> None:
+    _fake_run(tmp_path, ci_low=0.7)
+    page = report.build_report(tmp_path).read_text()
+    assert "PPO beat the SFT policy" in page and "76%" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "onerror=alert(2)>" not in page
+    for image in ("sft_loss.png", "reward.png", "ppo.png", "comparison.png", "calibration.png"):
+        assert (tmp_path / "report" / image).stat().st_size > 1000, image
+        assert f"report/{image}" in page
+
+
+def test_report_says_when_ppo_did_not_clearly_win(tmp_path: Path) -> None:
+    _fake_run(tmp_path, ci_low=0.45)
+    assert "did not clearly beat" in report.build_report(tmp_path).read_text()

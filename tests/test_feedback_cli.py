@@ -1,0 +1,175 @@
+"""`rlhf feedback` commands: import with file/line/field errors, generate on the tiny model, admin commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from feedback.store import Store
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_import_is_idempotent_and_bad_files_name_line_and_field_and_store_nothing(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    good = _write(
+        tmp_path / "items.jsonl",
+        [{"id": "a", "prompt": "What is 1 plus 1?", "candidates": ["2.", {"text": "3.", "model": "m"}]}],
+    )
+    run_cli("feedback", "import", "--db", db, "--file", str(good))
+    run_cli("feedback", "import", "--db", db, "--file", str(good))
+    [item] = Store(db).records()
+    assert [c.text for c in item.candidates] == ["2.", "3."]
+    bad = _write(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "ok", "candidates": ["x"]},
+            {"prompt": "q", "candidates": [{"txt": "typo"}]},
+            {"prompt": [{"role": "robot", "content": "x"}]},
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf", "feedback", "import", "--db", db, "--file", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bad.jsonl: line 3: 'prompt'[0]: role 'robot'" in result.stderr
+    broken = _write(tmp_path / "broken.jsonl", ['{"prompt": "x"}', "{not json"])
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf", "feedback", "import", "--db", db, "--file", str(broken)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "broken.jsonl: line 2: not valid JSON" in result.stderr
+    assert len(Store(db).records()) == 1  # nothing from the bad files
+
+
+def test_candidate_errors_name_the_row_and_field(tmp_path: Path) -> None:
+    from feedback import importer
+    from rlhf.data import DataError
+
+    bad = _write(tmp_path / "c.jsonl", [{"prompt": "q", "candidates": [{"txt": "typo"}]}])
+    store = Store.create(f"sqlite:///{tmp_path / 'f.db'}")
+    with pytest.raises(DataError, match=r"c.jsonl: line 1: 'candidates'\[0\]: unknown key\(s\) \['txt'\]"):
+        importer.import_file(store, str(bad))
+
+
+def test_generate_samples_k_candidates_per_prompt_from_the_tiny_model(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    prompts = _write(
+        tmp_path / "prompts.jsonl",
+        [
+            {"prompt": "What is 3 plus 4?"},
+            {"prompt": [{"role": "user", "content": "What is 9 minus 2?"}]},
+            {"prompt": "Add 1 and 2, please."},
+        ],
+    )
+    run_cli(
+        "feedback",
+        "generate",
+        "--db",
+        db,
+        "--model",
+        "builtin:tiny",
+        "--prompts",
+        str(prompts),
+        "--num-candidates",
+        "4",
+        "--max-new-tokens",
+        "32",
+        "--temperature",
+        "1.2",
+        "--batch-size",
+        "2",
+        "--seed",
+        "3",
+    )
+    items = Store(db).records()
+    assert len(items) == 3
+    for item in items:
+        assert 2 <= len(item.candidates) <= 4 and all(c.text.strip() for c in item.candidates)
+        assert all(c.model == "builtin:tiny" for c in item.candidates)
+        assert all("<|im_end|>" not in c.text and "<|im_start|>" not in c.text for c in item.candidates)
+    with Store(db).engine.connect() as connection:
+        generation, adapter = connection.exec_driver_sql("SELECT generation, adapter FROM candidates LIMIT 1").one()
+    assert json.loads(generation) == {
+        "num_candidates": 4,
+        "temperature": 1.2,
+        "top_p": 1.0,
+        "max_new_tokens": 32,
+        "seed": 3,
+        "do_sample": True,
+    }
+    assert adapter is None
+
+
+def test_generate_with_an_sft_adapter(tmp_path: Path, tiny_sft_run: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": "What is 3 plus 4?"}])
+    run_cli(
+        "feedback",
+        "generate",
+        "--db",
+        db,
+        "--model",
+        "builtin:tiny",
+        "--adapter",
+        str(tiny_sft_run),
+        "--prompts",
+        str(prompts),
+        "--num-candidates",
+        "3",
+        "--max-new-tokens",
+        "32",
+    )
+    [item] = Store(db).records()
+    assert item.candidates
+    with Store(db).engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT DISTINCT adapter FROM candidates").scalars().all() == [
+            str(tiny_sft_run)
+        ]
+
+
+def test_admin_commands(tmp_path: Path, capsys) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    run_cli("feedback", "annotators", "add", "root", "--role", "admin", "--db", db)
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    store = Store(db)
+    assert store.authenticate(token).is_admin
+    guidelines = tmp_path / "g.md"
+    guidelines.write_text("# Rate carefully\n")
+    run_cli("feedback", "settings", "--db", db, "--overlap", "3", "--mode", "thumbs", "--guidelines", str(guidelines))
+    assert json.loads(capsys.readouterr().out)["overlap"] == 3
+    assert store.settings().guidelines == "# Rate carefully\n"
+    run_cli("feedback", "progress", "--db", db, "--json")
+    assert json.loads(capsys.readouterr().out)["annotators"][0]["name"] == "root"
+    run_cli("feedback", "agreement", "--db", db)
+    assert "thumbs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("feedback", "annotators", "add", "root", "--db", db)
+    assert exit_info.value.code == 2 and "exists already" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(
+            "feedback",
+            "export",
+            "--db",
+            str(tmp_path / "missing.db"),
+            "--format",
+            "pairs",
+            "--out",
+            str(tmp_path / "o"),
+        )
+    assert "rlhf feedback migrate" in capsys.readouterr().err

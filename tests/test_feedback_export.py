@@ -1,0 +1,191 @@
+"""Export formatters and writers on hand-made records (no database), and the export ``rlhf reward`` trains on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, run_cli
+from feedback_fixtures import annotate_all, tiny_items
+
+from feedback import export
+from feedback.records import Answer, Candidate, Item
+from feedback.store import Store
+from rlhf.data import load_split, validate
+
+PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
+A, B, C = Candidate(1, "Sure! 3 plus 4 is 7."), Candidate(2, "3 plus 4 is 7."), Candidate(3, "Ugh. 3 plus 5 is 8.")
+
+
+def item(*answers: Answer, messages=PROMPT) -> Item:
+    return Item(prompt_id=1, messages=messages, candidates=(A, B, C), answers=answers)
+
+
+def ranked(prompt: str) -> Item:
+    return item(Answer("x", ranks={1: 1, 2: 2, 3: 3}), messages=[{"role": "user", "content": prompt}])
+
+
+def texts(rows):
+    return sorted((r["chosen"][0]["content"], r["rejected"][0]["content"], r["margin"]) for r in rows)
+
+
+def test_a_ranking_gives_every_ordered_pair_and_ties_give_none() -> None:
+    rows = export.pair_rows([item(Answer("x", ranks={1: 1, 2: 1, 3: 2}))], "all")
+    assert texts(rows) == sorted([(A.text, C.text, 1.0), (B.text, C.text, 1.0)])  # A and B tie: no pair
+    rows = export.pair_rows([item(Answer("x", ranks={1: 1, 2: 2, 3: 3}))], "all")
+    assert texts(rows) == sorted([(A.text, B.text, 0.5), (A.text, C.text, 1.0), (B.text, C.text, 0.5)])
+    assert all(r["prompt"] == PROMPT and r["chosen"][0]["role"] == "assistant" for r in rows)
+
+
+def test_thumbs_give_every_up_down_pair_without_margin() -> None:
+    rows = export.pair_rows([item(Answer("x", thumbs={1: True, 2: True, 3: False}))], "all")
+    assert texts(rows) == sorted([(A.text, C.text, None), (B.text, C.text, None)])
+
+
+def test_aggregation_all_keeps_every_annotator_and_majority_keeps_what_most_said() -> None:
+    answers = (
+        Answer("x", ranks={1: 1, 2: 2, 3: 3}),
+        Answer("y", ranks={1: 2, 2: 1, 3: 3}),
+        Answer("z", ranks={1: 1, 2: 3, 3: 2}),
+    )
+    assert len(export.pair_rows([item(*answers)], "all")) == 9
+    majority = texts(export.pair_rows([item(*answers)], "majority"))
+    # A>B: x (gap 1 of 2: 0.5) and z (1.0); A>C: x (1.0), y (0.5), z (0.5); B>C: x (0.5) and y (1.0).
+    expected = [(A.text, B.text, 0.75), (A.text, C.text, round(2.0 / 3, 4)), (B.text, C.text, 0.75)]
+    assert majority == sorted(expected)
+    split = (Answer("x", ranks={1: 1, 2: 2, 3: 2}), Answer("y", ranks={1: 2, 2: 1, 3: 1}))
+    assert texts(export.pair_rows([item(*split)], "majority")) == []  # 1 vs 1: no majority
+    tie = (Answer("x", ranks={1: 1, 2: 2, 3: 3}), Answer("y", ranks={1: 1, 2: 1, 3: 1}))
+    assert texts(export.pair_rows([item(*tie)], "majority")) == []  # one vote of two judges is no majority
+
+
+def test_kto_rows_from_thumbs() -> None:
+    answers = (
+        Answer("x", thumbs={1: True, 3: False}),
+        Answer("y", thumbs={1: True, 3: True}),
+        Answer("z", thumbs={1: False}),
+    )
+    rows = export.kto_rows([item(*answers)], "all")
+    assert sorted((r["completion"][0]["content"], r["label"]) for r in rows) == sorted(
+        [(A.text, True), (A.text, True), (A.text, False), (C.text, False), (C.text, True)]
+    )
+    majority = export.kto_rows([item(*answers)], "majority")
+    assert [(r["completion"][0]["content"], r["label"]) for r in majority] == [(A.text, True)]  # C: 1 vs 1
+    assert export.kto_rows([item(Answer("x", ranks={1: 1, 2: 2, 3: 3}))], "all") == []
+
+
+def test_sft_rows_from_corrections() -> None:
+    answers = (
+        Answer("x", thumbs={3: False}, correction="Sure! 3 plus 4 is 7."),
+        Answer("y", correction="Sure! 3 plus 4 is 7."),
+    )
+    rows = export.sft_rows([item(*answers)])
+    assert len(rows) == 1 and rows[0]["messages"] == [*PROMPT, {"role": "assistant", "content": "Sure! 3 plus 4 is 7."}]
+    validate([{k: v for k, v in rows[0].items() if k != "_prompt"}], "sft", export_source())
+
+
+def export_source():
+    from rlhf.data import Source
+
+    return Source("test")
+
+
+def test_split_is_by_prompt_deterministic_and_stable() -> None:
+    items = [
+        item(Answer("x", ranks={1: 1, 2: 2, 3: 3}), messages=[{"role": "user", "content": f"q{i}"}]) for i in range(200)
+    ]
+    rows = export.pair_rows(items, "all")
+    first = export.split_rows(rows, 0.25, seed=1)
+    assert first == export.split_rows(rows, 0.25, seed=1)
+    assert first != export.split_rows(rows, 0.25, seed=2)
+    train_prompts = {json.dumps(r["prompt"]) for r in first["train"]}
+    test_prompts = {json.dumps(r["prompt"]) for r in first["test"]}
+    assert not train_prompts & test_prompts
+    assert 30 <= len(test_prompts) <= 70  # about a quarter of 200
+    more = export.split_rows(
+        rows
+        + export.pair_rows(
+            [item(Answer("x", ranks={1: 1, 2: 2, 3: 3}), messages=[{"role": "user", "content": "new"}])], "all"
+        ),
+        0.25,
+        seed=1,
+    )
+    assert {json.dumps(r["prompt"]) for r in more["test"]} >= test_prompts  # adding data moves no prompt
+    assert all("_prompt" not in r for r in first["train"])
+
+
+def test_writers_produce_jsonl_parquet_and_a_saved_dataset_that_load_back(tmp_path: Path) -> None:
+    items = [
+        item(Answer("x", ranks={1: 1, 2: 2, 3: 3}), messages=[{"role": "user", "content": f"q{i}"}]) for i in range(40)
+    ]
+    report = export.export(items, "pairs", tmp_path, test_fraction=0.3, seed=0)
+    assert report.rows["train"] + report.rows["test"] == 120 and report.rows["test"] > 0
+    from datasets import load_dataset, load_from_disk
+
+    for split in ("train", "test"):
+        rows, source = load_split(str(tmp_path), split)
+        assert len(rows) == report.rows[split]
+        validate(rows, "preference", source)
+        parquet = load_dataset("parquet", data_files=str(tmp_path / f"{split}.parquet"), split="train")
+        assert parquet.to_list() == rows
+    assert load_from_disk(str(tmp_path / "hf"))["test"].num_rows == report.rows["test"]
+    assert json.loads((tmp_path / "export.json").read_text())["rows"] == report.rows
+
+
+def test_push_to_hub_needs_a_token_and_uses_it(tmp_path: Path, monkeypatch) -> None:
+    items = [item(Answer("x", ranks={1: 1, 2: 2, 3: 3}))]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(export, "hub_token", lambda: None)
+    with pytest.raises(ValueError, match="needs a hub token"):
+        export.export(items, "pairs", tmp_path / "a", push_to_hub="me/prefs")
+    assert not (tmp_path / "a").exists()
+    pushed = {}
+
+    def fake_push(self, repo, private, token):
+        pushed.update(repo=repo, private=private, token=token, splits=sorted(self))
+
+    from datasets import DatasetDict
+
+    monkeypatch.setattr(export, "hub_token", lambda: "hf_secret")
+    monkeypatch.setattr(DatasetDict, "push_to_hub", fake_push)
+    report = export.export(items, "pairs", tmp_path / "b", test_fraction=0.0, push_to_hub="me/prefs")
+    assert pushed == {"repo": "me/prefs", "private": True, "token": "hf_secret", "splits": ["train"]}
+    assert report.pushed_to == "me/prefs"
+
+
+def test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward(tmp_path: Path) -> None:
+    store = Store.create(f"sqlite:///{tmp_path / 'f.db'}")
+    store.import_items(tiny_items(30))
+    store.add_annotator("gold")
+    assert annotate_all(store, store.annotator("gold").id) == 30
+    out = tmp_path / "pairs"
+    run_cli("feedback", "export", "--db", store.url, "--format", "pairs", "--out", str(out), "--test-fraction", "0.2")
+    assert (out / "train.jsonl").is_file() and (out / "test.jsonl").is_file()
+    first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"prompt", "chosen", "rejected", "margin"}
+    from rlhf import runs
+
+    run_dir = tmp_path / "reward"
+    run_cli(
+        "reward",
+        "--config",
+        str(RECIPES / "tiny" / "reward.yaml"),
+        "--model_name_or_path",
+        "builtin:tiny",
+        "--dataset_name",
+        str(out),
+        "--output_dir",
+        str(run_dir),
+        "--max_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+    )
+    metrics = runs.read_metrics(run_dir)
+    assert metrics["global_steps"] == 3 and metrics["train_rows"] == sum(1 for _ in (out / "train.jsonl").open())
+    assert metrics["eval"]["pairs"] == sum(1 for _ in (out / "test.jsonl").open())

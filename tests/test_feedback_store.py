@@ -1,0 +1,244 @@
+"""The feedback store on SQLite and PostgreSQL: schema, idempotent answers, the overlap queue, auth."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from feedback_fixtures import annotate_all, tiny_items
+
+from feedback import schema
+from feedback.store import Conflict, Forbidden, Invalid, NotFound, Store, StoreError, Unauthorized, make_engine, migrate
+
+
+def _ids(store: Store, n_prompts: int = 3) -> list[tuple[int, list[int]]]:
+    report = store.import_items(
+        [{"prompt": r["prompt"], "id": r["id"], "candidates": r["candidates"]} for r in tiny_items(n_prompts)]
+    )
+    return [
+        (pid, [c.id for c in item.candidates]) for pid, item in zip(report.prompt_ids, store.records(), strict=True)
+    ]
+
+
+def test_migrations_build_exactly_the_declared_schema_and_downgrade(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    assert migrate(db_url) == "0001"
+    engine = make_engine(db_url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), schema.metadata)
+    assert diff == []
+    assert migrate(db_url, "base", downgrade=True) is None
+    with engine.connect() as connection:
+        assert set(sa.inspect(connection).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    with pytest.raises(StoreError, match="rlhf feedback migrate"):
+        Store(db_url)
+
+
+def test_sqlite_is_wal_with_full_sync(tmp_path) -> None:
+    store = Store.create(str(tmp_path / "f.db"))  # a bare path means SQLite
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_prompts_and_candidates_are_deduplicated_and_keep_generation_settings(store: Store) -> None:
+    [pid] = store.add_prompts(["What is 2 plus 3?"])
+    assert store.add_prompts([[{"role": "user", "content": "What is 2 plus 3?"}]]) == [pid]  # same prompt
+    ids = store.add_candidates(pid, ["a", "b", "a"], model="m", adapter="runs/sft", generation={"temperature": 0.7})
+    assert ids[0] == ids[2] and ids[0] != ids[1]
+    [item] = store.records()
+    assert [c.text for c in item.candidates] == ["a", "b"] and item.candidates[0].model == "m"
+    with pytest.raises(NotFound):
+        store.add_candidates(999, ["x"])
+
+
+def test_an_answer_is_recorded_once_per_client_id(store: Store) -> None:
+    (pid, cids), *_ = _ids(store)
+    store.add_annotator("ann")
+    ann = store.annotator("ann")
+    ranks = {c: i + 1 for i, c in enumerate(cids)}
+    first = store.submit_ranking(ann.id, pid, ranks, client_id="retry-me-1")
+    again = store.submit_ranking(ann.id, pid, ranks, client_id="retry-me-1")
+    assert first.created and not again.created and again.id == first.id
+    with pytest.raises(Conflict, match="different answer"):
+        store.submit_ranking(ann.id, pid, {**ranks, cids[0]: 2}, client_id="retry-me-1")
+    with pytest.raises(Conflict, match="already answered"):
+        store.submit_ranking(ann.id, pid, ranks, client_id="a-new-id-2")
+    assert store.submission_ids() == ["retry-me-1"]
+    assert store.records()[0].answers[0].ranks == ranks
+
+
+def test_concurrent_retries_of_one_answer_store_it_once(store: Store) -> None:
+    (pid, cids), *_ = _ids(store)
+    store.add_annotator("ann")
+    ann = store.annotator("ann")
+    receipts, errors = [], []
+
+    def send() -> None:
+        try:
+            receipts.append(store.submit_rating(ann.id, pid, {cids[0]: True, cids[1]: False}, client_id="same-id-xyz"))
+        except Exception as error:  # collected: the assertion below shows it
+            errors.append(error)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(r.created for r in receipts) == 1 and len(receipts) == 8
+    assert store.submission_ids() == ["same-id-xyz"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        ({"ranks": {"first": 1}}, Invalid, "every response must be ranked"),
+        ({"ranks": "all"}, Invalid, "ranks go from 1"),
+        ({"thumbs": {"stranger": True}}, Invalid, "not responses to prompt"),
+        ({}, Invalid, "needs thumbs, a ranking or a corrected response"),
+        ({"thumbs": {"first": True}, "comment": "x" * 20_001}, Invalid, "at most 20000"),
+        ({"thumbs": {"first": True}, "corrected_candidate_id": "first"}, Invalid, "without a correction"),
+    ],
+)
+def test_invalid_answers_are_refused_and_change_nothing(store: Store, answer, error, message) -> None:
+    (pid, cids), (_, other_cids), *_ = _ids(store)
+    store.add_annotator("ann")
+    ann = store.annotator("ann")
+    names = {"first": cids[0], "stranger": other_cids[0]}
+    fields = {}
+    for key, value in answer.items():
+        if key in ("ranks", "thumbs") and isinstance(value, dict):
+            fields[key] = {names[k]: v for k, v in value.items()}
+        elif key == "ranks":
+            fields[key] = {c: 9 for c in cids}
+        elif key == "corrected_candidate_id":
+            fields[key] = names[value]
+        else:
+            fields[key] = value
+    before = store.records()
+    with pytest.raises(error, match=message):
+        store.submit(ann.id, pid, client_id="bad-answer-1", **fields)
+    assert store.records() == before and store.submission_ids() == []
+
+
+def test_overlap_sends_each_item_to_n_annotators_and_then_out_of_the_queue(store: Store) -> None:
+    _ids(store, n_prompts=4)
+    store.update_settings(overlap=2)
+    for name in ("a", "b", "c"):
+        store.add_annotator(name)
+    a, b, c = (store.annotator(n) for n in ("a", "b", "c"))
+    assert annotate_all(store, a.id) == 4
+    assert annotate_all(store, b.id) == 4
+    assert store.next_item(c.id) is None  # every item has its two answers
+    progress = store.progress()
+    assert progress["complete"] == 4 and progress["answers"] == 8
+    assert store.annotator_progress(c.id) == {"answered": 0, "remaining": 0}
+
+
+def test_an_item_handed_out_holds_its_slot_until_answered_skipped_or_expired(store: Store) -> None:
+    _ids(store, n_prompts=1)
+    for name in ("a", "b"):
+        store.add_annotator(name)
+    a, b = store.annotator("a"), store.annotator("b")
+    item = store.next_item(a.id)
+    assert item is not None and store.next_item(a.id).prompt_id == item.prompt_id  # the same item again
+    assert store.next_item(b.id) is None  # overlap 1: a holds the only slot
+    store.skip(a.id, item.prompt_id)
+    assert store.next_item(a.id) is None  # a does not get it back
+    again = store.next_item(b.id)
+    assert again is not None and again.prompt_id == item.prompt_id
+    store.update_settings(lease_minutes=1)
+    with store.engine.begin() as connection:  # b walked away two minutes ago
+        connection.execute(
+            sa.update(schema.assignments).values(assigned_at=sa.func.now() - sa.text("interval '2 minutes'"))
+            if store.backend == "postgresql"
+            else sa.update(schema.assignments).values(assigned_at=sa.text("datetime('now', '-2 minutes')"))
+        )
+    store.add_annotator("c")
+    assert store.next_item(store.annotator("c").id).prompt_id == item.prompt_id
+
+
+def test_concurrent_annotators_never_overfill_an_item(store: Store) -> None:
+    _ids(store, n_prompts=3)
+    store.update_settings(overlap=2)
+    names = [f"ann{i}" for i in range(8)]
+    for name in names:
+        store.add_annotator(name)
+    ids = [store.annotator(n).id for n in names]
+    done = []
+
+    def work(annotator_id: int) -> None:
+        done.append(annotate_all(store, annotator_id))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(done) == 6  # 3 items x 2 annotators, no more
+    assert all(len(item.answers) == 2 for item in store.records())
+
+
+def test_annotators_see_and_change_only_their_own_answers(store: Store) -> None:
+    (pid, cids), *_ = _ids(store)
+    store.add_annotator("a")
+    store.add_annotator("b")
+    a, b = store.annotator("a"), store.annotator("b")
+    store.next_item(a.id)
+    receipt = store.submit_rating(a.id, pid, {cids[0]: True}, client_id="a-answer-1", comment="fine")
+    with pytest.raises(NotFound):
+        store.answer(b.id, receipt.id)
+    with pytest.raises(NotFound):
+        store.edit(b.id, receipt.id, thumbs={cids[0]: False})
+    with pytest.raises(NotFound):
+        store.held_item(b.id, pid)
+    with pytest.raises(Forbidden):
+        store.submit_rating(b.id, pid, {cids[0]: False}, client_id="b-answer-1", require_assignment=True)
+    edited = store.edit(a.id, receipt.id, thumbs={cids[0]: False}, correction="Sure! Better.")
+    assert (
+        edited.revision == 2
+        and store.edit(a.id, receipt.id, thumbs={cids[0]: False}, correction="Sure! Better.").revision == 2
+    )
+    _, answer = store.held_item(a.id, pid)
+    assert answer is not None and answer.thumbs == {cids[0]: False} and answer.correction == "Sure! Better."
+    assert answer.comment is None  # the edit replaced the whole answer
+    assert [x.id for x in store.answers(a.id)] == [receipt.id] and store.answers(b.id) == []
+
+
+def test_tokens_passwords_sessions_and_deactivation(store: Store) -> None:
+    token = store.add_annotator("alice", "admin", password="correct horse")
+    assert store.authenticate(token).is_admin
+    assert store.authenticate("rlhf_not-a-token") is None
+    session, alice = store.login("alice", "correct horse")
+    assert alice.name == "alice" and store.authenticate(session).id == alice.id
+    for name, password in (("alice", "wrong"), ("nobody", "correct horse")):
+        with pytest.raises(Unauthorized, match="wrong name or password"):
+            store.login(name, password)
+    store.logout(session)
+    assert store.authenticate(session) is None and store.authenticate(token) is not None
+    fresh = store.new_token("alice")
+    assert store.authenticate(token) is None and store.authenticate(fresh) is not None
+    store.set_active("alice", False)
+    assert store.authenticate(fresh) is None
+    with pytest.raises(Conflict):
+        store.add_annotator("alice")
+    with pytest.raises(Invalid):
+        store.add_annotator("bob", role="owner")
+    with store.engine.connect() as connection:  # only hashes are stored
+        stored = connection.execute(sa.select(schema.tokens.c.token_hash)).scalars().all()
+    assert fresh not in stored and all(len(h) == 64 for h in stored)
+
+
+def test_settings_are_validated(store: Store) -> None:
+    assert store.update_settings(overlap=3, mode="thumbs").overlap == 3
+    assert store.settings().mode == "thumbs"
+    for bad in ({"overlap": 0}, {"mode": "stars"}, {"colour": "red"}, {"overlap": "2"}):
+        with pytest.raises(Invalid):
+            store.update_settings(**bad)
+    assert store.settings().overlap == 3

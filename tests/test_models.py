@@ -1,0 +1,90 @@
+"""The one place that builds models: 4-bit loading, pad tokens, LoRA configs, merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf import models
+from rlhf.config import ConfigError, ModelArguments
+
+
+def _args(**kwargs: object) -> ModelArguments:
+    args = ModelArguments(model_name_or_path="builtin:tiny", **kwargs)
+    models.resolve_dtypes(args)
+    return args
+
+
+def test_builtin_model_resolves_and_unknown_builtin_is_named() -> None:
+    assert Path(models.resolve_model_path("builtin:tiny"), "config.json").is_file()
+    assert models.resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    with pytest.raises(ConfigError, match="unknown built-in model 'builtin:huge'"):
+        models.resolve_model_path("builtin:huge")
+
+
+def test_four_bit_nf4_with_double_quantization_loads_and_runs_on_cpu(tiny_tokenizer) -> None:
+    import bitsandbytes as bnb
+
+    args = _args(quantization="4bit")
+    model = models.load_causal_lm(args, tiny_tokenizer)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 4 * 7  # q, k, v, o, gate, up, down in each of the 4 layers
+    state = layers[0].weight.quant_state
+    assert state.quant_type == "nf4" and state.nested  # double quantization
+    ids = tiny_tokenizer("What is 3 plus 4?", return_tensors="pt").input_ids
+    full = models.load_causal_lm(_args(), tiny_tokenizer)
+    with torch.no_grad():
+        quantized_logits, full_logits = model(ids).logits, full(ids).logits
+    assert torch.isfinite(quantized_logits).all()
+    # 4-bit rounds the weights but keeps the model: the next-token choice mostly agrees
+    agreement = (quantized_logits.argmax(-1) == full_logits.argmax(-1)).float().mean()
+    assert agreement > 0.7
+
+
+def test_pad_token_is_made_distinct_from_eos(tmp_path: Path, tiny_tokenizer) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve_model_path("builtin:tiny"))
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path)
+    fixed = models.load_tokenizer(
+        ModelArguments(model_name_or_path="builtin:tiny", tokenizer_name_or_path=str(tmp_path))
+    )
+    assert fixed.pad_token_id != fixed.eos_token_id
+    assert fixed.pad_token == "<|pad|>"  # a reserved pad token is reused: no new embedding row
+
+
+def test_seq_cls_lora_trains_the_score_head_fully_and_puts_no_lora_on_it(tiny_tokenizer) -> None:
+    args = _args(lora_r=4, lora_alpha=8)
+    model = get_peft_model(models.load_reward_backbone(args, tiny_tokenizer), models.lora_config(args, "SEQ_CLS"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("score.modules_to_save" in n for n in trainable)
+    assert not any("score" in n and "lora_" in n for n in trainable)
+    assert any("q_proj.lora_A" in n for n in trainable)
+
+
+def test_merged_model_matches_base_plus_adapter_and_differs_from_base(tmp_path: Path, tiny_tokenizer) -> None:
+    base_path = models.resolve_model_path("builtin:tiny")
+    args = _args(lora_r=4, lora_alpha=8)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), models.lora_config(args, "CAUSAL_LM"))
+    with torch.no_grad():  # a non-zero adapter, as after training
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    tiny_tokenizer.save_pretrained(adapter_dir)
+
+    merged_dir = models.merge_adapter("builtin:tiny", adapter_dir, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_dir)
+    ids = tiny_tokenizer("Can you add 2 and 5?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected, got, original = with_adapter(ids).logits, merged(ids).logits, base(ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, original, atol=1e-3)
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[weight], base.state_dict()[weight])

@@ -1,0 +1,99 @@
+"""The one-command pipeline: every stage, skipping finished ones, redoing from a stage, resuming a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES
+
+from rlhf.stages import pipeline
+
+# The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
+SHORTEN = {
+    "sft.yaml": {"max_steps": "20", "eval_steps": "10", "save_steps": "10"},
+    "reward.yaml": {"max_steps": "20", "eval_steps": "10", "save_steps": "10"},
+    "ppo.yaml": {"steps": "6", "save_steps": "2"},
+    "pipeline.yaml": {"annotation_prompts": "60", "eval_seeds": "[0]"},
+}
+
+
+@pytest.fixture
+def quick_recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "recipe"
+    shutil.copytree(RECIPES / "tiny", recipe)
+    for name, values in SHORTEN.items():
+        lines = [line for line in (recipe / name).read_text().splitlines() if line.split(":")[0] not in values]
+        (recipe / name).write_text("\n".join(lines + [f"{key}: {value}" for key, value in values.items()]) + "\n")
+    return recipe
+
+
+def _done(out: Path) -> dict[str, float]:
+    return {
+        stage: (out / stage / pipeline.DONE).stat().st_mtime
+        for stage in pipeline.STAGES
+        if (out / stage / pipeline.DONE).exists()
+    }
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips_them_and_redoes_from_a_stage(quick_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--recipe", str(quick_recipe), "--output_dir", str(out), "--disable_tqdm", "true"]
+    summary = pipeline.main(args)
+    assert list(summary) == list(pipeline.STAGES)
+    assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
+    assert summary["preferences"]["rows"]["train"] > 100
+    assert (out / "report.html").is_file() and (out / "export" / "merged" / "model.safetensors").is_file()
+    first = _done(out)
+    assert set(first) == set(pipeline.STAGES)
+
+    pipeline.main(args)  # nothing to do: every stage is finished
+    assert _done(out) == first
+
+    pipeline.main([*args, "--from_stage", "eval"])
+    again = _done(out)
+    assert all(again[s] == first[s] for s in pipeline.STAGES[: pipeline.STAGES.index("eval")])
+    assert all(again[s] > first[s] for s in ("eval", "export", "report"))
+
+
+@pytest.mark.slow
+def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(quick_recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf",
+        "pipeline",
+        "--recipe",
+        str(quick_recipe),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not (out / "ppo" / "checkpoint-2").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / "ppo" / "checkpoint-2").is_dir() and not (out / "ppo" / pipeline.DONE).exists()
+    before = _done(out)
+    assert set(before) == set(pipeline.STAGES[: pipeline.STAGES.index("ppo")])
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and "checkpoint-" in result.stderr
+    after = _done(out)
+    assert all(after[s] == before[s] for s in before)  # finished stages were not redone
+    steps = [json.loads(line)["step"] for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))

@@ -1,0 +1,220 @@
+"""PPO on one shared base, on the tiny model: what moves, what must not, outputs, resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ppo_args, torchrun
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from rlhf import data, models, runs
+from rlhf.config import ConfigError, parse
+from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.stages import ppo
+from rlhf.stages.reward import score_sequences
+
+
+def _build(out: Path, sft_run: Path, reward_run: Path, *overrides: str):
+    return ppo.build(*parse(ppo.CONFIG_TYPES, ppo_args(out, sft_run, reward_run, *overrides), prog="t", description=""))
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    return _build(tmp_path_factory.mktemp("ppo"), tiny_sft_run, tiny_reward_run)
+
+
+def _role_of(name: str) -> str | None:
+    for role in (POLICY, VALUE, REWARD):
+        if f".{role}." in name:
+            return role
+    return None
+
+
+@pytest.mark.parametrize("sequence", [[VALUE, POLICY], [REWARD, POLICY], [VALUE, REWARD, VALUE]])
+def test_requires_grad_is_right_after_every_adapter_switch(trainer, sequence: list[str]) -> None:
+    roles = trainer.roles
+    for role in sequence:
+        roles.use(role)
+        for name, param in roles.peft.named_parameters():
+            expected = _role_of(name) in (POLICY, VALUE)
+            assert param.requires_grad == expected, f"after use({role}): {name}"
+        assert roles.value_head.weight.requires_grad and not roles.reward_head.weight.requires_grad
+    with roles.reference():  # nothing trains through the reference
+        assert not any(p.requires_grad for n, p in roles.peft.named_parameters() if _role_of(n))
+    # and both trainable roles are trainable again afterwards (PEFT alone would leave the critic frozen)
+    assert all(p.requires_grad == (_role_of(n) in (POLICY, VALUE)) for n, p in roles.peft.named_parameters())
+    roles.use(POLICY)
+
+
+def test_shared_base_scores_exactly_like_the_reward_model(trainer, tiny_reward_run: Path) -> None:
+    rows = data.load_split("builtin:tiny/pairs", "test")[0][:12]
+    prompts, texts = [r["prompt"] for r in rows], [r["chosen"][0]["content"] for r in rows]
+    shared = trainer.reward_scores(prompts, texts)
+    model, tokenizer = models.load_reward_model(tiny_reward_run)
+    alone = score_sequences(
+        model, [data.scoring_ids(tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)], tokenizer.pad_token_id
+    )
+    assert shared.tolist() == pytest.approx(alone, abs=1e-4)
+
+
+def test_policy_starts_as_the_reference(trainer) -> None:
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:8]]
+    torch.manual_seed(0)
+    rollout = trainer.generate(prompts)
+    assert torch.allclose(trainer.logprobs(rollout), trainer.logprobs(rollout, reference=True), atol=1e-5)
+
+
+def test_missing_eos_is_penalised(trainer) -> None:
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:4]]
+    torch.manual_seed(0)
+    rollout = trainer.generate(prompts)
+    trainer.score(rollout)
+    rollout.ended = torch.tensor([True, False, True, False])
+    trainer.config.normalize_reward = False
+    try:
+        shaped = trainer.advantages(rollout)["shaped_scores"]
+    finally:
+        trainer.config.normalize_reward = True
+    penalty = trainer.config.missing_eos_penalty
+    assert (rollout.scores - shaped).tolist() == pytest.approx([0.0, penalty, 0.0, penalty], abs=1e-6)
+
+
+def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run)
+    roles = trainer.roles
+    before = {n: p.detach().clone() for n, p in roles.named_parameters()}
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:8]]
+    torch.manual_seed(1)
+    fixed = trainer.generate(prompts)
+    reference_before = trainer.logprobs(fixed, reference=True)
+    scores_before = trainer.reward_scores(fixed.prompts, fixed.texts)
+
+    history = trainer.train()
+
+    after = dict(roles.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    trainable = {n for n in before if _role_of(n) in (POLICY, VALUE) or n.startswith("value_head")}
+    assert changed == trainable  # every policy/value weight moved; the base, reward LoRA and heads did not
+    assert torch.equal(trainer.logprobs(fixed, reference=True), reference_before)
+    assert torch.equal(trainer.reward_scores(fixed.prompts, fixed.texts), scores_before)
+    assert len(history) == 3
+    for key in (
+        "objective/score",
+        "objective/kl",
+        "policy/entropy",
+        "policy/clipfrac",
+        "policy/approx_kl",
+        "loss/value_loss",
+        "value/explained_variance",
+        "response/length",
+        "response/eos_rate",
+        "time/generate",
+        "time/score",
+        "time/update",
+        "throughput/tokens_per_second",
+        "gold/score",
+    ):
+        assert key in history[-1], key
+
+
+def test_ppo_stage_writes_a_plain_peft_policy_and_the_comparison(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    ppo.main(ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--report_to", "tensorboard"))
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "value" / "value_head.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged")
+    policy = PeftModel.from_pretrained(base, str(tmp_path))
+    assert sum(p.abs().sum() for n, p in policy.named_parameters() if "lora_B" in n) > 0
+    metrics = runs.read_metrics(tmp_path)
+    evaluation = metrics["eval"]
+    assert evaluation["prompts"] == 16
+    for name in ("sft", "ppo"):
+        assert {"gold", "reward", "length", "eos_rate"} <= set(evaluation[name])
+    assert evaluation["kl_ppo_to_sft"] > 0
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / ppo.SAMPLES_FILE).read_text().splitlines()) == 32
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
+
+
+def test_ppo_refuses_a_reward_model_of_another_base(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the shared base must be the one the reward LoRA was trained on"):
+        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--model_name_or_path", "builtin:tiny")
+    with pytest.raises(ConfigError, match="quantization"):
+        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--quantization", "4bit")
+
+
+def _ppo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlhf", "ppo", *args]
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    common = ["--steps", "6", "--save_steps", "2", "--lr_scheduler_type", "linear", "--target_kl", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    straight = tmp_path / "straight"
+    subprocess.run(
+        _ppo_command(*ppo_args(straight, tiny_sft_run, tiny_reward_run), *common),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _ppo_command(*ppo_args(killed, tiny_sft_run, tiny_reward_run), *common),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-2").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "checkpoint-2").is_dir() and not (killed / "metrics.json").exists()  # killed mid-run
+    subprocess.run(
+        _ppo_command(*ppo_args(killed, tiny_sft_run, tiny_reward_run), *common, "--resume"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+
+    lines = lambda p: [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = lines(straight), lines(killed)
+    assert [h["step"] for h in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b, strict=True):
+        for key in (
+            "objective/score",
+            "objective/kl",
+            "objective/kl_coef",
+            "loss/value_loss",
+            "policy/approx_kl",
+            "gold/score",
+        ):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), (x["step"], key)
+    ea, eb = runs.read_metrics(straight)["eval"], runs.read_metrics(killed)["eval"]
+    assert ea["ppo"]["gold"] == pytest.approx(eb["ppo"]["gold"], abs=1e-6)
+    assert ea["kl_ppo_to_sft"] == pytest.approx(eb["kl_ppo_to_sft"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ppo_under_torchrun_with_two_processes(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    overrides = ["--steps", "2", "--save_steps", "2", "--rollout_batch_size", "8"]
+    result = torchrun(29533, "ppo", *ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, *overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = tmp_path / "checkpoint-2"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    sums = [torch.load(checkpoint / f"rng_state_{r}.pth", weights_only=False)["trainable_checksum"] for r in (0, 1)]
+    assert sums[0] == pytest.approx(sums[1], rel=1e-9)  # gradients averaged: both ranks hold the same weights
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[-1]["throughput/episodes_per_second"] > 0

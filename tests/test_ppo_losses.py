@@ -1,0 +1,108 @@
+"""PPO's pure functions against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlhf.ppo import losses
+
+
+def t(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_gae_by_hand() -> None:
+    # rewards 0, 0, 1; values .5, .6, .7; gamma 1, lambda .95
+    # t=2: delta = 1 - .7 = .3            A = .3
+    # t=1: delta = .7 - .6 = .1           A = .1 + .95 * .3 = .385
+    # t=0: delta = .6 - .5 = .1           A = .1 + .95 * .385 = .46575
+    advantages, returns = losses.gae(t([0, 0, 1]), t([0.5, 0.6, 0.7]), t([1, 1, 1]), gamma=1.0, lam=0.95)
+    assert advantages.tolist()[0] == pytest.approx([0.46575, 0.385, 0.3])
+    assert returns.tolist()[0] == pytest.approx([0.96575, 0.985, 1.0])
+
+
+def test_gae_stops_at_the_end_of_the_response() -> None:
+    # the response ended at t=1: nothing after it counts, and V after the end is 0
+    # t=1: delta = 1 + .9 * 0 - .6 = .4; t=0: delta = .9 * .6 - .5 = .04, A = .04 + .9 * .5 * .4 = .22
+    advantages, _ = losses.gae(t([0, 1, 5]), t([0.5, 0.6, 9.0]), t([1, 1, 0]), gamma=0.9, lam=0.5)
+    assert advantages.tolist()[0] == pytest.approx([0.22, 0.4, 0.0])
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token() -> None:
+    rewards = losses.token_rewards(
+        torch.tensor([2.0, -1.0]), t([0.1, 0.2, 0.3], [0.4, 0.0, 0.0]), t([1, 1, 0], [1, 0, 0]), 0.5
+    )
+    assert rewards.tolist() == [pytest.approx([-0.05, 1.9, 0.0]), pytest.approx([-1.2, 0.0, 0.0])]
+
+
+def test_kl_estimators() -> None:
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert losses.kl_estimate(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    # k3 with r = q/p = 0.5: (r - 1) - log r = -0.5 + log 2
+    assert losses.kl_estimate(logp, ref, "k3").item() == pytest.approx(-0.5 + math.log(2))
+    assert losses.kl_estimate(ref, logp, "k3").item() >= 0  # k3 is never negative
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        losses.kl_estimate(logp, ref, "k2")
+
+
+def test_clipped_policy_loss_by_hand() -> None:
+    old = torch.zeros(1, 2)
+    new = torch.full((1, 2), math.log(1.5))  # ratio 1.5 on both tokens
+    # advantage +1: min(1.5, 1.2) * 1 -> loss -1.2 (clipped); advantage -1: max(1.5, 1.2) -> loss 1.5 (not clipped)
+    loss, stats = losses.policy_loss(new, old, t([1.0, -1.0]), t([1, 1]), clip=0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    assert stats["approx_kl"].item() == pytest.approx(0.5 - math.log(1.5))
+
+
+def test_clipped_value_loss_by_hand() -> None:
+    # V=2, old 1, R=1: clipped V=1.2, errors 1 vs .04 -> .5 * 1; V=.5, old 1, R=2: clipped .8, errors 2.25 vs 1.44
+    loss, stats = losses.value_loss(t([2.0, 0.5]), t([1.0, 1.0]), t([1.0, 2.0]), t([1, 1]), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 2.25) / 2)
+    assert stats["value_clipfrac"].item() == pytest.approx(0.0)
+
+
+def test_masked_statistics_ignore_padding_and_reduce_over_ranks() -> None:
+    x, mask = t([1, 2, 3, 100]), t([1, 1, 1, 0])
+    assert losses.masked_mean(x, mask).item() == pytest.approx(2.0)
+    mean, var = losses.masked_moments(x, mask)
+    assert (mean.item(), var.item()) == (pytest.approx(2.0), pytest.approx(1.0))
+    white = losses.whiten(x, mask)
+    assert white[0, 3].item() == 0.0
+    assert losses.masked_mean(white, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # two identical ranks: same mean, and the variance counts 6 tokens instead of 3
+    mean2, var2 = losses.masked_moments(x, mask, reduce=lambda s: s * 2)
+    assert mean2.item() == pytest.approx(2.0) and var2.item() == pytest.approx(4 / 5)
+
+
+def test_explained_variance() -> None:
+    returns, mask = t([1, 2, 3, 4]), t([1, 1, 1, 1])
+    assert losses.explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert losses.explained_variance(torch.zeros_like(returns), returns, mask) == pytest.approx(0.0)
+
+
+def test_adaptive_kl_controller_moves_towards_the_target() -> None:
+    controller = losses.KLController(coef=0.1, target=6.0, horizon=10_000)
+    controller.update(kl=12.0, n_episodes=64)  # error clipped to +0.2
+    assert controller.coef == pytest.approx(0.1 * (1 + 0.2 * 64 / 10_000))
+    controller.update(kl=3.0, n_episodes=64)  # error -0.5 clipped to -0.2
+    assert controller.coef == pytest.approx(0.1 * (1 + 0.2 * 64 / 10_000) * (1 - 0.2 * 64 / 10_000))
+    fixed = losses.KLController(coef=0.1)
+    fixed.update(kl=100.0, n_episodes=64)
+    assert fixed.coef == 0.1
+
+
+def test_running_moments_match_the_whole_sample_and_round_trip() -> None:
+    moments = losses.RunningMoments()
+    moments.update(torch.tensor([1.0, 2.0, 3.0]))
+    moments.update(torch.tensor([4.0, 5.0]))
+    assert moments.mean == pytest.approx(3.0, abs=1e-3)
+    assert moments.var == pytest.approx(2.0, abs=1e-2)  # population variance of 1..5
+    assert moments.normalize(torch.tensor([3.0])).item() == pytest.approx(0.0, abs=1e-3)
+    assert moments.normalize(torch.tensor([100.0]), clip=5.0).item() == 5.0
+    restored = losses.RunningMoments()
+    restored.load_state_dict(moments.state_dict())
+    assert restored.state_dict() == moments.state_dict()

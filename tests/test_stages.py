@@ -1,0 +1,273 @@
+"""The sft and reward stages on the tiny model: they learn, save what the ecosystem loads, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPES, run_cli
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from rlhf import models, runs
+from rlhf.config import ConfigError, parse
+from rlhf.data import DataError
+from rlhf.stages import reward, sft
+
+
+def _parsed(stage: str, out: Path, *overrides: str):
+    types = {"sft": sft.CONFIG_TYPES, "reward": reward.CONFIG_TYPES}[stage]
+    recipe = RECIPES / "tiny" / f"{stage}.yaml"
+    return parse(
+        types,
+        ["--config", str(recipe), "--output_dir", str(out), "--disable_tqdm", "true", *overrides],
+        prog="t",
+        description="",
+    )
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_sft_learns_and_changes_every_trainable_parameter_and_nothing_else(tmp_path: Path) -> None:
+    trainer = sft.build(
+        *_parsed("sft", tmp_path, "--max_steps", "30", "--eval_strategy", "no", "--save_strategy", "no")
+    )
+    eval_loss_before = trainer.evaluate()["eval_loss"]
+    before = _trainable(trainer.model)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert all("lora_" in n for n in before) and before
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
+    assert not unchanged, f"trainable parameters that did not change: {unchanged[:5]}"
+    assert all(torch.equal(p, after[n]) for n, p in frozen.items())
+    assert trainer.evaluate()["eval_loss"] < eval_loss_before  # the same 200 held-out conversations
+
+
+def _chat_ids(tokenizer) -> torch.Tensor:
+    messages = [
+        {"role": "user", "content": "What is 3 plus 4?"},
+        {"role": "assistant", "content": "Sure! 3 plus 4 is 7."},
+    ]
+    return torch.tensor([tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]])
+
+
+def test_sft_run_writes_an_adapter_that_plain_peft_loads_with_the_same_logits(
+    tiny_sft_run: Path, tiny_tokenizer
+) -> None:
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "rlhf_config.yaml",
+    ):
+        assert (tiny_sft_run / name).is_file(), name
+    metrics = runs.read_metrics(tiny_sft_run)
+    assert metrics["eval_loss"] < metrics["first_eval_loss"]  # eval_on_start gives the untrained loss
+    assert metrics["tokens_seen"] > 0 and metrics["loss_tokens_per_epoch"] > 0
+    assert metrics["length_policy"]["train"]["dropped"] == 0
+
+    base_path = models.resolve_model_path("builtin:tiny")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(tiny_sft_run)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    ids = _chat_ids(tiny_tokenizer)
+    with torch.no_grad():
+        adapted, merged_logits, base_logits = model(ids).logits, merged(ids).logits, base(ids).logits
+    assert torch.allclose(adapted, merged_logits, atol=1e-4)
+    assert not torch.allclose(adapted, base_logits, atol=1e-3)
+
+
+def test_sft_adapter_gives_the_logits_it_had_in_training(tmp_path: Path, tiny_tokenizer) -> None:
+    trainer = sft.build(*_parsed("sft", tmp_path, "--max_steps", "5", "--eval_strategy", "no", "--save_strategy", "no"))
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    ids = _chat_ids(tiny_tokenizer)
+    trainer.model.eval()
+    with torch.no_grad():
+        in_training = trainer.model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(models.resolve_model_path("builtin:tiny"))
+        reloaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()(input_ids=ids).logits
+    assert torch.allclose(in_training, reloaded, atol=1e-5)
+
+
+def test_sft_four_bit_path_with_paged_8bit_adamw(tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    trainer = sft.build(
+        *_parsed(
+            "sft",
+            tmp_path,
+            "--quantization",
+            "4bit",
+            "--optim",
+            "paged_adamw_8bit",
+            "--max_steps",
+            "3",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--max_train_samples",
+            "96",
+            "--per_device_train_batch_size",
+            "8",
+        )
+    )
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    before = _trainable(trainer.model)
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    assert isinstance(optimizer, bnb.optim.optimizer.Optimizer8bit) and optimizer.is_paged
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p, after[n]) for n, p in before.items() if "lora_B" in n)
+
+
+def test_sft_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+    common = [
+        "--config",
+        str(RECIPES / "tiny" / "sft.yaml"),
+        "--output_dir",
+        str(tmp_path),
+        "--eval_strategy",
+        "no",
+        "--save_steps",
+        "4",
+        "--disable_tqdm",
+        "true",
+        "--merge_adapter",
+        "false",
+    ]
+    run_cli("sft", *common, "--max_steps", "4")
+    assert (tmp_path / "checkpoint-4").is_dir()
+    run_cli("sft", *common, "--max_steps", "8", "--resume")
+    history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 8
+    assert runs.read_metrics(tmp_path)["global_steps"] == 8
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        sft.train(*_parsed("sft", tmp_path / "fresh", "--resume", "--max_steps", "1"))
+
+
+def test_sft_reports_and_drops_overlong_rows(tmp_path: Path) -> None:
+    data = tmp_path / "sft.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "What is 1 plus 1?"},
+                {"role": "assistant", "content": "1 plus 1 is 2."},
+            ]
+        }
+    ] * 20
+    rows.append(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "1 plus 1 is 2. " * 40}]}
+    )
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = sft.build(
+        *_parsed("sft", tmp_path / "run", "--dataset_name", str(data), "--eval_split_size", "0", "--max_length", "64")
+    )
+    assert len(trainer.train_dataset) == 20
+    report = trainer.length_reports["train"]
+    assert (report.rows, report.overlong, report.dropped) == (21, 1, 1)
+    with pytest.raises(DataError, match=r"1 of 21 rows are longer than max_length=64 tokens \(rows 21\)"):
+        sft.build(
+            *_parsed(
+                "sft",
+                tmp_path / "run",
+                "--dataset_name",
+                str(data),
+                "--eval_split_size",
+                "0",
+                "--max_length",
+                "64",
+                "--overlong",
+                "error",
+            )
+        )
+
+
+def test_sft_writes_tensorboard_logs_when_asked(tmp_path: Path) -> None:
+    run_cli(
+        "sft",
+        "--config",
+        str(RECIPES / "tiny" / "sft.yaml"),
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--merge_adapter",
+        "false",
+        "--report_to",
+        "tensorboard",
+        "--disable_tqdm",
+        "true",
+    )
+    assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+
+
+def test_reward_model_ranks_held_out_pairs_and_reports_distributions(tiny_reward_run: Path) -> None:
+    metrics = runs.read_metrics(tiny_reward_run)["eval"]
+    assert metrics["pairs"] == 600
+    assert metrics["accuracy"] > 0.65  # chance is 0.5; the full recipe reaches ~0.8
+    assert metrics["chosen"]["mean"] > metrics["rejected"]["mean"]
+    assert {"mean", "std", "p10", "p50", "p90"} <= set(metrics["chosen"])
+
+
+def test_reward_model_reloads_in_a_fresh_process_with_the_same_scores(tiny_reward_run: Path) -> None:
+    script = (
+        "import json, sys\n"
+        "from datasets import Dataset\n"
+        "from rlhf import data, models\n"
+        "from rlhf.stages.reward import score_sequences\n"
+        "model, tokenizer = models.load_reward_model(sys.argv[1])\n"
+        "rows = data.load_split('builtin:tiny/pairs', 'test')[0][:40]\n"
+        "ids = [data.preference_ids(r, tokenizer) for r in rows]\n"
+        "print(json.dumps(score_sequences(model, [i['chosen_ids'] for i in ids], tokenizer.pad_token_id)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_reward_run)], capture_output=True, text=True, check=True
+    )
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    saved = [
+        json.loads(line)["chosen"] for line in (tiny_reward_run / reward.SCORES_FILE).read_text().splitlines()[:40]
+    ]
+    assert fresh == pytest.approx(saved, abs=1e-4)
+
+
+def test_reward_changes_lora_and_score_head_only(tmp_path: Path, tiny_sft_run: Path) -> None:
+    trainer, _ = reward.build(
+        *_parsed(
+            "reward",
+            tmp_path,
+            "--model_name_or_path",
+            str(tiny_sft_run / "merged"),
+            "--max_steps",
+            "5",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+        )
+    )
+    before = _trainable(trainer.model)
+    assert any("score" in n for n in before)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p, after[n]) for n, p in before.items())
+
+
+def test_reward_refuses_truncation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="truncate would cut off"):
+        reward.build(*_parsed("reward", tmp_path, "--model_name_or_path", "builtin:tiny", "--overlong", "truncate"))
