@@ -32,8 +32,8 @@ def _chunks(n: int, size: int) -> list[slice]:
 def sample_policies(trainer: PPOTrainer, prompts: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """One answer per (prompt, seed, policy), with its reward-model score, gold score, length and KL.
 
-    ``kl`` is the PPO policy's summed log-ratio to the SFT policy on its own answer (an unbiased
-    estimate of KL(PPO || SFT) per answer); it is 0 for the SFT answers.
+    ``kl`` is KL(PPO || SFT) summed over the PPO policy's own answer, from the full next-token
+    distributions (:meth:`PPOTrainer.kl_to_reference`); it is 0 for the SFT answers.
     """
     samples: list[dict[str, Any]] = []
     for seed in seeds:
@@ -43,13 +43,7 @@ def sample_policies(trainer: PPOTrainer, prompts: Sequence[Any], seeds: Sequence
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
                 rollout = trainer.generate(chunk, reference=policy == "sft")
                 rewards = trainer.reward_scores(chunk, rollout.texts).tolist()
-                if policy == "ppo":
-                    kls = ((trainer.logprobs(rollout) - trainer.logprobs(rollout, reference=True)) * rollout.mask).sum(
-                        1
-                    )
-                    kls = kls.tolist()
-                else:
-                    kls = [0.0] * len(chunk)
+                kls = trainer.kl_to_reference(rollout).tolist() if policy == "ppo" else [0.0] * len(chunk)
                 for i, text in enumerate(rollout.texts):
                     sample = {
                         "policy": policy,

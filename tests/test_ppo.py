@@ -71,6 +71,7 @@ def test_policy_starts_as_the_reference(trainer) -> None:
     torch.manual_seed(0)
     rollout = trainer.generate(prompts)
     assert torch.allclose(trainer.logprobs(rollout), trainer.logprobs(rollout, reference=True), atol=1e-5)
+    assert trainer.kl_to_reference(rollout).abs().max() < 1e-5
 
 
 def test_missing_eos_is_penalised(trainer) -> None:
@@ -106,6 +107,8 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
     assert changed == trainable  # every policy/value weight moved; the base, reward LoRA and heads did not
     assert torch.equal(trainer.logprobs(fixed, reference=True), reference_before)
     assert torch.equal(trainer.reward_scores(fixed.prompts, fixed.texts), scores_before)
+    # the evaluation's exact KL is >= 0 per answer (the sampled log-ratio can go negative), and > 0 once trained
+    assert (trainer.kl_to_reference(fixed) > 0).all()
     assert len(history) == 3
     for key in (
         "objective/score",

@@ -245,6 +245,27 @@ class PPOTrainer:
         return torch.cat(out) * rollout.mask
 
     @torch.no_grad()
+    def kl_to_reference(self, rollout: Rollout) -> torch.Tensor:
+        """Exact KL(policy || reference) summed over each response's tokens (one value per answer).
+
+        At every response position the full next-token distributions are compared (a sum over the
+        vocabulary), so each term is >= 0; summed along the policy's own sampled answer this is an
+        unbiased estimate of the sequence-level KL with far less variance than the sampled log-ratio,
+        which goes negative on small evaluations.
+        """
+        ids, mask = rollout.sequences
+        prompt_length = rollout.query.shape[1]
+        out = []
+        with self._autocast():
+            for part in _chunks(len(ids), self.config.forward_batch_size):
+                policy = torch.log_softmax(self._response_logits(ids[part], mask[part], prompt_length), -1)
+                with self.roles.reference():
+                    reference = torch.log_softmax(self._response_logits(ids[part], mask[part], prompt_length), -1)
+                per_token = (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
+                out.append((per_token * rollout.mask[part]).sum(1))
+        return torch.cat(out)
+
+    @torch.no_grad()
     def values(self, rollout: Rollout) -> torch.Tensor:
         ids, mask = rollout.sequences
         prompt_length = rollout.query.shape[1]
