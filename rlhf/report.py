@@ -259,7 +259,15 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
             f"<img src='{PLOTS_DIR}/{plot_sft(sft_history, plots)}' alt='SFT loss'>",
         ]
     if annotation:
-        parts += ["<h2>Annotation</h2>", "<pre>" + _e(json.dumps(annotation, indent=2)) + "</pre>"]
+        pairs = _json(run_dir / "preferences" / "done.json").get("rows", {})
+        line = (
+            f"{annotation.get('answers', 0)} answers on {annotation.get('items', 0)} prompts by "
+            f"{len(annotation.get('annotators', []))} {annotation.get('annotator', '')} annotator(s), "
+            f"overlap {annotation.get('overlap', 1)}, {annotation.get('noisy_answers', 0)} noisy answers"
+        )
+        if pairs:
+            line += f"; exported {pairs.get('train', 0)} training and {pairs.get('test', 0)} held-out preference pairs"
+        parts += ["<h2>Annotation</h2>", f"<p>{_e(line)}.</p>"]
     parts.append("</body></html>")
     path = run_dir / REPORT_FILE
     path.write_text("\n".join(parts))
