@@ -55,30 +55,30 @@ def tiny_sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_run(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny reward recipe on the session's SFT model, shortened."""
-    out = tmp_path_factory.mktemp("reward")
+def _tiny_reward(out: Path, sft_run: Path, *overrides: str) -> Path:
+    """The tiny reward recipe on an SFT run's merged model, with `overrides` (shortened runs)."""
     run_cli(
         "reward",
         "--config",
         str(RECIPES / "tiny" / "reward.yaml"),
         "--model_name_or_path",
-        str(tiny_sft_run / "merged"),
+        str(sft_run / "merged"),
         "--output_dir",
         str(out),
-        "--max_steps",
-        "120",
         "--eval_strategy",
         "no",
-        "--save_steps",
-        "60",
-        "--logging_steps",
-        "10",
         "--disable_tqdm",
         "true",
+        *overrides,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_run(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reward recipe on the session's SFT model, shortened."""
+    overrides = ("--max_steps", "120", "--save_steps", "60", "--logging_steps", "10")
+    return _tiny_reward(tmp_path_factory.mktemp("reward"), tiny_sft_run, *overrides)
 
 
 def torchrun(port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
@@ -142,28 +142,5 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_reward_run_4bit(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few steps of a 4-bit (QLoRA) reward model on the session's SFT model, for the QLoRA PPO path."""
-    out = tmp_path_factory.mktemp("reward4bit")
-    run_cli(
-        "reward",
-        "--config",
-        str(RECIPES / "tiny" / "reward.yaml"),
-        "--quantization",
-        "4bit",
-        "--model_name_or_path",
-        str(tiny_sft_run / "merged"),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "3",
-        "--max_train_samples",
-        "96",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--max_eval_samples",
-        "8",
-        "--disable_tqdm",
-        "true",
-    )
-    return out
+    overrides = ("--quantization", "4bit", "--max_steps", "3", "--max_train_samples", "96", "--max_eval_samples", "8")
+    return _tiny_reward(tmp_path_factory.mktemp("reward4bit"), tiny_sft_run, *overrides, "--save_strategy", "no")
