@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import RECIPES
 
@@ -97,3 +99,46 @@ def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(quick_r
     assert all(after[s] == before[s] for s in before)  # finished stages were not redone
     steps = [json.loads(line)["step"] for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_pipeline_waits_for_people_in_the_feedback_app(quick_recipe: Path, tmp_path: Path) -> None:
+    """--annotator human: the pipeline serves the app, a person ranks through its REST API, it goes on."""
+    out, port = tmp_path / "run", _free_port()
+    command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", str(quick_recipe), "--output_dir", str(out)]
+    command += ["--annotator", "human", "--annotation_prompts", "3", "--port", str(port), "--stop_after", "annotate"]
+    command += ["--wait_timeout", "600", "--disable_tqdm", "true"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 600
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
+        from feedback.store import Store
+
+        token = Store.create(f"sqlite:///{out / 'feedback.db'}").add_annotator("alice")
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+        ranked = 0
+        while (item := client.get("/api/items/next").json()["item"]) is not None:
+            ranking = [{"candidate_id": c["id"], "rank": i + 1} for i, c in enumerate(item["candidates"])]
+            body = {"client_id": f"test-{item['prompt_id']:08d}", "prompt_id": item["prompt_id"], "ranking": ranking}
+            assert client.post("/api/answers", json=body).status_code == 201
+            ranked += 1
+        assert ranked == 3
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+    summary = json.loads((out / "annotate" / pipeline.DONE).read_text())
+    assert summary["annotator"] == "human" and summary["answers"] == summary["complete"] == 3
+    assert not (out / "preferences").exists()  # --stop_after annotate
