@@ -173,3 +173,28 @@ def test_admin_commands(tmp_path: Path, capsys) -> None:
             str(tmp_path / "o"),
         )
     assert "rlhf feedback migrate" in capsys.readouterr().err
+
+
+def test_generate_skips_prompts_already_handed_out_or_answered(store: Store, monkeypatch, capsys) -> None:
+    """Candidates added after annotators ranked an item would be missing from their rankings."""
+    from feedback import generate
+
+    store.import_items([{"prompt": f"What is {i} plus {i}?", "id": f"g{i}"} for i in range(3)])
+    store.add_candidates(1, ["one", "two"])
+    store.add_annotator("a")
+    a = store.annotator("a")
+    item = store.next_item(a.id)
+    assert item is not None and item.prompt_id == 1
+    store.submit_ranking(a.id, 1, {c["id"]: 1 for c in item.candidates}, client_id="ranked-before")
+    monkeypatch.setattr(generate, "load", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(
+        generate, "sample_batch", lambda _m, _t, prompts, settings: [["fresh A", "fresh B"] for _ in prompts]
+    )
+    report = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    assert (report.prompts, report.skipped_in_use, report.stored) == (3, 1, 4)
+    items = store.records()
+    assert [c.text for c in items[0].candidates] == ["one", "two"]  # the ranked item is left as it was
+    assert [len(x.candidates) for x in items[1:]] == [2, 2]
+    rerun = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    assert rerun.skipped_in_use == 1 and rerun.stored == 4  # the same samples again: existing ids, nothing new
+    assert [len(x.candidates) for x in store.records()] == [2, 2, 2]
