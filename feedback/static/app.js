@@ -7,6 +7,7 @@ const state = {
   choices: new Map(), // candidate id -> {up: true|false|null, rank: number|null}; nothing is preset
   focus: 0,          // index of the focused response
   editing: null,     // id of the own answer being changed, or null for a new answer
+  revision: null,    // the revision of that answer the edit is based on (the server refuses a stale one: 409)
   history: 0,        // how far back "My previous answer" went
   busy: false,
 };
@@ -113,6 +114,7 @@ function showItem(item, progress) {
   state.choices = new Map(item.candidates.map((c) => [c.id, { up: null, rank: null }]));
   const answer = item.answer;
   state.editing = answer ? answer.id : null;
+  state.revision = answer ? answer.revision : null;
   if (answer) {
     for (const t of answer.thumbs) state.choices.get(t.candidate_id).up = t.up;
     for (const r of answer.ranking) state.choices.get(r.candidate_id).rank = r.rank;
@@ -192,7 +194,7 @@ async function submit() {
   const item = state.item;
   try {
     if (state.editing) {
-      await send("PUT", "/api/answers/" + encodeURIComponent(state.editing), answerBody());
+      await send("PUT", "/api/answers/" + encodeURIComponent(state.editing), { ...answerBody(), revision: state.revision });
     } else {
       await send("POST", "/api/answers", { client_id: clientIdFor(item.prompt_id), prompt_id: item.prompt_id, ...answerBody() });
     }
