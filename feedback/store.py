@@ -1274,10 +1274,14 @@ class Store:
         ]
 
     def mark_synced(self, submission_id: str, revision: int) -> None:
+        """Record that ``revision`` reached LangSmith (never moves back: a slow older pass cannot undo a newer one)."""
         with self._tx() as c:
             c.execute(
                 sa.update(t.submissions)
-                .where(t.submissions.c.id == submission_id)
+                .where(
+                    t.submissions.c.id == submission_id,
+                    sa.or_(t.submissions.c.synced_revision.is_(None), t.submissions.c.synced_revision < revision),
+                )
                 .values(synced_revision=revision, sync_error=None, sync_attempts=0, sync_after=None)
             )
 
