@@ -233,16 +233,35 @@ async function previous() {
   }
 }
 
+// Show the next item, or say why there is none. It never throws: it runs from a click handler and
+// right after a save, where a rejection would go unhandled or, worse, reach submit()'s catch and
+// tell the annotator "your answer is not saved yet" about an answer that was saved. An empty queue
+// (item: null) and a failed fetch both hide the item panel, so no key or button acts on an item
+// that is no longer current, and show the "Check again" panel saying which of the two it was.
 async function loadNext() {
-  const { data } = await send("GET", "/api/items/next");
+  let data;
+  try {
+    ({ data } = await send("GET", "/api/items/next"));
+  } catch (e) {
+    const reason = e instanceof ApiError ? e.message : "the server cannot be reached";
+    showNone("Could not load the next item", `${reason}. Your saved answers are safe; check again in a moment.`);
+    return;
+  }
   showProgress(data.progress);
   if (!data.item) {
-    state.item = null;
-    show("annotate", false);
-    show("done", true);
+    showNone("Nothing left to annotate", "Every item you can answer has been answered. Thank you!");
     return;
   }
   showItem(data.item, data.progress);
+}
+
+function showNone(title, text) {
+  state.item = null;
+  state.editing = null;
+  $("done-title").textContent = title;
+  $("done-text").textContent = text;
+  show("annotate", false);
+  show("done", true);
 }
 
 function onKey(event) {
