@@ -10,9 +10,13 @@ records). Endpoints are plain functions, so FastAPI runs them in its thread pool
 blocking database calls never stall the event loop.
 
 Bad input is always a 4xx with a message a person can act on, never a 500, and changes nothing:
-invalid JSON is 400, a body over the size limit 413, schema errors 422 naming the field, unknown
-ids 404 (another annotator's answer is reported as not found too), a missing or bad token 401, the
-wrong role 403, a reused client id or a second answer to an item 409, a busy database 503.
+invalid JSON is 400, a body over the size limit 413, schema errors 422 naming the field (ids past
+the database's 32-bit integers and text holding NUL characters included: PostgreSQL cannot store
+them, so they are refused before they reach it, alike on both backends), unknown ids 404 (another
+annotator's answer is reported as not found too), a missing or bad token 401, the wrong role 403,
+409 for a client id reused with another body, a second answer to an item, an edit based on a stale
+revision, a late answer to an item others completed meanwhile, or a constraint a concurrent request
+hit first; a busy database 503.
 
 Model output is untrusted: the pages insert it with ``textContent`` only, and a strict Content
 Security Policy (no inline script, no inline handlers) backs that up.
