@@ -10,9 +10,13 @@ records). Endpoints are plain functions, so FastAPI runs them in its thread pool
 blocking database calls never stall the event loop.
 
 Bad input is always a 4xx with a message a person can act on, never a 500, and changes nothing:
-invalid JSON is 400, a body over the size limit 413, schema errors 422 naming the field, unknown
-ids 404 (another annotator's answer is reported as not found too), a missing or bad token 401, the
-wrong role 403, a reused client id or a second answer to an item 409, a busy database 503.
+invalid JSON is 400, a body over the size limit 413, schema errors 422 naming the field (ids past
+the database's 32-bit integers and text holding NUL characters included: PostgreSQL cannot store
+them, so they are refused before they reach it, alike on both backends), unknown ids 404 (another
+annotator's answer is reported as not found too), a missing or bad token 401, the wrong role 403,
+409 for a client id reused with another body, a second answer to an item, an edit based on a stale
+revision, a late answer to an item others completed meanwhile, or a constraint a concurrent request
+hit first; a busy database 503.
 
 Model output is untrusted: the pages insert it with ``textContent`` only, and a strict Content
 Security Policy (no inline script, no inline handlers) backs that up.
@@ -26,17 +30,17 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from markdown_it import MarkdownIt
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import OperationalError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from feedback import agreement, export, importer
 from feedback.store import (
@@ -56,7 +60,7 @@ from feedback.store import (
 
 logger = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: an answer is a few kB; imports of more go through the CLI
 SECURITY_HEADERS = [
     (
@@ -70,6 +74,25 @@ SECURITY_HEADERS = [
 ]
 STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Forbidden: 403, Unauthorized: 401}
 _markdown = MarkdownIt("commonmark", {"html": False})  # raw HTML in guidelines is shown as text
+# Ids are INTEGER columns (32-bit on PostgreSQL): a larger number cannot name anything, and sent
+# to PostgreSQL it fails as "integer out of range" (a 500), so the schema refuses it up front.
+MAX_ID = 2**31 - 1
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL characters (the driver refuses them with an error that would
+    # be a 500); SQLite would store them. Refusing them here makes both backends answer alike.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+PromptId = Annotated[int, Path(ge=1, le=MAX_ID, description="a prompt (item) id")]
+AnswerId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="an answer's client id")
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,27 +104,29 @@ class Strict(BaseModel):
 
 
 class LoginIn(Strict):
-    name: str | None = Field(None, max_length=100, description="annotator name (with password)")
-    password: str | None = Field(None, max_length=500)
-    token: str | None = Field(None, max_length=200, description="an API token instead of name and password")
+    name: Text | None = Field(None, max_length=100, description="annotator name (with password)")
+    password: Text | None = Field(None, max_length=500)
+    token: Text | None = Field(None, max_length=200, description="an API token instead of name and password")
 
 
 class Thumb(Strict):
-    candidate_id: int
+    candidate_id: DbId
     up: bool = Field(description="true: thumbs up, false: thumbs down")
 
 
 class Rank(Strict):
-    candidate_id: int
+    candidate_id: DbId
     rank: int = Field(ge=1, le=1000, description="1 is best; equal ranks are ties")
 
 
 class AnswerBody(Strict):
     thumbs: list[Thumb] = Field(default_factory=list, max_length=1000)
     ranking: list[Rank] = Field(default_factory=list, max_length=1000)
-    comment: str | None = Field(None, max_length=MAX_TEXT)
-    correction: str | None = Field(None, max_length=MAX_TEXT, description="a better response, written by the annotator")
-    corrected_candidate_id: int | None = Field(None, description="the response the correction edits, if any")
+    comment: Text | None = Field(None, max_length=MAX_TEXT)
+    correction: Text | None = Field(
+        None, max_length=MAX_TEXT, description="a better response, written by the annotator"
+    )
+    corrected_candidate_id: DbId | None = Field(None, description="the response the correction edits, if any")
 
 
 class AnswerIn(AnswerBody):
@@ -111,20 +136,29 @@ class AnswerIn(AnswerBody):
         pattern=r"^[A-Za-z0-9_.:-]+$",
         description="chosen by the client (a UUID): a retried request with the same id is recorded once",
     )
-    prompt_id: int
+    prompt_id: DbId
+
+
+class AnswerEditIn(AnswerBody):
+    revision: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="the revision this edit is based on: a stale one is refused with 409 (no lost updates)",
+    )
 
 
 class SettingsIn(Strict):
     overlap: int | None = Field(None, ge=1, le=10_000, description="annotators per item")
     mode: Literal["ranking", "thumbs"] | None = None
     lease_minutes: int | None = Field(None, ge=1, le=10_000)
-    guidelines: str | None = Field(None, max_length=MAX_TEXT, description="markdown")
+    guidelines: Text | None = Field(None, max_length=MAX_TEXT, description="markdown")
 
 
 class AnnotatorIn(Strict):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
     role: Literal["admin", "annotator"] = "annotator"
-    password: str | None = Field(None, min_length=8, max_length=500)
+    password: Text | None = Field(None, min_length=8, max_length=500)
 
 
 class ImportIn(Strict):
@@ -342,6 +376,22 @@ def create_app(
         messages = "; ".join(_validation_message(e) for e in errors[:5])
         return JSONResponse({"detail": f"invalid request: {messages}"}, status_code=422)
 
+    @app.exception_handler(IntegrityError)
+    def integrity_error(_: Request, error: IntegrityError) -> JSONResponse:
+        # The store checks what it can before writing; a constraint that still fires is a concurrent
+        # request that won a race (a duplicate key, a row deleted meanwhile): a conflict, not a crash.
+        logger.info("constraint violated: %s", error.orig)
+        return JSONResponse(
+            {"detail": "the request conflicts with data stored meanwhile; reload and try again"}, status_code=409
+        )
+
+    @app.exception_handler(DataError)
+    def data_error(_: Request, error: DataError) -> JSONResponse:
+        # A value the database cannot hold that slipped past the schema (a number out of range, a
+        # NUL byte in text): the transaction rolled back, so nothing changed.
+        logger.info("value refused by the database: %s", error.orig)
+        return JSONResponse({"detail": f"a value cannot be stored: {error.orig}".strip()}, status_code=422)
+
     @app.exception_handler(OperationalError)
     def database_busy(_: Request, error: OperationalError) -> JSONResponse:
         logger.warning("database unavailable: %s", error.orig)
@@ -401,13 +451,13 @@ def create_app(
         return NextOut(item=_item_out(view) if view else None, progress=store.annotator_progress(me.id))
 
     @app.get("/api/items/{prompt_id}", tags=["annotate"], responses=ERRORS)
-    def get_item(prompt_id: int, me: Me) -> ItemOut:
+    def get_item(prompt_id: PromptId, me: Me) -> ItemOut:
         """An item handed to you, with your answer if you gave one."""
         view, answer = store.held_item(me.id, prompt_id)
         return _item_out(view, answer)
 
     @app.post("/api/items/{prompt_id}/skip", tags=["annotate"], responses=ERRORS)
-    def skip(prompt_id: int, me: Me) -> dict[str, str]:
+    def skip(prompt_id: PromptId, me: Me) -> dict[str, str]:
         """Discard an item: it is not offered to you again."""
         store.skip(me.id, prompt_id)
         return {"detail": f"prompt {prompt_id} skipped"}
@@ -425,22 +475,20 @@ def create_app(
 
     @app.get("/api/answers", tags=["annotate"], responses=ERRORS)
     def my_answers(
-        me: Me, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0
+        me: Me, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0
     ) -> list[AnswerOut]:
         """Your answers, newest first."""
         return [_answer_out(a) for a in store.answers(me.id, limit=limit, offset=offset)]
 
     @app.get("/api/answers/{answer_id}", tags=["annotate"], responses=ERRORS)
-    def my_answer(answer_id: str, me: Me) -> AnswerOut:
+    def my_answer(answer_id: AnswerId, me: Me) -> AnswerOut:
         return _answer_out(store.answer(me.id, answer_id))
 
     @app.put("/api/answers/{answer_id}", tags=["annotate"], responses=ERRORS)
-    def edit_answer(answer_id: str, body: AnswerBody, me: Me) -> ReceiptOut:
-        """Replace one of your answers (the same edit twice changes nothing)."""
-        before = store.answer(me.id, answer_id).revision
-        receipt = store.edit(me.id, answer_id, **_answer_fields(body))
-        if receipt.revision != before:
-            notify()
+    def edit_answer(answer_id: AnswerId, body: AnswerEditIn, me: Me) -> ReceiptOut:
+        """Replace one of your answers (the same edit twice changes nothing; a stale revision is 409)."""
+        receipt = store.edit(me.id, answer_id, expected_revision=body.revision, **_answer_fields(body))
+        notify()  # a no-op edit makes the sync pass find nothing to send
         return ReceiptOut(**asdict(receipt))
 
     # -- admins -----------------------------------------------------------------------------------------
@@ -477,7 +525,7 @@ def create_app(
         with tempfile.TemporaryDirectory() as tmp:
             export.export(store, format, tmp, aggregation=aggregation, test_fraction=test_fraction, seed=seed)
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-                for path in sorted(Path(tmp).rglob("*")):
+                for path in sorted(FilePath(tmp).rglob("*")):
                     if path.is_file():
                         archive.write(path, path.relative_to(tmp).as_posix())
         return Response(

@@ -146,6 +146,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         f"{report.prompts} prompts, {report.sampled} samples: {report.stored} stored, "
         f"{report.duplicates} duplicates and {report.empty} empty ones dropped"
     )
+    if report.skipped_in_use:
+        print(
+            f"skipped {report.skipped_in_use} prompt(s) already handed out or answered: "
+            "candidates added now would be missing from their rankings"
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -7,7 +7,9 @@ on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used w
 
 Prompts are rendered with the model's chat template (generation prompt added), left-padded so
 every row of a batch ends where generation starts, and sampled with temperature / top-p until the
-tokenizer's EOS or ``max_new_tokens``. Each candidate is stored with the model, the adapter and the
+tokenizer's EOS or ``max_new_tokens``. Only prompts that no annotator has been handed or answered
+get candidates: adding one to a ranked set would leave the stored rankings incomplete, so such
+prompts are skipped and counted (``skipped_in_use``). Each candidate is stored with the model, the adapter and the
 generation settings that produced it. Identical samples of a prompt are stored once (two equal
 responses carry no preference), and empty ones are not stored. Each prompt's candidates are
 committed as soon as its batch is done, so an interrupted run keeps what it made.
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from feedback import importer
 from feedback.records import Messages
-from feedback.store import Store
+from feedback.store import Conflict, Store
 from rlhf import models
 from rlhf.config import ModelArguments
 
@@ -52,6 +54,7 @@ class GenerateReport:
     stored: int = 0  # distinct non-empty samples (a sample already in the store keeps its id)
     duplicates: int = 0
     empty: int = 0
+    skipped_in_use: int = 0  # prompts already handed out or answered: their candidate set is fixed
 
 
 def load(
@@ -117,7 +120,9 @@ def generate(
         todo = [(pid, by_id[pid]) for pid in dict.fromkeys(prompt_ids)]
     else:
         todo = store.prompts()
-    report = GenerateReport(prompts=len(todo))
+    in_use = store.prompts_in_use()
+    report = GenerateReport(prompts=len(todo), skipped_in_use=sum(pid in in_use for pid, _ in todo))
+    todo = [(pid, messages) for pid, messages in todo if pid not in in_use]
     if not todo:
         return report
     lm, tokenizer = load(model, adapter, quantization)
@@ -132,8 +137,13 @@ def generate(
             report.sampled += len(texts)
             report.empty += len(texts) - len(kept)
             report.duplicates += len(kept) - len(unique)
-            if unique:
+            if not unique:
+                continue
+            try:
                 store.add_candidates(prompt_id, unique, model=model, adapter=adapter, generation=generation)
-                report.stored += len(unique)
+            except Conflict:  # handed out while we were sampling: leave it as the annotator saw it
+                report.skipped_in_use += 1
+                continue
+            report.stored += len(unique)
     logger.info("generated %s", report)
     return report

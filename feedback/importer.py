@@ -20,6 +20,8 @@ OpenAI-style ``choices``); :func:`run_prompt` and :func:`run_output` read the co
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,22 +33,74 @@ from feedback.store import ImportReport, Invalid, Store
 
 CANDIDATE_KEYS = {"text", "model", "adapter", "generation", "run_id", "session_id"}
 ROW_KEYS = {"id", "prompt", "candidates"}
+# Limits follow the columns (feedback.schema): a value over them would fail in the database (on
+# PostgreSQL; SQLite stores anything) with an error naming no row, so each row is checked first.
+MAX_ID_CHARS = 200  # prompts.external_id
+MAX_NAME_CHARS = 500  # candidates.model / adapter
+MAX_TEXT_CHARS = 100_000  # a prompt message or a response: far more than anyone reads
+MAX_CANDIDATES = 100
+
+
+def _text_problems(value: Any, where: str, limit: int, *, required: bool) -> list[str]:
+    """Type, length and NUL characters (PostgreSQL text cannot hold them) of one text field."""
+    if value is None and not required:
+        return []
+    if not isinstance(value, str) or (required and not value.strip()):
+        return [f"{where}: expected {'non-empty ' if required else ''}text, got {type(value).__name__}"]
+    if len(value) > limit:
+        return [f"{where}: {len(value)} characters, at most {limit}"]
+    if "\x00" in value:
+        return [f"{where}: contains a NUL (\\u0000) character"]
+    return []
+
+
+def _prompt_problems(prompt: Any, where: str) -> list[str]:
+    # The prompt's shape was checked by rlhf.data.validate; here its texts.
+    if isinstance(prompt, str):
+        return _text_problems(prompt, where, MAX_TEXT_CHARS, required=True)
+    if not isinstance(prompt, list):
+        return []
+    problems = []
+    for i, message in enumerate(prompt):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        problems += _text_problems(content, f"{where}[{i}].content", MAX_TEXT_CHARS, required=False)
+    return problems
+
+
+def _id_problems(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return [f"{where}: expected text or a whole number, got {type(value).__name__}"]
+    return _text_problems(str(value), where, MAX_ID_CHARS, required=True)
 
 
 def _candidate_problems(candidate: Any, where: str) -> list[str]:
     if isinstance(candidate, str):
-        return [] if candidate.strip() else [f"{where}: empty response"]
+        return _text_problems(candidate, where, MAX_TEXT_CHARS, required=True)
     if not isinstance(candidate, Mapping):
         return [f"{where}: expected text or an object with 'text', got {type(candidate).__name__}"]
     problems = []
     unknown = sorted(set(candidate) - CANDIDATE_KEYS)
     if unknown:
         problems.append(f"{where}: unknown key(s) {unknown}; known: {sorted(CANDIDATE_KEYS)}")
-    text = candidate.get("text")
-    if not isinstance(text, str) or not text.strip():
-        problems.append(f"{where}.text: expected non-empty text")
-    if candidate.get("generation") is not None and not isinstance(candidate["generation"], Mapping):
-        problems.append(f"{where}.generation: expected an object of generation settings")
+    problems += _text_problems(candidate.get("text"), f"{where}.text", MAX_TEXT_CHARS, required=True)
+    for key in ("model", "adapter"):
+        problems += _text_problems(candidate.get(key), f"{where}.{key}", MAX_NAME_CHARS, required=False)
+    for key in ("run_id", "session_id"):
+        value = candidate.get(key)
+        if value is None:
+            continue
+        try:
+            uuid.UUID(str(value))
+        except ValueError:
+            problems.append(f"{where}.{key}: expected a LangSmith id (a UUID), got {str(value)[:50]!r}")
+    generation = candidate.get("generation")
+    if generation is not None:
+        if not isinstance(generation, Mapping):
+            problems.append(f"{where}.generation: expected an object of generation settings")
+        elif "\\u0000" in json.dumps(generation, default=str):
+            problems.append(f"{where}.generation: contains a NUL (\\u0000) character")
     return problems
 
 
@@ -60,13 +114,13 @@ def validate_rows(rows: Sequence[Mapping[str, Any]], source: Any) -> None:
         unknown = sorted(set(row) - ROW_KEYS)
         if unknown:
             errors.append(f"{source.at(index)}: unknown column(s) {unknown}; known: {sorted(ROW_KEYS)}")
-        if row.get("id") is not None and not isinstance(row["id"], (str, int)):
-            errors.append(f"{source.at(index)}: 'id': expected text or a number")
+        errors += [f"{source.at(index)}: {p}" for p in _id_problems(row.get("id"), "'id'")]
+        errors += [f"{source.at(index)}: {p}" for p in _prompt_problems(row.get("prompt"), "'prompt'")]
         candidates = row.get("candidates")
         if candidates is None:
             continue
-        if not isinstance(candidates, list):
-            errors.append(f"{source.at(index)}: 'candidates': expected a list")
+        if not isinstance(candidates, list) or len(candidates) > MAX_CANDIDATES:
+            errors.append(f"{source.at(index)}: 'candidates': expected a list of at most {MAX_CANDIDATES}")
             continue
         for i, candidate in enumerate(candidates):
             errors += [f"{source.at(index)}: {p}" for p in _candidate_problems(candidate, f"'candidates'[{i}]")]

@@ -17,13 +17,16 @@ What is sent, per answer, for each candidate that came from a LangSmith run (``r
 
 Feedback ids are derived from (answer, candidate, key), so a resend after a crash between
 "LangSmith stored it" and "we marked it sent" finds it (409) and updates it instead of adding a
-second one; an edited answer updates the same feedback. The answers of one item share a
+second one; an edited answer updates the same feedback, and feedback its earlier revision had
+but the edit no longer has (a thumb taken back, a ranking turned into thumbs) is deleted, so
+LangSmith never keeps a score the annotator withdrew. The answers of one item share a
 ``feedback_group_id``. Candidates with no LangSmith run (generated locally, imported without a
 ``run_id``) have nothing to attach feedback to and are not sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -87,7 +90,7 @@ def feedback_for(job: SyncJob) -> list[FeedbackSpec]:
         for key, score, value in entries:
             specs.append(
                 FeedbackSpec(
-                    feedback_id=str(uuid.uuid5(NAMESPACE, f"{job.submission_id}/{candidate_id}/{key}")),
+                    feedback_id=_feedback_id(job.submission_id, candidate_id, key),
                     run_id=run_id,
                     session_id=session_id,
                     key=key,
@@ -100,6 +103,35 @@ def feedback_for(job: SyncJob) -> list[FeedbackSpec]:
                 )
             )
     return specs
+
+
+KEYS = ("thumbs", "rank", "correction")
+
+
+def _feedback_id(submission_id: str, candidate_id: int, key: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{submission_id}/{candidate_id}/{key}"))
+
+
+def withdrawn_for(job: SyncJob, specs: list[FeedbackSpec]) -> list[str]:
+    """Feedback ids an earlier revision of this answer may have created that this one does not send.
+
+    Ids are derived, so this needs no record of what was sent: every (candidate with a run,
+    question) the current revision does not cover. Deleting one that never existed is a 404,
+    which :func:`withdraw` ignores. A first sync has nothing earlier to withdraw.
+    """
+    if job.first_sync:
+        return []
+    current = {spec.feedback_id for spec in specs}
+    every = (_feedback_id(job.submission_id, candidate_id, key) for candidate_id in sorted(job.runs) for key in KEYS)
+    return [feedback_id for feedback_id in every if feedback_id not in current]
+
+
+def withdraw(client: Any, feedback_id: str) -> None:
+    """Delete one feedback record; one that is not there (never sent, deleted before) is fine."""
+    from langsmith.utils import LangSmithNotFoundError
+
+    with contextlib.suppress(LangSmithNotFoundError):
+        client.delete_feedback(feedback_id)
 
 
 def client_from_env() -> Any | None:
@@ -172,8 +204,11 @@ class LangSmithSync:
         result = SyncResult()
         for job in self.store.pending_sync(limit=self.batch, now=now):
             try:
-                for spec in feedback_for(job):
+                specs = feedback_for(job)
+                for spec in specs:
                     send(self.client, spec, create=job.first_sync)
+                for feedback_id in withdrawn_for(job, specs):
+                    withdraw(self.client, feedback_id)
             except Exception as error:  # any failure: keep it in the outbox, try again later
                 logger.warning(
                     "LangSmith sync of answer %s failed (attempt %d): %s", job.submission_id, job.attempts + 1, error

@@ -384,9 +384,21 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[Connection]:
+        """One transaction. A read (``write=False``) sees one consistent snapshot of the database.
+
+        Reads run several statements (submissions, then their ratings and ranks): under
+        PostgreSQL's default READ COMMITTED each statement has its own snapshot, so an export
+        running while answers arrive could see a submission without its ratings, or ratings of a
+        submission it did not see. Reads therefore run as REPEATABLE READ, READ ONLY (one snapshot
+        for the whole transaction; a read-only one never fails to serialise). SQLite in WAL mode
+        gives a read transaction one snapshot from its first read on. Writes stay READ COMMITTED
+        and take locks (``BEGIN IMMEDIATE`` on SQLite, row locks on PostgreSQL).
+        """
         with self.engine.connect() as connection:
             if write:
                 connection.execution_options(immediate=True)
+            elif self.backend == "postgresql":
+                connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with connection.begin():
                 yield connection
 
@@ -435,9 +447,17 @@ class Store:
     def _add_prompt(self, c: Connection, prompt: Any, external_id: str | None) -> tuple[int, bool]:
         messages = records.prompt_messages(prompt)
         key = _sha256(f"id:{external_id}" if external_id else f"messages:{_canonical(messages)}")
-        existing = c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.key == key)).scalar()
+        existing = c.execute(sa.select(t.prompts.c.id, t.prompts.c.messages).where(t.prompts.c.key == key)).first()
         if existing is not None:
-            return existing, False
+            # The external id is the client's idempotency key: re-importing the same row is a no-op,
+            # but the same id with other content is a mistake to report, not one to paper over by
+            # returning the old prompt (its answers would be exported under the new text's id).
+            if external_id and _canonical(existing.messages) != _canonical(messages):
+                raise Conflict(
+                    f"id {external_id!r} is already used by prompt {existing.id} with a different prompt; "
+                    "give this prompt a new id (or leave the id out)"
+                )
+            return existing.id, False
         inserted = c.execute(
             sa.insert(t.prompts)
             .values(key=key, external_id=external_id, messages=messages, created_at=utcnow())
@@ -477,7 +497,9 @@ class Store:
         text = spec.get("text")
         if not isinstance(text, str) or not text.strip():
             raise Invalid(f"prompt {prompt_id}: a response must be non-empty text")
-        if c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id)).scalar() is None:
+        # Locked on PostgreSQL (as next_item and submit do), so no item is handed out or answered
+        # between the check below and the insert.
+        if c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update()).first() is None:
             raise NotFound(f"no prompt {prompt_id}")
         text_hash = _sha256(text)
         existing = c.execute(
@@ -487,6 +509,12 @@ class Store:
         ).scalar()
         if existing is not None:
             return existing, False
+        if self._in_use(c, prompt_id):
+            # A ranking covers every candidate the annotator saw: a candidate added afterwards
+            # would be unranked in the stored rankings (and an open ranking could not be submitted).
+            raise Conflict(
+                f"prompt {prompt_id} was already handed out or answered; its candidates cannot change any more"
+            )
         generation = spec.get("generation", defaults["generation"])
         values = {
             "prompt_id": prompt_id,
@@ -500,6 +528,29 @@ class Store:
             "created_at": utcnow(),
         }
         return c.execute(sa.insert(t.candidates).values(**values).returning(t.candidates.c.id)).scalar_one(), True
+
+    @staticmethod
+    def _in_use(c: Connection, prompt_id: int) -> bool:
+        """Whether an annotator has answered this item or holds it (its candidate set is then fixed)."""
+        return (
+            c.execute(
+                sa.select(t.assignments.c.prompt_id)
+                .where(t.assignments.c.prompt_id == prompt_id, t.assignments.c.status.in_(("assigned", "submitted")))
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+    def prompts_in_use(self) -> set[int]:
+        """Prompts handed out or answered: ``rlhf feedback generate`` leaves them alone."""
+        with self._tx(write=False) as c:
+            return set(
+                c.execute(
+                    sa.select(t.assignments.c.prompt_id)
+                    .where(t.assignments.c.status.in_(("assigned", "submitted")))
+                    .distinct()
+                ).scalars()
+            )
 
     def import_items(self, rows: Iterable[Mapping[str, Any]]) -> ImportReport:
         """Store validated import rows ``{"prompt", "id"?, "candidates"?: [text | {...}]}`` in one transaction.
@@ -705,7 +756,7 @@ class Store:
                 if prompt_id is None:
                     return None
                 if self.backend == "postgresql":
-                    c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update())
+                    self._lock_prompt(c, prompt_id)
                     if self._slots_taken(c, prompt_id, cutoff, exclude=annotator_id) >= settings.overlap:
                         continue
                 c.execute(
@@ -859,6 +910,7 @@ class Store:
         try:
             with self._tx() as c:
                 answer = self._validated(c, prompt_id, thumbs, ranks, comment, correction, corrected_candidate_id)
+                self._lock_prompt(c, prompt_id)  # before any read below: they then see the winner's commit
                 body_hash = self._body_hash(prompt_id, answer)
                 existing = c.execute(sa.select(t.submissions).where(t.submissions.c.id == client_id)).first()
                 if existing is not None:
@@ -876,6 +928,7 @@ class Store:
                     return self._replay(existing, annotator_id, prompt_id, body_hash)
                 if other is not None:
                     raise Conflict(f"prompt {prompt_id}: already answered (answer {other}); edit that answer instead")
+                self._check_room(c, prompt_id, status)
                 now = utcnow()
                 c.execute(
                     sa.insert(t.submissions).values(
@@ -904,6 +957,35 @@ class Store:
                     raise Conflict(f"prompt {prompt_id}: already answered; edit that answer instead") from None
                 answer = self._validated(c, prompt_id, thumbs, ranks, comment, correction, corrected_candidate_id)
             return self._replay(existing, annotator_id, prompt_id, self._body_hash(prompt_id, answer))
+
+    @staticmethod
+    def _lock_prompt(c: Connection, prompt_id: int) -> None:
+        """Serialise writers of one item on PostgreSQL (SQLite's write lock already does that)."""
+        c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update())
+
+    def _check_room(self, c: Connection, prompt_id: int, status: str | None) -> None:
+        """Refuse a new answer to an item that already has ``overlap`` answers (nothing is recorded).
+
+        This is the late submit: an annotator's lease ran out (tab left open), the slot went to
+        someone else and the item was completed by ``overlap`` other annotators. Accepting the
+        answer would overfill the item. The caller holds the prompt's lock (:meth:`_lock_prompt`,
+        as :meth:`next_item` does), so two late answers cannot both see one free slot.
+        """
+        overlap = self._settings(c).overlap
+        answered = c.execute(
+            sa.select(sa.func.count()).select_from(t.submissions).where(t.submissions.c.prompt_id == prompt_id)
+        ).scalar_one()
+        if answered < overlap:
+            return
+        if status == "assigned":
+            raise Conflict(
+                f"prompt {prompt_id}: your hold on this item expired and {answered} other annotator(s) "
+                f"completed it meanwhile (overlap {overlap}); your answer was not recorded, take the next item"
+            )
+        raise Conflict(
+            f"prompt {prompt_id}: the item is complete ({answered} answers, overlap {overlap}); "
+            "your answer was not recorded"
+        )
 
     @staticmethod
     def _replay(existing: Any, annotator_id: int, prompt_id: int, body_hash: str) -> Receipt:
@@ -947,20 +1029,31 @@ class Store:
         comment: str | None = None,
         correction: str | None = None,
         corrected_candidate_id: int | None = None,
+        expected_revision: int | None = None,
     ) -> Receipt:
-        """Replace an annotator's own answer. Repeating the same edit changes nothing (no new revision)."""
+        """Replace an annotator's own answer. Repeating the same edit changes nothing (no new revision).
+
+        An edit is compare-and-set on the answer's revision: ``expected_revision`` is the revision the
+        client based its change on (the page sends the one it loaded), and the UPDATE only applies
+        while the stored revision is still the one read here. Two concurrent edits from the same
+        base therefore cannot both succeed: on PostgreSQL the second UPDATE waits for the first's
+        row lock, then matches no row; on SQLite writers are serialised and the second sees the new
+        revision. The loser gets a :class:`Conflict` (409) instead of silently overwriting.
+        """
         with self._tx() as c:
             row = c.execute(sa.select(t.submissions).where(t.submissions.c.id == submission_id)).first()
             if row is None or row.annotator_id != annotator_id:
                 # Another annotator's answer is reported as missing: its existence is not theirs to know.
                 raise NotFound(f"you have no answer {submission_id!r}")
+            if expected_revision is not None and expected_revision != row.revision:
+                raise Conflict(self._stale(submission_id, expected_revision, row.revision))
             answer = self._validated(c, row.prompt_id, thumbs, ranks, comment, correction, corrected_candidate_id)
             if self._body_hash(row.prompt_id, self._stored_answer(c, row)) == self._body_hash(row.prompt_id, answer):
                 return Receipt(row.id, row.prompt_id, created=False, revision=row.revision)
             revision = row.revision + 1
-            c.execute(
+            updated = c.execute(
                 sa.update(t.submissions)
-                .where(t.submissions.c.id == submission_id)
+                .where(t.submissions.c.id == submission_id, t.submissions.c.revision == row.revision)
                 .values(
                     comment=answer["comment"],
                     correction=answer["correction"],
@@ -971,8 +1064,20 @@ class Store:
                     sync_attempts=0,
                 )
             )
+            if updated.rowcount != 1:  # a concurrent edit committed since the read above
+                current = c.execute(
+                    sa.select(t.submissions.c.revision).where(t.submissions.c.id == submission_id)
+                ).scalar()
+                raise Conflict(self._stale(submission_id, row.revision, current))
             self._write_values(c, submission_id, answer)
             return Receipt(row.id, row.prompt_id, created=False, revision=revision)
+
+    @staticmethod
+    def _stale(submission_id: str, base: int, current: int | None) -> str:
+        return (
+            f"answer {submission_id!r} was changed meanwhile (your edit is based on revision {base}, "
+            f"it is now at revision {current}); reload it and edit again"
+        )
 
     def _values(self, c: Connection, submission_ids: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
         thumbs: dict[str, dict[int, bool]] = {s: {} for s in submission_ids}
@@ -1169,10 +1274,14 @@ class Store:
         ]
 
     def mark_synced(self, submission_id: str, revision: int) -> None:
+        """Record that ``revision`` reached LangSmith (never moves back: a slow older pass cannot undo a newer one)."""
         with self._tx() as c:
             c.execute(
                 sa.update(t.submissions)
-                .where(t.submissions.c.id == submission_id)
+                .where(
+                    t.submissions.c.id == submission_id,
+                    sa.or_(t.submissions.c.synced_revision.is_(None), t.submissions.c.synced_revision < revision),
+                )
                 .values(synced_revision=revision, sync_error=None, sync_attempts=0, sync_after=None)
             )
 

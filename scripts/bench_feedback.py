@@ -9,9 +9,12 @@ database, then runs ``--clients`` annotator clients at once, each answering ``--
 way the annotation page does: ``GET /api/items/next``, then ``POST /api/answers`` with a
 client-chosen id, resent with the same id after a network error or a 503 until it is
 acknowledged. With ``--crash`` the server is killed with SIGKILL once a third of the answers are
-acknowledged and started again; clients keep retrying. Then the store is audited: every
-acknowledged answer must be stored exactly once (``lost`` and ``duplicates`` must be 0), no item
-may have more answers than its overlap, and every answer must have all its ranks.
+acknowledged and started again; clients keep retrying. Then the store is audited record by
+record, not by counting: every acknowledged answer must be in the store under its id, by its
+annotator, on its item, with the ranking that was sent (``lost`` and ``mismatched`` must be 0); no
+annotator may have two answers to one item and no answer may be stored that no request made
+(``duplicates`` must be 0); no item may have more answers than its overlap, and every answer must
+have all its ranks.
 
 Everything is bounded: the number of requests (clients x ratings, a few retries each) and the
 time (``--deadline`` seconds). Latency is per acknowledged POST (the attempt that got the answer).
@@ -31,13 +34,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
 
-from feedback.store import Store, normalize_url
+from feedback.store import NotFound, Store, dense_ranks, normalize_url
 from rlhf.tiny import task
 
 OVERLAP = 2
@@ -52,6 +56,7 @@ class Result:
     stored: int = 0
     duplicates: int = 0
     lost: int = 0
+    mismatched: int = 0  # stored under an acknowledged id, but not what that request sent
     overfilled: int = 0
     incomplete: int = 0
     seconds: float = 0.0
@@ -60,7 +65,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0 and self.overfilled == 0 and self.incomplete == 0
+        return not (self.lost or self.mismatched or self.duplicates or self.overfilled or self.incomplete)
 
     def row(self) -> list[str]:
         lat = sorted(self.latencies_ms)
@@ -74,6 +79,7 @@ class Result:
             str(self.stored),
             str(self.duplicates),
             str(self.lost),
+            str(self.mismatched),
             f"{self.acknowledged / self.seconds:.1f}" if self.seconds else "n/a",
             f"{p50:.1f}",
             f"{p99:.1f}",
@@ -88,6 +94,7 @@ HEADER = [
     "stored",
     "duplicates",
     "lost",
+    "mismatched",
     "ratings/s",
     "p50 ms",
     "p99 ms",
@@ -190,11 +197,20 @@ class Server:
 # Clients
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An acknowledged answer as the client sent it: what the audit looks for in the store."""
+
+    token: str
+    prompt_id: int
+    ranks: dict[int, int]
+
+
 class Load:
     def __init__(self, base: str, deadline: float) -> None:
         self.base = base
         self.deadline = deadline
-        self.acked: list[str] = []
+        self.acked: dict[str, Sent] = {}  # client id -> the answer acknowledged under it
         self.latencies_ms: list[float] = []
         self.errors: list[str] = []
 
@@ -235,7 +251,8 @@ class Load:
                 }
                 response = await self._request(client, "POST", "/api/answers", json=body)
                 if response.status_code in (200, 201):
-                    self.acked.append(body["client_id"])
+                    ranks = {r["candidate_id"]: r["rank"] for r in body["ranking"]}
+                    self.acked[body["client_id"]] = Sent(token, item["prompt_id"], ranks)
                     self.latencies_ms.append(response.elapsed_ms)  # type: ignore[attr-defined]
                 else:
                     self.errors.append(f"{response.status_code} {response.text[:200]}")
@@ -254,20 +271,39 @@ async def _drive(server: Server, tokens: list[str], ratings: int, crash: bool, d
     return load
 
 
-def audit(url: str, acked: list[str], result: Result) -> None:
-    """Exactly once: each acknowledged id stored once; no overfilled item; every ranking complete."""
+def audit(url: str, acked: Mapping[str, Sent], result: Result) -> None:
+    """Exactly once, checked record by record against the store (counting ids alone proves little:
+    ids are the primary key, so they can never repeat, and an id says nothing about its content).
+
+    Each acknowledged id is looked up as its annotator's answer: missing is ``lost``; on another
+    item or with another ranking than was sent is ``mismatched``. Stored answers no request was
+    acknowledged for, and a second answer by one annotator to one item, are ``duplicates``.
+    """
     store = Store(url)
-    stored = store.submission_ids()
-    result.stored = len(stored)
-    result.duplicates = len(stored) - len(set(stored))
-    result.lost = len(set(acked) - set(stored))
-    for item in store.records():
-        result.overfilled += len(item.answers) > OVERLAP
-        result.incomplete += sum(len(a.ranks) != len(item.candidates) for a in item.answers)
-    # an annotator answering one item twice would also be a duplicate rating
-    pairs = [(a.annotator, item.prompt_id) for item in store.records() for a in item.answers]
-    result.duplicates += len(pairs) - len(set(pairs))
-    store.close()
+    try:
+        annotator_ids: dict[str, int] = {}
+        for client_id, sent in acked.items():
+            if sent.token not in annotator_ids:
+                annotator = store.authenticate(sent.token)
+                assert annotator is not None, "a bench annotator's token stopped working"
+                annotator_ids[sent.token] = annotator.id
+            try:
+                stored = store.answer(annotator_ids[sent.token], client_id)
+            except NotFound:
+                result.lost += 1
+                continue
+            result.mismatched += stored.prompt_id != sent.prompt_id or stored.ranks != dense_ranks(sent.ranks)
+        stored_ids = store.submission_ids()
+        result.stored = len(stored_ids)
+        result.duplicates = len(set(stored_ids) - set(acked))
+        items = store.records()
+        pairs = [(a.annotator, item.prompt_id) for item in items for a in item.answers]
+        result.duplicates += len(pairs) - len(set(pairs))
+        for item in items:
+            result.overfilled += len(item.answers) > OVERLAP
+            result.incomplete += sum(len(a.ranks) != len(item.candidates) for a in item.answers)
+    finally:
+        store.close()
 
 
 def run(backend: str, url: str, clients: int, ratings: int, crash: bool, workdir: Path, deadline_s: float) -> Result:

@@ -2,7 +2,8 @@
 
 GET /info, GET /sessions?name= (read_project), POST /runs/query (list_runs, one cursor page at a
 time), POST /feedback (create_feedback: 409 on a duplicate id, as LangSmith does), PATCH
-/feedback/{id} (update_feedback: 404 if unknown), GET /feedback. Every request must carry the
+/feedback/{id} (update_feedback: 404 if unknown), DELETE /feedback/{id} (delete_feedback: 404 if unknown), GET
+/feedback. Every request must carry the
 API key in ``x-api-key``. ``down = True`` makes every call fail with 503, to test outages.
 """
 
@@ -86,6 +87,9 @@ class FakeLangSmith:
             def do_PATCH(self) -> None:
                 self._route("PATCH")
 
+            def do_DELETE(self) -> None:
+                self._route("DELETE")
+
             def GET_info(self, url: Any) -> None:
                 self._send(200, {"version": "", "instance_flags": {}, "batch_ingest_config": {}})
 
@@ -129,6 +133,14 @@ class FakeLangSmith:
                         return
                     fake.feedback[feedback_id].update(body)
                 self._send(200, fake.feedback[feedback_id])
+
+            def DELETE_feedback(self, url: Any) -> None:
+                feedback_id = url.path.rstrip("/").split("/")[-1]
+                with fake.lock:
+                    if fake.feedback.pop(feedback_id, None) is None:
+                        self._send(404, {"detail": "no such feedback"})
+                        return
+                self._send(200, {})
 
             def GET_feedback(self, url: Any) -> None:
                 self._send(200, list(fake.feedback.values()))

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from feedback_fixtures import tiny_items
 
+from feedback import schema
 from feedback.app import create_app
-from feedback.store import Store
+from feedback.store import Store, utcnow
 
+HUGE = 2**70  # past every integer column (PostgreSQL INTEGER and BIGINT)
 PUBLIC = {("POST", "/api/login"), ("GET", "/health")}
 
 
 @pytest.fixture
-def app_store(tmp_path) -> Iterator[tuple[TestClient, Store, dict[str, str]]]:
-    store = Store.create(f"sqlite:///{tmp_path / 'f.db'}")
+def app_store(db_url: str) -> Iterator[tuple[TestClient, Store, dict[str, str]]]:
+    """The app over a store on SQLite, then on PostgreSQL (bad input must be refused alike on both)."""
+    store = Store.create(db_url)
     store.import_items(tiny_items(3))
     tokens = {
         "admin": store.add_annotator("root", "admin", password="admin-password"),
@@ -79,6 +84,49 @@ def test_an_annotator_works_through_the_queue_and_a_retry_is_recorded_once(app_s
     assert progress == {"answered": 1, "remaining": 2}
 
 
+def test_an_edit_based_on_a_stale_revision_is_a_conflict(app_store) -> None:
+    client, store, tokens = app_store
+    headers = auth(tokens["ann"])
+    item = client.get("/api/items/next", headers=headers).json()["item"]
+    client.post("/api/answers", json=answer_for(item), headers=headers)
+    first_id = item["candidates"][0]["id"]
+    # Two tabs loaded revision 1; the first edit wins, the second must not overwrite it.
+    tab_a = {"thumbs": [{"candidate_id": first_id, "up": True}], "revision": 1}
+    tab_b = {"thumbs": [{"candidate_id": first_id, "up": False}], "revision": 1}
+    assert client.put("/api/answers/client-id-0001", json=tab_a, headers=headers).json()["revision"] == 2
+    stale = client.put("/api/answers/client-id-0001", json=tab_b, headers=headers)
+    assert stale.status_code == 409 and "revision 1, it is now at revision 2" in stale.json()["detail"]
+    assert store.answer(store.annotator("ann").id, "client-id-0001").thumbs == {first_id: True}
+
+
+def test_a_late_answer_after_the_item_was_completed_by_others_is_a_409(app_store) -> None:
+    client, store, tokens = app_store
+    late, other = auth(tokens["ann"]), auth(tokens["other"])
+    client.put("/api/admin/settings", json={"lease_minutes": 1}, headers=auth(tokens["admin"]))
+    item = client.get("/api/items/next", headers=late).json()["item"]
+    with store.engine.begin() as connection:  # the late annotator's lease ran out
+        connection.execute(sa.update(schema.assignments).values(assigned_at=utcnow() - dt.timedelta(minutes=5)))
+    taken = client.get("/api/items/next", headers=other).json()["item"]
+    assert taken["prompt_id"] == item["prompt_id"]
+    assert client.post("/api/answers", json=answer_for(taken, "other-answer-1"), headers=other).status_code == 201
+    before = snapshot(store)
+    response = client.post("/api/answers", json=answer_for(item, "late-answer-01"), headers=late)
+    assert response.status_code == 409, response.text
+    assert "expired" in response.json()["detail"] and "not recorded" in response.json()["detail"]
+    assert snapshot(store) == before
+
+
+def test_a_constraint_violation_is_a_409_not_a_500(app_store, monkeypatch) -> None:
+    client, store, tokens = app_store
+
+    def collide(*args, **kwargs):
+        raise sa.exc.IntegrityError("INSERT ...", {}, Exception("duplicate key value violates unique constraint"))
+
+    monkeypatch.setattr(store, "skip", collide)
+    response = client.post("/api/items/1/skip", headers=auth(tokens["ann"]))
+    assert response.status_code == 409 and "conflicts with data stored meanwhile" in response.json()["detail"]
+
+
 def test_admin_endpoints(app_store, tmp_path) -> None:
     client, _, tokens = app_store
     headers = auth(tokens["admin"])
@@ -104,6 +152,7 @@ def _bad_requests(tokens: dict[str, str], item: dict[str, Any], own_answer: str)
     ann, other, admin = auth(tokens["ann"]), auth(tokens["other"]), auth(tokens["admin"])
     json_headers = {**ann, "Content-Type": "application/json"}
     good = answer_for(item, "client-id-0002")
+    edit = {"ranking": [{**r, "rank": 1} for r in good["ranking"]]}  # a tie: differs from the answer
     return [
         # (name, method, path, kwargs, status, words in the message)
         (
@@ -270,6 +319,116 @@ def _bad_requests(tokens: dict[str, str], item: dict[str, Any], own_answer: str)
         ),
         ("bad export format", "GET", "/api/admin/export?format=csv", {"headers": admin}, 422, "format"),
         ("bad page size", "GET", "/api/answers?limit=100000", {"headers": ann}, 422, "limit"),
+        # Values PostgreSQL cannot hold (INTEGER ids, text without NUL): refused before the database.
+        (
+            "huge prompt id",
+            "POST",
+            "/api/answers",
+            {"json": {**good, "prompt_id": HUGE}, "headers": ann},
+            422,
+            "prompt_id",
+        ),
+        (
+            "huge candidate id",
+            "POST",
+            "/api/answers",
+            {"json": {**good, "ranking": [{"candidate_id": HUGE, "rank": 1}]}, "headers": ann},
+            422,
+            "candidate_id",
+        ),
+        (
+            "huge rank",
+            "POST",
+            "/api/answers",
+            {"json": {**good, "ranking": [{"candidate_id": 1, "rank": HUGE}]}, "headers": ann},
+            422,
+            "rank",
+        ),
+        (
+            "huge corrected candidate",
+            "PUT",
+            f"/api/answers/{own_answer}",
+            {"json": {"correction": "Better.", "corrected_candidate_id": HUGE}, "headers": ann},
+            422,
+            "corrected_candidate_id",
+        ),
+        ("huge item id", "GET", f"/api/items/{HUGE}", {"headers": ann}, 422, "prompt_id"),
+        ("huge skip id", "POST", f"/api/items/{HUGE}/skip", {"headers": ann}, 422, "prompt_id"),
+        ("huge offset", "GET", f"/api/answers?offset={HUGE}", {"headers": ann}, 422, "offset"),
+        (
+            "huge revision",
+            "PUT",
+            f"/api/answers/{own_answer}",
+            {"json": {**edit, "revision": HUGE}, "headers": ann},
+            422,
+            "revision",
+        ),
+        (
+            "NUL in comment",
+            "POST",
+            "/api/answers",
+            {"json": {**good, "comment": "a\u0000b"}, "headers": ann},
+            422,
+            "NUL",
+        ),
+        (
+            "NUL in correction",
+            "PUT",
+            f"/api/answers/{own_answer}",
+            {"json": {"correction": "a\u0000b"}, "headers": ann},
+            422,
+            "NUL",
+        ),
+        ("NUL in answer id", "GET", "/api/answers/abc%00def", {"headers": ann}, 422, "answer_id"),
+        ("NUL in login name", "POST", "/api/login", {"json": {"name": "ann\u0000", "password": "x" * 8}}, 422, "NUL"),
+        (
+            "NUL in new annotator",
+            "POST",
+            "/api/admin/annotators",
+            {"json": {"name": "a\u0000"}, "headers": admin},
+            422,
+            "NUL",
+        ),
+        (
+            "NUL in guidelines",
+            "PUT",
+            "/api/admin/settings",
+            {"json": {"guidelines": "\u0000"}, "headers": admin},
+            422,
+            "NUL",
+        ),
+        (
+            "NUL in import",
+            "POST",
+            "/api/admin/import",
+            {"json": {"rows": [{"prompt": "q", "candidates": ["a\u0000"]}]}, "headers": admin},
+            422,
+            "'candidates'[0]: contains a NUL",
+        ),
+        (
+            "long import id",
+            "POST",
+            "/api/admin/import",
+            {"json": {"rows": [{"id": "x" * 300, "prompt": "q"}]}, "headers": admin},
+            422,
+            "'id': 300 characters",
+        ),
+        (
+            "reused import id",
+            "POST",
+            "/api/admin/import",
+            {"json": {"rows": [{"id": "q0", "prompt": "Another prompt entirely?"}]}, "headers": admin},
+            409,
+            "already used",
+        ),
+        (
+            "stale revision",
+            "PUT",
+            f"/api/answers/{own_answer}",
+            {"json": {**edit, "revision": 7}, "headers": ann},
+            409,
+            "changed meanwhile",
+        ),
     ]
 
 

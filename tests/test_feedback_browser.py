@@ -145,6 +145,25 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
         wait_for(lambda: browser.find_element(By.ID, "done").is_displayed())  # auto-advanced to the end
         assert "answered 2" in browser.find_element(By.ID, "progress").text
         assert browser.execute_script("return window.__pwned === undefined")
+
+        # The empty queue and a failed fetch of the next item (a 500 here) are shown, never thrown.
+        browser.execute_script(
+            """
+            window.__rejections = 0;
+            window.addEventListener("unhandledrejection", () => { window.__rejections += 1; });
+            window.__fetch = window.fetch;
+            window.fetch = async () => new Response(JSON.stringify({ detail: "database on fire" }),
+              { status: 500, headers: { "Content-Type": "application/json" } });
+            """
+        )
+        browser.find_element(By.ID, "check-again").click()
+        wait_for(lambda: "Could not load the next item" in browser.find_element(By.ID, "done-title").text)
+        assert "database on fire" in browser.find_element(By.ID, "done-text").text
+        assert not browser.find_element(By.ID, "annotate").is_displayed()
+        browser.execute_script("window.fetch = window.__fetch;")
+        browser.find_element(By.ID, "check-again").click()
+        wait_for(lambda: "Nothing left to annotate" in browser.find_element(By.ID, "done-title").text)
+        assert browser.execute_script("return window.__rejections") == 0
     finally:
         server.stop()
         store.close()

@@ -173,3 +173,66 @@ def test_admin_commands(tmp_path: Path, capsys) -> None:
             str(tmp_path / "o"),
         )
     assert "rlhf feedback migrate" in capsys.readouterr().err
+
+
+def test_generate_skips_prompts_already_handed_out_or_answered(store: Store, monkeypatch, capsys) -> None:
+    """Candidates added after annotators ranked an item would be missing from their rankings."""
+    from feedback import generate
+
+    store.import_items([{"prompt": f"What is {i} plus {i}?", "id": f"g{i}"} for i in range(3)])
+    store.add_candidates(1, ["one", "two"])
+    store.add_annotator("a")
+    a = store.annotator("a")
+    item = store.next_item(a.id)
+    assert item is not None and item.prompt_id == 1
+    store.submit_ranking(a.id, 1, {c["id"]: 1 for c in item.candidates}, client_id="ranked-before")
+    monkeypatch.setattr(generate, "load", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(
+        generate, "sample_batch", lambda _m, _t, prompts, settings: [["fresh A", "fresh B"] for _ in prompts]
+    )
+    report = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    assert (report.prompts, report.skipped_in_use, report.stored) == (3, 1, 4)
+    items = store.records()
+    assert [c.text for c in items[0].candidates] == ["one", "two"]  # the ranked item is left as it was
+    assert [len(x.candidates) for x in items[1:]] == [2, 2]
+    rerun = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    assert rerun.skipped_in_use == 1 and rerun.stored == 4  # the same samples again: existing ids, nothing new
+    assert [len(x.candidates) for x in store.records()] == [2, 2, 2]
+
+
+GOOD_ROW = {"id": "ok-1", "prompt": "What is 1 plus 1?", "candidates": ["2."]}
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"id": "x" * 201, "prompt": "q"}, "'id': 201 characters, at most 200"),
+        ({"id": 2**70, "prompt": "q", "candidates": ["a"]}, None),  # a big number is a fine id (stored as text)
+        ({"id": 1.5, "prompt": "q"}, "'id': expected text or a whole number"),
+        ({"id": "nul\u0000id", "prompt": "q"}, "'id': contains a NUL"),
+        ({"prompt": "what\u0000 now?"}, "'prompt': contains a NUL"),
+        ({"prompt": [{"role": "user", "content": "a\u0000b"}]}, "'prompt'[0].content: contains a NUL"),
+        ({"prompt": "q", "candidates": ["fine", "bad\u0000"]}, "'candidates'[1]: contains a NUL"),
+        ({"prompt": "q", "candidates": ["x" * 100_001]}, "'candidates'[0]: 100001 characters"),
+        ({"prompt": "q", "candidates": [{"text": "a", "model": 7}]}, "'candidates'[0].model: expected text"),
+        ({"prompt": "q", "candidates": [{"text": "a", "model": "m" * 501}]}, "'candidates'[0].model: 501 characters"),
+        ({"prompt": "q", "candidates": [{"text": "a", "run_id": "not-a-run"}]}, "'candidates'[0].run_id: expected"),
+        (
+            {"prompt": "q", "candidates": [{"text": "a", "generation": {"k": "\u0000"}}]},
+            "'candidates'[0].generation: contains a NUL",
+        ),
+        ({"prompt": "q", "candidates": ["a"] * 101}, "'candidates': expected a list of at most 100"),
+    ],
+)
+def test_import_checks_types_and_lengths_per_row_on_both_backends(store: Store, tmp_path: Path, row, field) -> None:
+    from feedback import importer
+    from rlhf.data import DataError
+
+    path = _write(tmp_path / "items.jsonl", [GOOD_ROW, row])
+    if field is None:
+        assert importer.import_file(store, str(path)).prompts_added == 2
+        return
+    with pytest.raises(DataError) as error:
+        importer.import_file(store, str(path))
+    assert "items.jsonl: line 2: " + field in str(error.value)
+    assert store.records() == []  # all or nothing: the good first row is not stored either

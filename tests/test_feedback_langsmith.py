@@ -61,9 +61,9 @@ def langsmith(monkeypatch):
 
 
 @pytest.fixture
-def synced_store(langsmith, tmp_path):
-    """A store with the fake project's runs imported and two annotators."""
-    store = Store.create(f"sqlite:///{tmp_path / 'f.db'}")
+def synced_store(langsmith, db_url):
+    """A store (SQLite, then PostgreSQL) with the fake project's runs imported and an annotator."""
+    store = Store.create(db_url)
     client = langsmith_sync.client_from_env()
     report, unreadable = importer.import_langsmith(store, client, "my-project")
     assert (report.prompts_added, report.candidates_added, unreadable) == (2, 5, 1)
@@ -153,6 +153,35 @@ def test_a_resend_after_a_crash_updates_instead_of_duplicating(synced_store, lan
     assert len(langsmith.feedback) == len(thumbs) and {f["value"] for f in langsmith.feedback.values()} == {"down"}
     patched = [path for method, path in langsmith.requests if method == "PATCH"]
     assert len(patched) == 2 * len(thumbs)  # once after the 409, once for the edit
+
+
+def test_an_edit_of_a_synced_answer_leaves_no_stale_feedback_in_langsmith(synced_store, langsmith) -> None:
+    store, client = synced_store
+    ann = store.annotator("ann")
+    item = store.next_item(ann.id)
+    ids = [c["id"] for c in item.candidates]
+    receipt = store.submit_rating(
+        ann.id, item.prompt_id, {i: True for i in ids}, client_id="answer-0005", comment="all fine"
+    )
+    sync = langsmith_sync.LangSmithSync(store, client)
+    assert sync.run_once().sent == 1 and len(langsmith.feedback) == 3
+    # The annotator takes back two thumbs and drops the comment: those scores must leave LangSmith.
+    store.edit(ann.id, receipt.id, thumbs={ids[0]: False}, expected_revision=1)
+    assert sync.run_once().sent == 1
+    [left] = langsmith.feedback.values()
+    assert (left["key"], left["score"], left["value"], left.get("comment")) == ("thumbs", 0.0, "down", None)
+    # Thumbs turned into a ranking: the thumbs feedback goes, rank feedback comes.
+    store.edit(ann.id, receipt.id, ranks={ids[0]: 2, ids[1]: 1, ids[2]: 2}, expected_revision=2)
+    assert sync.run_once().sent == 1
+    assert sorted((f["key"], f["value"]) for f in langsmith.feedback.values()) == [
+        ("rank", 1),
+        ("rank", 2),
+        ("rank", 2),
+    ]
+    assert ("DELETE", f"/feedback/{left['id']}") in langsmith.requests
+    assert store.sync_status()["pending"] == 0
+    store.mark_synced(receipt.id, 1)  # a slow, older sync pass finishing late does not move the mark back
+    assert store.sync_status()["pending"] == 0 and sync.run_once().sent == 0
 
 
 def test_candidates_without_a_run_are_not_sent(tmp_path, langsmith) -> None:

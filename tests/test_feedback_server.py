@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 from conftest import ROOT
 
+from feedback.store import Store
+
 spec = importlib.util.spec_from_file_location("bench_feedback", ROOT / "scripts" / "bench_feedback.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_feedback"] = bench  # dataclasses look their module up while the script loads
@@ -24,8 +26,34 @@ def test_sigkill_during_load_loses_no_acknowledged_answer(db_url: str, tmp_path:
     result = bench.run("test", db_url, clients=8, ratings=12, crash=True, workdir=tmp_path, deadline_s=240)
     assert result.acknowledged == 8 * 12, (tmp_path / "server-test.log").read_text()[-2000:]
     assert result.stored == result.acknowledged
-    assert (result.lost, result.duplicates, result.overfilled, result.incomplete) == (0, 0, 0, 0)
+    assert (result.lost, result.mismatched, result.duplicates, result.overfilled, result.incomplete) == (0, 0, 0, 0, 0)
     assert len(result.latencies_ms) == result.acknowledged
+
+
+def test_the_audit_checks_each_acknowledged_answer_against_the_store(db_url: str) -> None:
+    tokens = bench.prepare(db_url, clients=2, ratings=2)
+    store = Store(db_url)
+    try:
+        ann = store.authenticate(tokens[0])
+        item = store.next_item(ann.id)
+        ranks = {c["id"]: i + 1 for i, c in enumerate(item.candidates)}
+        store.submit_ranking(ann.id, item.prompt_id, ranks, client_id="stored-as-sent")
+        store.submit_ranking(store.authenticate(tokens[1]).id, item.prompt_id, ranks, client_id="nobody-acked-it")
+    finally:
+        store.close()
+    acked = {
+        "stored-as-sent": bench.Sent(tokens[0], item.prompt_id, ranks),
+        "never-stored-1": bench.Sent(tokens[0], item.prompt_id, ranks),  # acknowledged, then lost
+        "nobody-acked-it": bench.Sent(tokens[1], item.prompt_id, {c: 1 for c in ranks}),  # another ranking
+    }
+    result = bench.Result("test", 2, 3)
+    bench.audit(db_url, acked, result)
+    assert (result.stored, result.lost, result.mismatched, result.duplicates) == (2, 1, 1, 0)
+    del acked["nobody-acked-it"]
+    result = bench.Result("test", 2, 2)
+    bench.audit(db_url, acked, result)
+    assert (result.lost, result.mismatched, result.duplicates) == (1, 0, 1)  # stored with no acknowledgement
+    assert not result.ok
 
 
 def test_the_real_server_refuses_oversized_and_chunked_bodies(tmp_path: Path) -> None:

@@ -242,3 +242,114 @@ def test_settings_are_validated(store: Store) -> None:
         with pytest.raises(Invalid):
             store.update_settings(**bad)
     assert store.settings().overlap == 3
+
+
+def test_records_reads_one_snapshot_while_an_answer_arrives(store: Store) -> None:
+    """An export reads submissions, then ratings: an answer committed in between must not show half."""
+    (pid, cids), (pid2, cids2), *_ = _ids(store)
+    store.add_annotator("a")
+    store.add_annotator("b")
+    a, b = store.annotator("a"), store.annotator("b")
+    store.submit_rating(a.id, pid, {cids[0]: True}, client_id="before-the-read")
+    arrived: list[str] = []
+
+    def answer_mid_read(_conn, _cursor, statement: str, *_args) -> None:
+        if not arrived and statement.lstrip().startswith("SELECT") and "FROM ratings" in statement:
+            arrived.append("now")  # first, so the submit's own statements do not come back here
+            store.submit_rating(b.id, pid2, {cids2[0]: False, cids2[1]: True}, client_id="during-the-read")
+
+    sa.event.listen(store.engine, "before_cursor_execute", answer_mid_read)
+    try:
+        items = store.records()  # before the fix (PostgreSQL): KeyError on the new submission's ratings
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", answer_mid_read)
+    assert arrived
+    by_id = {item.prompt_id: item for item in items}
+    assert [x.thumbs for x in by_id[pid].answers] == [{cids[0]: True}]
+    assert by_id[pid2].answers == ()  # committed after the snapshot: not seen at all
+    assert {x.annotator for item in store.records() for x in item.answers} == {"a", "b"}
+
+
+def test_concurrent_edits_from_one_revision_cannot_both_succeed(store: Store) -> None:
+    (pid, cids), *_ = _ids(store)
+    store.add_annotator("a")
+    a = store.annotator("a")
+    receipt = store.submit_rating(a.id, pid, {cids[0]: True}, client_id="edit-me-0001")
+    barrier = threading.Barrier(6)
+    wins: list[tuple[int, int]] = []
+    conflicts: list[str] = []
+
+    def edit(i: int) -> None:
+        barrier.wait()
+        try:
+            done = store.edit(a.id, receipt.id, thumbs={cids[0]: i % 2 == 0}, comment=f"edit {i}", expected_revision=1)
+            wins.append((i, done.revision))
+        except Conflict as error:
+            conflicts.append(str(error))
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(wins) == 1 and len(conflicts) == 5, (wins, conflicts)
+    [(winner, revision)] = wins
+    assert revision == 2 and all("changed meanwhile" in m and "reload" in m for m in conflicts)
+    stored = store.answer(a.id, receipt.id)
+    assert stored.revision == 2 and stored.comment == f"edit {winner}"
+    with pytest.raises(Conflict, match="based on revision 1, it is now at revision 2"):
+        store.edit(a.id, receipt.id, thumbs={cids[0]: True}, expected_revision=1)
+    assert store.edit(a.id, receipt.id, thumbs={cids[0]: True}, comment="third", expected_revision=2).revision == 3
+
+
+def test_an_external_id_reused_for_another_prompt_is_a_conflict(store: Store) -> None:
+    report = store.import_items([{"prompt": "What is 3 plus 4?", "id": "q-1", "candidates": ["7.", "8."]}])
+    again = store.import_items([{"prompt": "What is 3 plus 4?", "id": "q-1", "candidates": ["7.", "8."]}])
+    assert again.prompt_ids == report.prompt_ids and again.prompts_added == 0  # same id, same content: a no-op
+    before = store.records()
+    with pytest.raises(Conflict, match=r"id 'q-1' is already used by prompt \d+ with a different prompt"):
+        store.import_items([{"prompt": "What is 9 minus 2?", "id": "q-1", "candidates": ["7."]}])
+    with pytest.raises(Conflict, match="already used"):
+        store.add_prompts(["What is 9 minus 2?"], external_ids=["q-1"])
+    assert store.records() == before
+
+
+def test_candidates_cannot_be_added_once_an_item_is_handed_out_or_answered(store: Store) -> None:
+    (pid, cids), (pid2, _), _ = _ids(store)
+    store.add_annotator("a")
+    a = store.annotator("a")
+    item = store.next_item(a.id)
+    assert item is not None and item.prompt_id == pid
+    with pytest.raises(Conflict, match=f"prompt {pid} was already handed out or answered"):
+        store.add_candidates(pid, ["a new response nobody ranked"])
+    store.submit_ranking(a.id, pid, {c: i + 1 for i, c in enumerate(cids)}, client_id="ranked-0001")
+    with pytest.raises(Conflict, match="cannot change any more"):
+        first = tiny_items(1)[0]
+        store.import_items([{"prompt": first["prompt"], "id": first["id"], "candidates": ["another new response"]}])
+    assert store.add_candidates(pid, [store.records()[0].candidates[0].text]) == [cids[0]]  # existing: a no-op
+    assert len(store.records()[0].candidates) == len(cids)
+    assert store.prompts_in_use() == {pid}
+    assert len(store.add_candidates(pid2, ["fresh one"])) == 1  # untouched items still take candidates
+
+
+def test_a_late_answer_to_an_item_completed_by_others_is_refused(store: Store) -> None:
+    (pid, cids), *_ = _ids(store, n_prompts=1)
+    store.update_settings(lease_minutes=1)
+    for name in ("late", "b"):
+        store.add_annotator(name)
+    late, b = store.annotator("late"), store.annotator("b")
+    assert store.next_item(late.id).prompt_id == pid
+    with store.engine.begin() as connection:  # late walked away two minutes ago
+        connection.execute(
+            sa.update(schema.assignments).values(assigned_at=sa.func.now() - sa.text("interval '2 minutes'"))
+            if store.backend == "postgresql"
+            else sa.update(schema.assignments).values(assigned_at=sa.text("datetime('now', '-2 minutes')"))
+        )
+    assert store.next_item(b.id).prompt_id == pid
+    ranks = {c: i + 1 for i, c in enumerate(cids)}
+    store.submit_ranking(b.id, pid, ranks, client_id="b-on-time-1")
+    before = store.records(), store.submission_ids()
+    with pytest.raises(Conflict, match=r"hold on this item expired and 1 other annotator.*not recorded"):
+        store.submit_ranking(late.id, pid, ranks, client_id="late-answer-1", require_assignment=True)
+    assert (store.records(), store.submission_ids()) == before
+    assert store.next_item(late.id) is None

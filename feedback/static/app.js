@@ -7,6 +7,7 @@ const state = {
   choices: new Map(), // candidate id -> {up: true|false|null, rank: number|null}; nothing is preset
   focus: 0,          // index of the focused response
   editing: null,     // id of the own answer being changed, or null for a new answer
+  revision: null,    // the revision of that answer the edit is based on (the server refuses a stale one: 409)
   history: 0,        // how far back "My previous answer" went
   busy: false,
 };
@@ -113,6 +114,7 @@ function showItem(item, progress) {
   state.choices = new Map(item.candidates.map((c) => [c.id, { up: null, rank: null }]));
   const answer = item.answer;
   state.editing = answer ? answer.id : null;
+  state.revision = answer ? answer.revision : null;
   if (answer) {
     for (const t of answer.thumbs) state.choices.get(t.candidate_id).up = t.up;
     for (const r of answer.ranking) state.choices.get(r.candidate_id).rank = r.rank;
@@ -192,7 +194,7 @@ async function submit() {
   const item = state.item;
   try {
     if (state.editing) {
-      await send("PUT", "/api/answers/" + encodeURIComponent(state.editing), answerBody());
+      await send("PUT", "/api/answers/" + encodeURIComponent(state.editing), { ...answerBody(), revision: state.revision });
     } else {
       await send("POST", "/api/answers", { client_id: clientIdFor(item.prompt_id), prompt_id: item.prompt_id, ...answerBody() });
     }
@@ -231,16 +233,35 @@ async function previous() {
   }
 }
 
+// Show the next item, or say why there is none. It never throws: it runs from a click handler and
+// right after a save, where a rejection would go unhandled or, worse, reach submit()'s catch and
+// tell the annotator "your answer is not saved yet" about an answer that was saved. An empty queue
+// (item: null) and a failed fetch both hide the item panel, so no key or button acts on an item
+// that is no longer current, and show the "Check again" panel saying which of the two it was.
 async function loadNext() {
-  const { data } = await send("GET", "/api/items/next");
+  let data;
+  try {
+    ({ data } = await send("GET", "/api/items/next"));
+  } catch (e) {
+    const reason = e instanceof ApiError ? e.message : "the server cannot be reached";
+    showNone("Could not load the next item", `${reason}. Your saved answers are safe; check again in a moment.`);
+    return;
+  }
   showProgress(data.progress);
   if (!data.item) {
-    state.item = null;
-    show("annotate", false);
-    show("done", true);
+    showNone("Nothing left to annotate", "Every item you can answer has been answered. Thank you!");
     return;
   }
   showItem(data.item, data.progress);
+}
+
+function showNone(title, text) {
+  state.item = null;
+  state.editing = null;
+  $("done-title").textContent = title;
+  $("done-text").textContent = text;
+  show("annotate", false);
+  show("done", true);
 }
 
 function onKey(event) {
