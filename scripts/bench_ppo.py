@@ -1,6 +1,6 @@
 """Benchmark of the PPO stage: throughput against TRL 1.12.0's PPOTrainer, and memory against our SFT stage.
 
-    python scripts/bench_ppo.py                         # both parts, defaults below (~15-25 min on 2 cores)
+    python scripts/bench_ppo.py                         # both parts: ~6 min on 2 idle cores, 15+ on busy ones
     python scripts/bench_ppo.py --skip-memory --repeats 1
     python scripts/bench_ppo.py --skip-speed --memory-model qwen2.5-0.5b --memory-batch-size 8
 
@@ -17,6 +17,16 @@ the trainer differs). Each side runs in its own process, so peak RSS figures are
 ``--threads`` torch threads. Episodes/s = episodes trained / wall time of ``train()`` (model loading
 excluded; it is reported separately). Runs alternate (ours, TRL, ours, ...) and the median of
 ``--repeats`` is taken, because other jobs may share the machine: read the ratio, not the absolutes.
+
+What cannot be matched, and so is part of what is measured: TRL takes the rollout's old log-probs
+from generate()'s scores, ours recomputes them with a forward pass (one more forward per iteration,
+see rlhf/ppo/trainer.py); TRL's value model is a separate, fully trained sequence classifier (its
+design), ours a LoRA and a head on the shared base; TRL's policy and value share one backward per
+minibatch, ours runs each role's forward and backward as a pair; ours re-renders prompt + response
+through the chat template before scoring (as the reward stage rendered its data); our timed
+``train()`` includes the final checkpoint write (adapters, optimizer), TRL saves nothing. Sampled
+responses differ between the two sides, so the rollout width (the longest response in the batch,
+which sets the cost of the scoring and update passes) is recorded for both.
 
 Memory. A random-weight model with a real architecture's shape (Qwen2.5-0.5B's config by default,
 ~494M parameters; speed and memory do not depend on the weights' values) is written to a temp folder
@@ -563,6 +573,7 @@ def speed_part(args: argparse.Namespace, workdir: Path, trl_python: str) -> dict
             "train_seconds": median(side, "train_seconds"),
             "peak_rss_mib": median(side, "peak_rss_mib"),
             "rss_before_train_mib": median(side, "rss_before_train_mib"),
+            "response_width": median(side, "response_width"),
         }
         for side in runs
     }
@@ -724,6 +735,7 @@ def render(report: dict[str, Any]) -> str:
                     f"{r['episodes_per_second']:.2f}",
                     runs,
                     f"{r['train_seconds']:.1f}",
+                    f"{r['response_width']:.1f}",
                     f"{r['rss_before_train_mib']:.0f}",
                     f"{r['peak_rss_mib']:.0f}",
                 ]
@@ -736,10 +748,19 @@ def render(report: dict[str, Any]) -> str:
                 "",
                 "",
                 "",
+                "",
                 f"{ratio['peak_rss_ours_over_trl']:.2f}x",
             ]
         )
-        header = ["trainer", "episodes/s", "each run", "train s", "RSS at train start MiB", "peak RSS MiB"]
+        header = [
+            "trainer",
+            "episodes/s",
+            "each run",
+            "train s",
+            "rollout width",
+            "RSS at train start MiB",
+            "peak RSS MiB",
+        ]
         parts.append(_table(title, header, rows))
     memory = report.get("memory")
     if memory:
@@ -787,6 +808,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="bench_ppo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/bench/ppo.json", help="JSON file for the results.")
+    parser.add_argument("--render", metavar="JSON", default=None, help="Only print the tables of an earlier --out.")
     parser.add_argument("--workdir", default=None, help="Scratch folder (default: a fresh temp folder, removed).")
     parser.add_argument(
         "--trl-venv",
@@ -794,32 +816,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Virtual environment of TRL 1.12.0 (created on first use, reused after).",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides.")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="Seed of both sides.")
     parser.add_argument("--skip-speed", action="store_true", help="Skip the throughput comparison with TRL.")
     parser.add_argument("--skip-memory", action="store_true", help="Skip the PPO/SFT memory comparison.")
     parser.add_argument("--skip-trl-memory", action="store_true", help="Do not run TRL on the memory model.")
     # the algorithm: the tiny recipe's values (recipes/tiny/ppo.yaml), shared by both sides
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of every adapter (policy, reward, value).")
+    parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha of every adapter.")
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="Policy (and value) learning rate.")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient (fixed).")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    parser.add_argument("--missing-eos-penalty", type=float, default=1.0, help="Score penalty without EOS.")
     speed = parser.add_argument_group("speed (tiny model)")
-    speed.add_argument("--repeats", type=int, default=3, help="Runs per side; the median is reported.")
+    speed.add_argument("--repeats", type=int, default=5, help="Runs per side; the median is reported.")
     speed.add_argument("--steps", type=int, default=4, help="PPO iterations per run.")
-    speed.add_argument("--rollout-batch-size", type=int, default=64)
-    speed.add_argument("--mini-batch-size", type=int, default=16)
-    speed.add_argument("--ppo-epochs", type=int, default=2)
-    speed.add_argument("--max-new-tokens", type=int, default=40)
+    speed.add_argument("--rollout-batch-size", type=int, default=64, help="Episodes per iteration.")
+    speed.add_argument("--mini-batch-size", type=int, default=16, help="Episodes per optimizer step.")
+    speed.add_argument("--ppo-epochs", type=int, default=2, help="Passes over each rollout.")
+    speed.add_argument("--max-new-tokens", type=int, default=40, help="Response length cap.")
     speed.add_argument("--forward-batch-size", type=int, default=64, help="No-grad forward chunk, both sides.")
     memory = parser.add_argument_group("memory (random-weight model of a real shape)")
     memory.add_argument("--memory-model", choices=sorted(ARCHITECTURES), default="qwen2.5-0.5b")
-    memory.add_argument("--memory-batch-size", type=int, default=4)
-    memory.add_argument("--memory-new-tokens", type=int, default=32)
-    memory.add_argument("--memory-sft-steps", type=int, default=3)
-    memory.add_argument("--memory-ppo-steps", type=int, default=2)
-    memory.add_argument("--memory-ppo-epochs", type=int, default=1)
+    memory.add_argument(
+        "--memory-batch-size", type=int, default=4, help="SFT batch = PPO rollout batch = PPO minibatch."
+    )
+    memory.add_argument(
+        "--memory-new-tokens", type=int, default=32, help="PPO response length (SFT rows: median prompt + this)."
+    )
+    memory.add_argument("--memory-sft-steps", type=int, default=3, help="SFT optimizer steps.")
+    memory.add_argument("--memory-ppo-steps", type=int, default=2, help="PPO iterations (ours and TRL's).")
+    memory.add_argument("--memory-ppo-epochs", type=int, default=1, help="PPO epochs per iteration.")
     args = parser.parse_args(argv)
     if args.rollout_batch_size % args.mini_batch_size:
         parser.error("--rollout-batch-size must be a multiple of --mini-batch-size")
@@ -828,6 +854,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        print(render(report))
+        return report
     started = time.perf_counter()
     trl_python = None
     if not args.skip_speed or not args.skip_trl_memory:
