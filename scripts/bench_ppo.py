@@ -771,31 +771,33 @@ def render(report: dict[str, Any]) -> str:
             f"{s['sft_seq_len']} tokens, PPO prompts {memory['prompts']['min']}-{memory['prompts']['max']} tokens + "
             f"{s['max_new_tokens']} new"
         )
-        sft_rss = memory["sft"]["peak_rss_mib"]
+        episodes = s["steps"] * s["rollout_batch_size"]
+        stages = [(f"rlhf sft ({s['sft_steps']} steps)", memory["sft"], 1.0, None)]
+        stages.append(
+            (
+                f"rlhf ppo ({s['steps']} iterations, {s['ppo_epochs']} epochs)",
+                memory["ppo"],
+                memory["ratio_ppo_over_sft"],
+                episodes,
+            )
+        )
+        if "trl" in memory:
+            stages.append(
+                (f"TRL {TRL_VERSION} PPO (same settings)", memory["trl"], memory["ratio_trl_over_sft"], episodes)
+            )
         rows = [
             [
-                f"rlhf sft ({s['sft_steps']} steps)",
-                f"{memory['sft']['rss_before_train_mib']:.0f}",
-                f"{sft_rss:.0f}",
-                "1.00x",
-            ],
-            [
-                f"rlhf ppo ({s['steps']} iterations, {s['ppo_epochs']} epochs)",
-                f"{memory['ppo']['rss_before_train_mib']:.0f}",
-                f"{memory['ppo']['peak_rss_mib']:.0f}",
-                f"{memory['ratio_ppo_over_sft']:.2f}x",
-            ],
+                name,
+                f"{run['rss_before_train_mib']:.0f}",
+                f"{run['peak_rss_mib']:.0f}",
+                f"{ratio:.2f}x",
+                f"{run['train_seconds']:.1f}",
+                f"{n / run['train_seconds']:.3f}" if n else "",
+            ]
+            for name, run, ratio, n in stages
         ]
-        if "trl" in memory:
-            rows.append(
-                [
-                    f"TRL {TRL_VERSION} PPO (same settings)",
-                    f"{memory['trl']['rss_before_train_mib']:.0f}",
-                    f"{memory['trl']['peak_rss_mib']:.0f}",
-                    f"{memory['ratio_trl_over_sft']:.2f}x",
-                ]
-            )
-        parts.append(_table(title, ["stage", "RSS at train start MiB", "peak RSS MiB", "peak / SFT peak"], rows))
+        header = ["stage", "RSS at train start MiB", "peak RSS MiB", "peak / SFT peak", "train s", "episodes/s"]
+        parts.append(_table(title, header, rows))
     return "\n\n".join(parts)
 
 
