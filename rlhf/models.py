@@ -118,6 +118,23 @@ def _model_kwargs(model_args: ModelArguments, trust_remote_code: bool) -> dict[s
     return kwargs
 
 
+def _keep_4bit_layers_differentiable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a ``Linear4bit`` weight, for good, the first time
+    the layer runs in eval mode on an input without grad, and from then on calls a kernel that has
+    no backward: every later training step (after PPO's rollouts, after the Trainer's evaluation)
+    silently loses the gradient that flows through the quantized base weights into earlier layers'
+    LoRA (PyTorch only warns "gemv_4bit: an autograd kernel was not registered"). Training on CPU
+    needs the weights as loaded; GPUs never take that path.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -133,6 +150,8 @@ def load_causal_lm(
     """The base (or SFT-merged) causal LM, quantized as the recipe says."""
     path = resolve_model_path(model_args.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_args, trust_remote_code))
+    if model_args.quantization == "4bit":
+        _keep_4bit_layers_differentiable(model)
     return _match_tokenizer(model, tokenizer)
 
 
@@ -143,6 +162,8 @@ def load_reward_backbone(
     path = resolve_model_path(model_args.model_name_or_path)
     kwargs = _model_kwargs(model_args, trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    if model_args.quantization == "4bit":
+        _keep_4bit_layers_differentiable(model)
     return _match_tokenizer(model, tokenizer)
 
 

@@ -45,6 +45,36 @@ def test_four_bit_nf4_with_double_quantization_loads_and_runs_on_cpu(tiny_tokeni
     assert agreement > 0.7
 
 
+def test_four_bit_lora_gradients_survive_an_eval_mode_forward(tiny_tokenizer) -> None:
+    """PPO samples in eval mode between updates: the 4-bit layers must still pass gradients after that.
+
+    bitsandbytes would otherwise repack the weights for a CPU inference kernel without a backward (on
+    CPUs with AVX512-BF16) and the first layer's LoRA would get a different, wrong gradient.
+    """
+    args = _args(quantization="4bit", lora_dropout=0.0)  # no dropout: the two gradients must be comparable
+    model = get_peft_model(models.load_causal_lm(args, tiny_tokenizer), models.lora_config(args, "CAUSAL_LM"))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.1)  # B starts at zero; give every LoRA a path to earlier layers
+    ids = tiny_tokenizer(["What is 3 plus 4? Sure! 3 plus 4 is 7."], return_tensors="pt").input_ids
+    first = next(p for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n)
+
+    def gradient() -> torch.Tensor:
+        model.train()
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return first.grad.clone()
+
+    before = gradient()
+    model.eval()
+    with torch.no_grad():
+        model(ids[:, :1])  # one token, eval mode, no grad: what generation does
+    after = gradient()
+    assert before.abs().sum() > 0
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-7)
+
+
 def test_pad_token_is_made_distinct_from_eos(tmp_path: Path, tiny_tokenizer) -> None:
     tokenizer = AutoTokenizer.from_pretrained(models.resolve_model_path("builtin:tiny"))
     tokenizer.pad_token = tokenizer.eos_token
