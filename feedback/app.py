@@ -143,7 +143,7 @@ class AnswerEditIn(AnswerBody):
     revision: int | None = Field(
         None,
         ge=1,
-        le=2**31 - 1,
+        le=MAX_ID,
         description="the revision this edit is based on: a stale one is refused with 409 (no lost updates)",
     )
 

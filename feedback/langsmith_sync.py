@@ -60,6 +60,13 @@ class FeedbackSpec:
     group_id: str
 
 
+KEYS = ("thumbs", "rank", "correction")  # the questions feedback_for sends, one feedback record each
+
+
+def _feedback_id(submission_id: str, candidate_id: int, key: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{submission_id}/{candidate_id}/{key}"))
+
+
 def feedback_for(job: SyncJob) -> list[FeedbackSpec]:
     """The feedback records of an answer, one per (candidate with a run, question)."""
     group = str(uuid.uuid5(NAMESPACE, f"answer/{job.submission_id}"))
@@ -103,13 +110,6 @@ def feedback_for(job: SyncJob) -> list[FeedbackSpec]:
                 )
             )
     return specs
-
-
-KEYS = ("thumbs", "rank", "correction")
-
-
-def _feedback_id(submission_id: str, candidate_id: int, key: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"{submission_id}/{candidate_id}/{key}"))
 
 
 def withdrawn_for(job: SyncJob, specs: list[FeedbackSpec]) -> list[str]:

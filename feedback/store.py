@@ -499,7 +499,7 @@ class Store:
             raise Invalid(f"prompt {prompt_id}: a response must be non-empty text")
         # Locked on PostgreSQL (as next_item and submit do), so no item is handed out or answered
         # between the check below and the insert.
-        if c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update()).first() is None:
+        if not self._lock_prompt(c, prompt_id):
             raise NotFound(f"no prompt {prompt_id}")
         text_hash = _sha256(text)
         existing = c.execute(
@@ -529,28 +529,17 @@ class Store:
         }
         return c.execute(sa.insert(t.candidates).values(**values).returning(t.candidates.c.id)).scalar_one(), True
 
-    @staticmethod
-    def _in_use(c: Connection, prompt_id: int) -> bool:
-        """Whether an annotator has answered this item or holds it (its candidate set is then fixed)."""
-        return (
-            c.execute(
-                sa.select(t.assignments.c.prompt_id)
-                .where(t.assignments.c.prompt_id == prompt_id, t.assignments.c.status.in_(("assigned", "submitted")))
-                .limit(1)
-            ).first()
-            is not None
-        )
+    # Items an annotator holds or has answered: their candidate sets are fixed.
+    _IN_USE = sa.select(t.assignments.c.prompt_id).where(t.assignments.c.status.in_(("assigned", "submitted")))
+
+    def _in_use(self, c: Connection, prompt_id: int) -> bool:
+        """Whether an annotator has answered this item or holds it."""
+        return c.execute(self._IN_USE.where(t.assignments.c.prompt_id == prompt_id).limit(1)).first() is not None
 
     def prompts_in_use(self) -> set[int]:
         """Prompts handed out or answered: ``rlhf feedback generate`` leaves them alone."""
         with self._tx(write=False) as c:
-            return set(
-                c.execute(
-                    sa.select(t.assignments.c.prompt_id)
-                    .where(t.assignments.c.status.in_(("assigned", "submitted")))
-                    .distinct()
-                ).scalars()
-            )
+            return set(c.execute(self._IN_USE.distinct()).scalars())
 
     def import_items(self, rows: Iterable[Mapping[str, Any]]) -> ImportReport:
         """Store validated import rows ``{"prompt", "id"?, "candidates"?: [text | {...}]}`` in one transaction.
@@ -959,9 +948,13 @@ class Store:
             return self._replay(existing, annotator_id, prompt_id, self._body_hash(prompt_id, answer))
 
     @staticmethod
-    def _lock_prompt(c: Connection, prompt_id: int) -> None:
-        """Serialise writers of one item on PostgreSQL (SQLite's write lock already does that)."""
-        c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update())
+    def _lock_prompt(c: Connection, prompt_id: int) -> bool:
+        """Serialise writers of one item on PostgreSQL (SQLite's write lock already does that).
+
+        Returns whether the prompt exists.
+        """
+        locked = sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id).with_for_update()
+        return c.execute(locked).first() is not None
 
     def _check_room(self, c: Connection, prompt_id: int, status: str | None) -> None:
         """Refuse a new answer to an item that already has ``overlap`` answers (nothing is recorded).
