@@ -130,6 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         num_candidates=args.num_candidates,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
@@ -261,6 +262,7 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-candidates", type=int, default=4)
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0: no top-k filter")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")

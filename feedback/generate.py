@@ -6,13 +6,15 @@
 on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used when it saved one.
 
 Prompts are rendered with the model's chat template (generation prompt added), left-padded so
-every row of a batch ends where generation starts, and sampled with temperature / top-p until the
-tokenizer's EOS or ``max_new_tokens``. Only prompts that no annotator has been handed or answered
-get candidates: adding one to a ranked set would leave the stored rankings incomplete, so such
-prompts are skipped and counted (``skipped_in_use``). Each candidate is stored with the model, the adapter and the
-generation settings that produced it. Identical samples of a prompt are stored once (two equal
-responses carry no preference), and empty ones are not stored. Each prompt's candidates are
-committed as soon as its batch is done, so an interrupted run keeps what it made.
+every row of a batch ends where generation starts, and sampled by :mod:`rlhf.sampling` (the one
+sampler PPO uses: temperature / top-p / top-k as given, nothing inherited from the checkpoint's
+saved generation config) until any of the model's EOS ids or ``max_new_tokens``. Only prompts that
+no annotator has been handed or answered get candidates: adding one to a ranked set would leave the
+stored rankings incomplete, so such prompts are skipped and counted (``skipped_in_use``). Each
+candidate is stored with the model, the adapter and the generation settings that produced it.
+Identical samples of a prompt are stored once (two equal responses carry no preference), and empty
+ones are not stored. Each prompt's candidates are committed as soon as its batch is done, so an
+interrupted run keeps what it made.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
-from rlhf import models
+from rlhf import models, sampling
 from rlhf.config import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -42,9 +44,9 @@ class GenerationSettings:
     num_candidates: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
     max_new_tokens: int = 128
     seed: int = 0
-    do_sample: bool = True
 
 
 @dataclass
@@ -86,20 +88,21 @@ def sample_batch(
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    generated = model.generate(
-        **batch,
-        do_sample=settings.do_sample,
+    eos_ids = sampling.eos_token_ids(model, tokenizer)
+    drawn = sampling.SamplingSettings(
+        max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
-        max_new_tokens=settings.max_new_tokens,
+        top_k=settings.top_k,
         num_return_sequences=settings.num_candidates,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    # Rows are prompt 0's K samples, then prompt 1's...; new tokens start after the (left-padded) input.
-    decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    pad = tokenizer.pad_token_id
+    response = sampling.sample(model, batch["input_ids"], batch["attention_mask"], drawn, eos_ids, pad)
+    response, _, _ = sampling.cut_at_eos(response, eos_ids, pad)
+    # Rows are prompt 0's K samples, then prompt 1's...
+    decoded = sampling.decode(tokenizer, response, eos_ids, pad)
     k = settings.num_candidates
-    return [[text.strip() for text in decoded[i * k : (i + 1) * k]] for i in range(len(prompts))]
+    return [decoded[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
 def generate(

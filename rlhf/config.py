@@ -22,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import trl
@@ -190,6 +190,15 @@ class SFTConfig(_TrainerOptions, trl.SFTConfig):
         default="float32",
         metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
     )
+    merge_base: str = field(
+        default="dequantized",
+        metadata={
+            "help": "Weights the adapter is merged into. 'dequantized': the 4-bit weights it was trained on, "
+            "dequantized (reproduces the trained model). 'original': the full-precision checkpoint (a different "
+            "model for a 4-bit run; the merge check reports by how much). Unquantized runs merge into the original.",
+            "choices": ["dequantized", "original"],
+        },
+    )
 
 
 @dataclass
@@ -306,6 +315,7 @@ def parse(
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(dataclass_types, prog, description)
     known = sorted(a.dest for a in parser._actions if a.dest not in ("help", "config"))
+    retired = {k: v for t in dataclass_types for k, v in getattr(t, "retired_keys", {}).items()}
 
     config_path = None
     if "--config" in argv:
@@ -325,6 +335,8 @@ def parse(
             if f.init
         }
         for key, value in recipe.items():
+            if key in retired:
+                raise ConfigError(f"{config_path}: '{key}' is not an option: {retired[key]}")
             if key not in known:
                 raise ConfigError(f"{config_path}: unknown key '{key}'{_closest(str(key), known)}")
             _check_recipe_value(*fields[key], value, config_path)
@@ -334,6 +346,8 @@ def parse(
     for flag in flags:
         name = flag[2:].split("=", 1)[0]
         bare = name[3:] if name.startswith("no_") else name
+        if name in retired:
+            raise ConfigError(f"--{name} is not an option: {retired[name]}")
         if name not in known and bare not in known and name != "help":
             raise ConfigError(f"unknown option '--{name}'{_closest(name, known)}; see --help")
 
@@ -434,10 +448,19 @@ class PPOConfig(RunOptions):
     kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
     kl_estimator: str = field(
         default="k1",
-        metadata={"help": "Per-token KL estimator (k1: log-ratio; k3: non-negative).", "choices": ["k1", "k3"]},
+        metadata={
+            "help": "Per-token KL estimator in the reward penalty. k1 (log-ratio): unbiased, the standard choice. "
+            "k3 ((r-1) - log r): never negative and less noisy, but as a reward its expectation is the KL while "
+            "the policy gradient it induces is not the KL's gradient (biased); it suits KL as a loss term.",
+            "choices": ["k1", "k3"],
+        },
     )
-    target_kl: float | None = field(
-        default=None, metadata={"help": "Adaptive KL: target sequence KL; unset keeps kl_coef fixed."}
+    adaptive_kl_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Adaptive KL coefficient (Ziegler et al.): the sequence KL (nats) kl_coef is steered to; unset "
+            "keeps kl_coef fixed. Not early stopping: that is max_approx_kl."
+        },
     )
     kl_horizon: float = field(default=10_000, metadata={"help": "Adaptive KL horizon, in episodes."})
     missing_eos_penalty: float = field(
@@ -452,7 +475,6 @@ class PPOConfig(RunOptions):
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     max_approx_kl: float | None = field(
         default=None,
         metadata={
@@ -487,6 +509,14 @@ class PPOConfig(RunOptions):
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast. Unset: on if the GPU has it."})
     fp16: bool | None = field(default=None, metadata={"help": "fp16 autocast. Unset: on for GPUs without bf16."})
+
+    # Keys of other PPO implementations that mean something else, or nothing, here.
+    retired_keys: ClassVar[dict[str, str]] = {
+        "target_kl": "it is called adaptive_kl_target here (the KL the adaptive coefficient steers to); for early "
+        "stopping of an iteration, which target_kl means in CleanRL and old TRL, use max_approx_kl",
+        "vf_coef": "policy and value are disjoint parameters, clipped separately and scaled per parameter by Adam, "
+        "so a loss weight would cancel out; set value_learning_rate to change the critic's pace",
+    }
 
     def __post_init__(self) -> None:
         _auto_precision(self)

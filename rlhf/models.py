@@ -10,7 +10,6 @@ exactly as it was trained.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -38,11 +37,16 @@ BUILTIN_MODELS = {"builtin:tiny": TINY_MODEL_DIR}
 # resized (and untrained) embedding row.
 _RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endoftext|>", "<unk>")
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A built-in name (``builtin:tiny``) to its folder; anything else (hub id, path) unchanged."""
+    """A built-in name (``builtin:tiny``) to its folder, a local folder to its absolute path, a hub id unchanged.
+
+    Local folders become absolute so that an adapter saved on the model records a base that loads
+    from any working directory. A name that can only be a local path (``./x``, ``runs/tiny/sft/merged``)
+    but does not exist is an error naming the stage that writes it, instead of a hub traceback.
+    """
     if name_or_path.startswith("builtin:"):
         if name_or_path not in BUILTIN_MODELS:
             raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {sorted(BUILTIN_MODELS)}")
@@ -50,7 +54,34 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "model.safetensors").is_file():
             raise ConfigError(f"{name_or_path}: {path} is missing; run scripts/build_tiny_model.py")
         return str(path)
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        return str(local.resolve())
+    if looks_local(name_or_path):
+        raise ConfigError(f"{name_or_path}: no such folder{producer_hint(local)}")
     return name_or_path
+
+
+def looks_local(name_or_path: str) -> bool:
+    """True for what cannot be a hub id: `./x`, `/x`, `~/x`, `a/b/c`, or `runs/x` when a folder `runs/` is here."""
+    parts = Path(name_or_path).parts
+    return name_or_path.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def producer_hint(path: Path) -> str:
+    """Which command writes a missing run folder (``runs/<recipe>/sft/merged`` -> ``rlhf sft``), as advice."""
+    stage = path.parent.name if path.name == "merged" else path.name
+    if stage not in ("sft", "reward", "ppo"):
+        return ""
+    what = (
+        "the merged SFT model that `rlhf sft` writes (merge_adapter: true)"
+        if path.name == "merged"
+        else (f"the run folder that `rlhf {stage}` writes")
+    )
+    run_root = path.parent.parent if path.name == "merged" else path.parent
+    recipe = Path("recipes") / run_root.name / f"{stage}.yaml"
+    command = f"rlhf {stage} --config {recipe}" if recipe.is_file() else f"rlhf {stage} --output_dir {path}"
+    return f"; it is {what}: run that stage first (`{command}`)"
 
 
 def resolve_dtypes(model_args: ModelArguments, training_args: Any | None = None) -> None:
@@ -60,7 +91,7 @@ def resolve_dtypes(model_args: ModelArguments, training_args: Any | None = None)
         fp16 = bool(getattr(training_args, "fp16", False))
         model_args.dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
     if model_args.bnb_4bit_compute_dtype is None:
-        model_args.bnb_4bit_compute_dtype = model_args.dtype if model_args.dtype in _DTYPES else "float32"
+        model_args.bnb_4bit_compute_dtype = model_args.dtype if model_args.dtype in DTYPES else "float32"
 
 
 def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None:
@@ -70,7 +101,7 @@ def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None
             load_in_4bit=True,
             bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-            bnb_4bit_compute_dtype=_DTYPES[model_args.bnb_4bit_compute_dtype or "float32"],
+            bnb_4bit_compute_dtype=DTYPES[model_args.bnb_4bit_compute_dtype or "float32"],
             bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage,
         )
     if model_args.quantization == "8bit":
@@ -102,12 +133,17 @@ def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False) 
     return tokenizer
 
 
+def load_adapter_tokenizer(adapter_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer a training stage saved beside its adapter (pad token, chat template included)."""
+    return AutoTokenizer.from_pretrained(str(adapter_dir))
+
+
 def _model_kwargs(model_args: ModelArguments, trust_remote_code: bool) -> dict[str, Any]:
     quant = quantization_config(model_args)
     kwargs: dict[str, Any] = {
         "revision": model_args.model_revision,
         "trust_remote_code": trust_remote_code,
-        "dtype": model_args.dtype if model_args.dtype == "auto" else _DTYPES[model_args.dtype or "float32"],
+        "dtype": model_args.dtype if model_args.dtype == "auto" else DTYPES[model_args.dtype or "float32"],
     }
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
@@ -135,7 +171,7 @@ def _keep_4bit_layers_differentiable(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -152,7 +188,7 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_args, trust_remote_code))
     if model_args.quantization == "4bit":
         _keep_4bit_layers_differentiable(model)
-    return _match_tokenizer(model, tokenizer)
+    return match_tokenizer(model, tokenizer)
 
 
 def load_reward_backbone(
@@ -164,7 +200,7 @@ def load_reward_backbone(
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
     if model_args.quantization == "4bit":
         _keep_4bit_layers_differentiable(model)
-    return _match_tokenizer(model, tokenizer)
+    return match_tokenizer(model, tokenizer)
 
 
 def match_trainable_dtype(model: torch.nn.Module, mixed_precision: bool) -> None:
@@ -202,27 +238,6 @@ def lora_config(model_args: ModelArguments, task_type: str) -> LoraConfig | None
         use_dora=model_args.use_dora,
         bias="none",
     )
-
-
-def merge_adapter(
-    base_name_or_path: str, adapter_dir: str | Path, output_dir: str | Path, dtype: str = "float32"
-) -> Path:
-    """Merge a LoRA adapter into a full-precision copy of its base and save it (safetensors).
-
-    The base is loaded unquantized even when the adapter was trained with QLoRA: merging into 4-bit
-    weights would round the update away. The result is a plain checkpoint any tool can load.
-    """
-    output_dir = Path(output_dir)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name_or_path), dtype=_DTYPES[dtype])
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    base = _match_tokenizer(base, tokenizer)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    (output_dir / "merge.json").write_text(
-        json.dumps({"base": base_name_or_path, "adapter": str(adapter_dir), "dtype": dtype}, indent=2) + "\n"
-    )
-    return output_dir
 
 
 def load_reward_model(run_dir: str | Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:

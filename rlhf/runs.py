@@ -31,17 +31,25 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def start(stage: str, output_dir: str, resume: bool, *configs: Any) -> str | None:
-    """Create the run folder, record the resolved config, and find the checkpoint to resume from."""
+def start(stage: str, output_dir: str, resume: bool) -> str | None:
+    """Find the checkpoint to resume from (an error when ``resume`` finds none)."""
     out = Path(output_dir)
     checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
     if resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
     if checkpoint is not None and not resume:
-        logger.warning("%s has checkpoints but --resume was not given: training starts over", out)
-    if is_main_process():
-        write_resolved_config(out / CONFIG_FILE, stage, *configs)
+        logger.warning("%s has checkpoints but --resume was not given: %s starts over", out, stage)
     return checkpoint if resume else None
+
+
+def record_config(stage: str, output_dir: str, *configs: Any) -> None:
+    """Write the resolved config (every option, defaults resolved) into the run folder.
+
+    Called once the stage has resolved what the recipe left unset (dtypes, assistant-only loss),
+    so the file says what ran and can be passed back with ``--config``.
+    """
+    if is_main_process():
+        write_resolved_config(Path(output_dir) / CONFIG_FILE, stage, *configs)
 
 
 def _clean(value: Any) -> Any:

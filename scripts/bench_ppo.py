@@ -223,15 +223,20 @@ def worker_prepare_prompts(spec: dict[str, Any]) -> dict[str, Any]:
     return {"count": len(ids), "min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}
 
 
-def worker_build_model(spec: dict[str, Any]) -> dict[str, Any]:
-    """A random-weight model of a real architecture's shape, saved with the tiny tokenizer."""
+def build_random_model(architecture: dict[str, Any], path: str, device: str = "cpu") -> dict[str, Any]:
+    """A random-weight model of a real architecture's shape, saved with the tiny tokenizer.
+
+    On a GPU it is built there in bf16 (a 7B shape is 15 GB: too slow and too large to build on the
+    host in fp32) and saved in 2 GB shards; on the CPU in fp32.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from rlhf import models
 
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(models.resolve_model_path("builtin:tiny"))
-    arch = dict(spec["architecture"])
+    arch = dict(architecture)
     model_type = arch.pop("model_type")
     config = AutoConfig.for_model(
         model_type,
@@ -239,14 +244,19 @@ def worker_build_model(spec: dict[str, Any]) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
-        dtype="float32",
+        dtype=str(dtype).removeprefix("torch."),
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(spec["path"], safe_serialization=True)
-    tokenizer.save_pretrained(spec["path"])
-    return {"parameters": sum(p.numel() for p in model.parameters())}
+    model.save_pretrained(path, safe_serialization=True, max_shard_size="2GB")
+    tokenizer.save_pretrained(path)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(dtype)}
+
+
+def worker_build_model(spec: dict[str, Any]) -> dict[str, Any]:
+    return build_random_model(spec["architecture"], spec["path"])
 
 
 def worker_sft_data(spec: dict[str, Any]) -> dict[str, Any]:

@@ -137,10 +137,3 @@ def tiny_tokenizer():
     from rlhf.config import ModelArguments
 
     return models.load_tokenizer(ModelArguments(model_name_or_path="builtin:tiny"))
-
-
-@pytest.fixture(scope="session")
-def tiny_reward_run_4bit(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few steps of a 4-bit (QLoRA) reward model on the session's SFT model, for the QLoRA PPO path."""
-    overrides = ("--quantization", "4bit", "--max_steps", "3", "--max_train_samples", "96", "--max_eval_samples", "8")
-    return _tiny_reward(tmp_path_factory.mktemp("reward4bit"), tiny_sft_run, *overrides, "--save_strategy", "no")

@@ -117,3 +117,23 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     write_resolved_config(path, "sft", *parsed)
     again = _parse("--config", str(path))
     assert resolved_dict(*again) == resolved_dict(*parsed)
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [("target_kl", "adaptive_kl_target.*max_approx_kl"), ("vf_coef", "value_learning_rate")],
+)
+def test_ppo_keys_that_mean_something_else_here_say_what_to_use(tmp_path: Path, key: str, hint: str) -> None:
+    """`target_kl` is early stopping in CleanRL and old TRL; `vf_coef` would cancel out here."""
+    with pytest.raises(ConfigError, match=rf"recipe\.yaml: '{key}' is not an option: .*{hint}"):
+        parse(ppo.CONFIG_TYPES, ["--config", _recipe(tmp_path, **{key: 0.1})], prog="rlhf ppo", description="")
+    with pytest.raises(ConfigError, match=rf"--{key} is not an option: .*{hint}"):
+        parse(ppo.CONFIG_TYPES, [f"--{key}", "0.1"], prog="rlhf ppo", description="")
+
+
+def test_the_run_file_records_what_ran(tiny_sft_run: Path) -> None:
+    """Defaults the stage resolves (precision, compute dtype, assistant-only loss) are written resolved."""
+    options = yaml.safe_load((tiny_sft_run / "rlhf_config.yaml").read_text())
+    assert options["dtype"] == "float32" and options["bnb_4bit_compute_dtype"] == "float32"
+    assert options["assistant_only_loss"] is True
+    assert options["quantization"] == "4bit" and options["merge_base"] == "dequantized"

@@ -10,32 +10,59 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from rlhf import models, report
+from rlhf import merging, models, report, runs
+from rlhf.config import ModelArguments, from_options
 from rlhf.stages import export
 
 
 def test_export_writes_adapter_merged_model_and_card(tiny_sft_run: Path, tmp_path: Path) -> None:
+    """The merged export is the model as trained: the 4-bit base + adapter, not full-precision base + adapter."""
     result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
-    assert result["max_logit_diff_vs_adapter"] < 1e-3 < result["max_logit_diff_vs_base"]
-    base_path = models.resolve_model_path("builtin:tiny")
+    options = runs.read_config(tiny_sft_run)
+    assert options["quantization"] == "4bit"  # the tiny recipe is QLoRA
+    assert result["merge_base"] == "dequantized"
+    assert result["kl_vs_trained"] < 1e-4 and result["argmax_agreement"] == 1.0, result
+    assert result["max_logit_diff_vs_base"] > 1e-2, result  # the adapter was merged
+
+    (model_args,) = from_options([ModelArguments], options)
+    tokenizer = models.load_adapter_tokenizer(tmp_path / "adapter")
+    trained = PeftModel.from_pretrained(models.load_causal_lm(model_args, tokenizer), str(tmp_path / "adapter"))
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(tmp_path / "adapter"))
     ids = torch.tensor([[300, 202, 350, 260, 287]])
     with torch.no_grad():
-        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+        assert torch.allclose(merged(ids).logits, trained.eval()(ids).logits, atol=1e-3)
     card = (tmp_path / "README.md").read_text()
     assert "base_model: builtin:tiny" in card and "Recipe (resolved config)" in card and "eval_loss" in card
+    assert "dequantized base weights" in card
+
+
+def test_export_adapter_names_a_base_that_loads_from_any_directory(
+    tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path / "export")])
+    base = json.loads((tmp_path / "export" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base).is_absolute() and (Path(base) / "config.json").is_file(), base
+    monkeypatch.chdir(tmp_path)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(tmp_path / "export" / "adapter"))
+
+
+def test_export_into_the_original_weights_reports_what_it_costs(tiny_sft_run: Path, tmp_path: Path) -> None:
+    """The opt-out merge is another model for a 4-bit run: the check measures and reports it instead of passing."""
+    result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path), "--merge_base", "original"])
+    assert result["merge_base"] == "original"
+    assert result["kl_vs_trained"] > 1e-3, result
 
 
 def test_export_refuses_a_merge_that_did_not_merge(
     tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def save_base_unchanged(base: str, adapter_dir: Path, out: Path, dtype: str = "float32") -> Path:
-        model = AutoModelForCausalLM.from_pretrained(models.resolve_model_path(base))
+    def save_base_unchanged(model_args: ModelArguments, adapter_dir: Path, out: Path, *args: object) -> Path:
+        model = AutoModelForCausalLM.from_pretrained(models.resolve_model_path("builtin:tiny"))
         model.save_pretrained(out)
+        (out / merging.MERGE_FILE).write_text(json.dumps({"merge_base": "dequantized"}))
         return out
 
-    monkeypatch.setattr(models, "merge_adapter", save_base_unchanged)
+    monkeypatch.setattr(merging, "merge_adapter", save_base_unchanged)
     with pytest.raises(RuntimeError, match="does not reproduce base\\+adapter"):
         export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
 

@@ -107,9 +107,9 @@ def test_generate_samples_k_candidates_per_prompt_from_the_tiny_model(tmp_path: 
         "num_candidates": 4,
         "temperature": 1.2,
         "top_p": 1.0,
+        "top_k": 0,
         "max_new_tokens": 32,
         "seed": 3,
-        "do_sample": True,
     }
     assert adapter is None
 

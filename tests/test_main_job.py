@@ -9,26 +9,26 @@ import torch
 from conftest import RECIPES, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf import data, models, runs
+from rlhf import data, models, runs, sampling
 from rlhf.tiny import task
 
 
 def gold_score(model_path: str, seeds: tuple[int, ...] = (0, 1)) -> float:
-    """Mean gold-judge score of a model's sampled answers to every held-out prompt."""
+    """Mean gold-judge score of a model's sampled answers to every held-out prompt (the toolkit's sampler)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0]]
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos_ids, pad = sampling.eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    settings = sampling.SamplingSettings(max_new_tokens=40, temperature=1.0)
     scores = []
     for seed in seeds:
         torch.manual_seed(seed)
-        with torch.no_grad():
-            out = model.generate(
-                **batch, do_sample=True, temperature=1.0, max_new_tokens=40, pad_token_id=tokenizer.pad_token_id
-            )
-        answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        scores += [task.score(p, a.strip()) for p, a in zip(prompts, answers, strict=True)]
+        response = sampling.sample(model, batch["input_ids"], batch["attention_mask"], settings, eos_ids, pad)
+        response, _, _ = sampling.cut_at_eos(response, eos_ids, pad)
+        answers = sampling.decode(tokenizer, response, eos_ids, pad)
+        scores += [task.score(p, a) for p, a in zip(prompts, answers, strict=True)]
     return sum(scores) / len(scores)
 
 

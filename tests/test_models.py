@@ -1,4 +1,4 @@
-"""The one place that builds models: 4-bit loading, pad tokens, LoRA configs, merging."""
+"""The one place that builds models: 4-bit loading, pad tokens, LoRA configs, local paths."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import get_peft_model
+from transformers import AutoTokenizer
 
 from rlhf import models
 from rlhf.config import ConfigError, ModelArguments
@@ -24,6 +24,17 @@ def test_builtin_model_resolves_and_unknown_builtin_is_named() -> None:
     assert models.resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     with pytest.raises(ConfigError, match="unknown built-in model 'builtin:huge'"):
         models.resolve_model_path("builtin:huge")
+
+
+def test_a_missing_local_model_names_the_stage_that_writes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rlhf reward` before `rlhf sft` says what to run, instead of a hub traceback about repo ids."""
+    monkeypatch.chdir(models.BUILTIN_MODELS["builtin:tiny"].parents[2])  # the repository, where recipes/ is
+    with pytest.raises(ConfigError, match=r"runs/tiny/sft/merged: no such folder.*rlhf sft --config recipes/tiny"):
+        models.resolve_model_path("runs/tiny/sft/merged")
+    with pytest.raises(ConfigError, match="no such folder"):
+        models.resolve_model_path(str(tmp_path / "nothing"))
+    assert models.resolve_model_path("org/model") == "org/model"  # a hub id stays one
+    assert models.resolve_model_path(str(tmp_path)) == str(tmp_path.resolve())
 
 
 def test_four_bit_nf4_with_double_quantization_loads_and_runs_on_cpu(tiny_tokenizer) -> None:
@@ -93,28 +104,3 @@ def test_seq_cls_lora_trains_the_score_head_fully_and_puts_no_lora_on_it(tiny_to
     assert any("score.modules_to_save" in n for n in trainable)
     assert not any("score" in n and "lora_" in n for n in trainable)
     assert any("q_proj.lora_A" in n for n in trainable)
-
-
-def test_merged_model_matches_base_plus_adapter_and_differs_from_base(tmp_path: Path, tiny_tokenizer) -> None:
-    base_path = models.resolve_model_path("builtin:tiny")
-    args = _args(lora_r=4, lora_alpha=8)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), models.lora_config(args, "CAUSAL_LM"))
-    with torch.no_grad():  # a non-zero adapter, as after training
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    adapter_dir = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter_dir)
-    tiny_tokenizer.save_pretrained(adapter_dir)
-
-    merged_dir = models.merge_adapter("builtin:tiny", adapter_dir, tmp_path / "merged")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_path)
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_dir)
-    ids = tiny_tokenizer("Can you add 2 and 5?", return_tensors="pt").input_ids
-    with torch.no_grad():
-        expected, got, original = with_adapter(ids).logits, merged(ids).logits, base(ids).logits
-    assert torch.allclose(got, expected, atol=1e-4)
-    assert not torch.allclose(got, original, atol=1e-3)
-    weight = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(merged.state_dict()[weight], base.state_dict()[weight])

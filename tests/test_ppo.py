@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhf import data, models, runs
 from rlhf.config import ConfigError, parse
+from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
 from rlhf.stages import ppo
 from rlhf.stages.reward import score_sequences
@@ -64,6 +65,66 @@ def test_shared_base_scores_exactly_like_the_reward_model(trainer, tiny_reward_r
         model, [data.scoring_ids(tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)], tokenizer.pad_token_id
     )
     assert shared.tolist() == pytest.approx(alone, abs=1e-4)
+
+
+def test_scoring_is_deterministic_mid_training_with_a_reward_model_trained_with_dropout(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    """Reward, value and log-prob passes never apply dropout, whatever the adapters' lora_dropout.
+
+    The trainer leaves the model in train mode after an update; the reward and value LoRAs come from
+    a reward run with lora_dropout > 0 (as every real recipe has). Scores must still equal the
+    standalone reward model's, call after call.
+    """
+    assert runs.read_config(tiny_reward_run)["lora_dropout"] > 0
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--steps", "1")
+    trainer.train()  # one iteration: rollout, scoring, update (leaves the model in train mode)
+    assert trainer.roles.peft.training
+    rows = data.load_split("builtin:tiny/pairs", "test")[0][:12]
+    prompts, texts = [r["prompt"] for r in rows], [r["chosen"][0]["content"] for r in rows]
+    model, tokenizer = models.load_reward_model(tiny_reward_run)
+    alone = score_sequences(
+        model, [data.scoring_ids(tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)], tokenizer.pad_token_id
+    )
+    torch.manual_seed(3)
+    rollout = trainer.generate(prompts)
+    first = (trainer.reward_scores(prompts, texts), trainer.values(rollout), trainer.logprobs(rollout))
+    for _ in range(3):
+        assert trainer.reward_scores(prompts, texts).tolist() == pytest.approx(alone, abs=1e-4)
+        again = (trainer.reward_scores(prompts, texts), trainer.values(rollout), trainer.logprobs(rollout))
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert trainer.roles.peft.training  # scoring restores the mode it found
+
+
+def test_the_critic_starts_on_the_scale_of_its_returns(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    """A value head copied from the reward model predicts raw scores; returns are normalised scores."""
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run)
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "train")[0][:32]]
+    torch.manual_seed(0)
+    rollout = trainer.generate(prompts)
+    trainer.score(rollout)
+    raw = rollout.values.clone()
+    targets = trainer.advantages(rollout)  # the first iteration maps the head onto the returns' scale
+    mask = rollout.mask
+    mean = lambda x: float(losses.masked_mean(x, mask))  # noqa: E731
+    spread = float(losses.masked_moments(targets["returns"], mask)[1].sqrt())
+    assert abs(mean(rollout.values) - mean(targets["returns"])) < 0.1 * spread
+    assert float(losses.masked_moments(rollout.values, mask)[1].sqrt()) <= 1.05 * spread
+    explained = losses.explained_variance(rollout.values, targets["returns"], mask)
+    assert explained >= max(0.0, losses.explained_variance(raw, targets["returns"], mask)), explained
+    # the head itself changed, so the next forward pass predicts on the new scale
+    assert torch.allclose(trainer.values(rollout), rollout.values, atol=1e-4)
+
+
+def test_early_stopping_checks_before_the_step(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    """A minibatch whose approximate KL is over the limit is not applied (the approx KL is never below 0)."""
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--max_approx_kl", "-1")
+    before = [p.detach().clone() for p in trainer.roles.trainable_parameters(POLICY)]
+    metrics = trainer.train_step()
+    assert metrics["policy/early_stopped"] == 1.0 and metrics["policy/optimizer_steps"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.roles.trainable_parameters(POLICY), strict=True))
 
 
 def test_policy_starts_as_the_reference(trainer) -> None:
@@ -151,8 +212,14 @@ def test_ppo_stage_writes_a_plain_peft_policy_and_the_comparison(
 def test_ppo_refuses_a_reward_model_of_another_base(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="the shared base must be the one the reward LoRA was trained on"):
         _build(tmp_path, tiny_sft_run, tiny_reward_run, "--model_name_or_path", "builtin:tiny")
-    with pytest.raises(ConfigError, match="quantization"):
-        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--quantization", "4bit")
+    with pytest.raises(ConfigError, match="quantization: '4bit', PPO loads the base with 'none'"):
+        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--quantization", "none")
+    with pytest.raises(ConfigError, match="bnb_4bit_quant_type: 'nf4', PPO loads the base with 'fp4'"):
+        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--bnb_4bit_quant_type", "fp4")
+    with pytest.raises(ConfigError, match="use_bnb_nested_quant: True"):
+        _build(tmp_path, tiny_sft_run, tiny_reward_run, "--use_bnb_nested_quant", "false")
+    with pytest.raises(ConfigError, match=r"reward_model_path: .*nothing: no such folder"):
+        _build(tmp_path, tiny_sft_run, tmp_path / "nothing")
 
 
 def _ppo_command(*args: str) -> list[str]:
@@ -161,7 +228,7 @@ def _ppo_command(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
-    common = ["--steps", "6", "--save_steps", "2", "--lr_scheduler_type", "linear", "--target_kl", "0.5"]
+    common = ["--steps", "6", "--save_steps", "2", "--lr_scheduler_type", "linear", "--adaptive_kl_target", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     straight = tmp_path / "straight"
     subprocess.run(

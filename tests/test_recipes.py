@@ -48,7 +48,7 @@ def test_real_recipe_runs_two_steps_on_the_tiny_model(recipe: Path, stage: str, 
 
 @pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
 def test_real_ppo_recipe_runs_two_iterations_on_the_tiny_model(
-    recipe: Path, tmp_path: Path, tiny_sft_run: Path, tiny_reward_run_4bit: Path
+    recipe: Path, tmp_path: Path, tiny_sft_run: Path, tiny_reward_run: Path
 ) -> None:
     run_cli(
         "ppo",
@@ -57,7 +57,7 @@ def test_real_ppo_recipe_runs_two_iterations_on_the_tiny_model(
         "--model_name_or_path",
         str(tiny_sft_run / "merged"),
         "--reward_model_path",
-        str(tiny_reward_run_4bit),
+        str(tiny_reward_run),
         "--dataset_name",
         "builtin:tiny/prompts",
         "--output_dir",

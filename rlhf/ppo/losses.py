@@ -135,6 +135,28 @@ def value_loss(
     return loss, stats
 
 
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Undiscounted Monte-Carlo returns: the sum of each token's reward and every later one's."""
+    masked = rewards * mask
+    return (masked.flip(1).cumsum(1).flip(1)) * mask
+
+
+def affine_fit(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _identity) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``y ~ slope * x + intercept`` over masked tokens (all ranks).
+
+    Used once, to put a critic copied from the reward model on the scale of its targets: the fitted
+    predictions have the targets' mean, and their explained variance on the fitted batch is the
+    squared correlation (>= 0), where a raw copy can start far below 0.
+    """
+    parts = [masked_sum(x, mask), masked_sum(y, mask), masked_sum(x * x, mask), masked_sum(x * y, mask), mask.sum()]
+    sums = reduce(torch.stack(parts).double())
+    sx, sy, sxx, sxy, n = (float(v) for v in sums)
+    n = max(n, 1.0)
+    variance = sxx / n - (sx / n) ** 2
+    slope = (sxy / n - sx * sy / n**2) / variance if variance > 1e-12 else 0.0
+    return slope, sy / n - slope * sx / n
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, <= 0 is no better than a constant."""
     _, var_returns = masked_moments(returns, mask)

@@ -8,7 +8,8 @@ full models. With LoRA the roles differ only by small adapters, so they can shar
   adapter merged into the base (``rlhf sft --merge_adapter``);
 * **value**     = base + "value" LoRA + a scalar value head (trainable), initialised from the reward
   model (DeepSpeed-Chat and OpenRLHF do this; a critic that starts by predicting the reward helps
-  early PPO);
+  early PPO). The reward model predicts raw scores while PPO's returns are made of normalised ones,
+  so the trainer maps the head onto the returns' scale once, on the first batch;
 * **reward**    = base + "reward" LoRA + the reward model's score head (frozen).
 
 This is only sound when the reward model was trained on the same base weights (the merged SFT
@@ -19,8 +20,10 @@ trainable and freezes the others, and leaving ``disable_adapter`` unfreezes only
 ``requires_grad`` is reset after every switch; loading a
 SEQ_CLS adapter into a causal LM drops its ``score`` module, so the score head is read from the
 reward folder's safetensors; under 4-bit the hidden states come out in the compute dtype, so the
-heads get float32 inputs; and each adapter's forward and backward run as a pair (switching
-adapters between a checkpointed forward and its backward gives wrong gradients).
+heads get float32 inputs; each adapter's forward and backward run as a pair (switching
+adapters between a checkpointed forward and its backward gives wrong gradients); and dropout is
+off everywhere (the reward and value LoRAs carry the reward run's ``lora_dropout``, and a score or a
+log-prob that changes from call to call breaks the ratio, the KL and the advantages).
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
+from trl.trainer.utils import disable_dropout_in_model
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 TRAINABLE = (POLICY, VALUE)
 SCORE_KEY = "base_model.model.score.weight"
+VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def load_score_head(reward_dir: str | Path) -> torch.Tensor:
@@ -83,11 +88,13 @@ class SharedBase(nn.Module):
         self.reward_head = nn.Linear(hidden, 1, bias=False)
         self.reward_head.weight.data.copy_(score)
         self.reward_head.requires_grad_(False)
-        self.value_head = nn.Linear(hidden, 1, bias=False)
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.bias)
         if value_init == "reward":
             self.value_head.weight.data.copy_(score)
         else:
             nn.init.zeros_(self.value_head.weight)
+        disable_dropout_in_model(self.peft)
         device = next(p for p in base.parameters()).device
         self.reward_head.to(device)
         self.value_head.to(device)
@@ -100,6 +107,16 @@ class SharedBase(nn.Module):
         self.peft.set_adapter(role)
         self.peft.base_model.set_requires_grad(list(TRAINABLE), requires_grad=True)
         self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode for passes that measure (sampling, log-probs, values, rewards), then the mode before."""
+        was_training = self.peft.training
+        self.peft.eval()
+        try:
+            yield
+        finally:
+            self.peft.train(was_training)
 
     @contextmanager
     def reference(self) -> Iterator[None]:
@@ -121,6 +138,20 @@ class SharedBase(nn.Module):
         if role == VALUE:
             params += list(self.value_head.parameters())
         return params
+
+    # -- the value head ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def affine_value_head(self, slope: float, intercept: float) -> None:
+        """Make the head predict ``slope * (its prediction) + intercept`` (its weight and bias, in place)."""
+        self.value_head.weight.mul_(slope)
+        self.value_head.bias.mul_(slope).add_(intercept)
+
+    def save_value_head(self, path: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, str(path))
+
+    def load_value_head(self, path: Path) -> None:
+        self.value_head.load_state_dict(load_file(str(path), device=str(self.value_head.weight.device)))
 
     # -- forward passes -------------------------------------------------------------------------
 

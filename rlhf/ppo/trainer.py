@@ -2,16 +2,24 @@
 
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
-1. sample responses for a batch of prompts (policy adapter, eval mode, KV cache, stop at EOS);
+1. sample responses for a batch of prompts with :mod:`rlhf.sampling` (policy adapter, KV cache, a
+   generation config built from this config alone, stop at any of the model's EOS ids);
 2. recompute the sampled tokens' log-probs with a forward pass (generate()'s scores differ in
    precision and would cost a batch x length x vocabulary tensor), and the reference's with
    adapters disabled;
 3. values per response token from the value adapter and head;
 4. the reward model's score of prompt + response rendered exactly as the reward stage rendered its
-   data, minus a penalty when the response did not end with EOS; normalised by a running std;
-5. per-token rewards ``-kl_coef * KL`` plus the score at the last token; GAE; whitened advantages;
+   data, minus a penalty when the response did not end with EOS; normalised by running moments;
+5. per-token rewards ``-kl_coef * KL`` plus the score at the last token; on the first iteration
+   a critic copied from the reward model is mapped onto the scale of these returns
+   (:meth:`PPOTrainer._calibrate_critic`); GAE; whitened advantages;
 6. ``ppo_epochs`` passes of clipped policy and value losses over minibatches, each role's forward
-   and backward as a pair, gradients clipped per role and averaged over ranks.
+   and backward as a pair, gradients clipped per role and averaged over ranks; an iteration stops
+   before the optimizer step that would follow a minibatch whose approximate KL passed the limit.
+
+Steps 1-4 and evaluation run in eval mode under ``no_grad`` (:meth:`PPOTrainer._scoring`), and the
+shared base has no dropout at all (TRL's PPO did the same): the reward and value adapters come from
+a reward run whose ``lora_dropout`` is usually 0.05, and a score must not change from call to call.
 
 Shapes: ``B`` episodes, ``P`` (left-padded) prompt tokens, ``R`` response tokens.
 """
@@ -25,8 +33,8 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +48,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from rlhf import data
+from rlhf import data, sampling
 from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
-from rlhf.ppo.roles import POLICY, VALUE, SharedBase
+from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +112,10 @@ class PPOTrainer:
         self.judge = load_judge(config.gold_judge)
         self.device = next(p for p in roles.parameters()).device
         self.output_dir = Path(config.output_dir)
+        self.eos_ids = sampling.eos_token_ids(roles.causal_lm, tokenizer)
+        self.sampling = sampling.SamplingSettings(
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
+        )
 
         policy_params = roles.trainable_parameters(POLICY)
         value_params = roles.trainable_parameters(VALUE)
@@ -121,7 +133,7 @@ class PPOTrainer:
             fused = all(p.device.type in ("cpu", "cuda") for p in policy_params + value_params)
             self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.kl_controller = losses.KLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        self.kl_controller = losses.KLController(config.kl_coef, config.adaptive_kl_target, config.kl_horizon)
         self.score_moments = losses.RunningMoments()
         self.step = 0
         self.epoch = 0
@@ -147,6 +159,12 @@ class PPOTrainer:
     def _autocast(self) -> Any:
         dtype = torch.bfloat16 if self.config.bf16 else torch.float16 if self.config.fp16 else None
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    @contextmanager
+    def _scoring(self) -> Iterator[None]:
+        """Forward passes that only measure (sampling, log-probs, values, rewards): no grad, eval mode."""
+        with torch.no_grad(), self.roles.inference(), self._autocast():
+            yield
 
     # ------------------------------------------------------------------------------------------
     # Data
@@ -187,67 +205,39 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------
     # Rollout and scoring
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[Any], reference: bool = False) -> Rollout:
         """Sample responses (policy, or the SFT reference), cut at the first EOS."""
-        config, roles = self.config, self.roles
+        roles = self.roles
         query, query_mask = self._encode_prompts(prompts)
-        was_training = roles.peft.training
-        roles.peft.eval()
         checkpointing = roles.causal_lm.is_gradient_checkpointing
         if checkpointing:  # generating under checkpointing in train mode samples different tokens
             roles.causal_lm.gradient_checkpointing_disable()
         try:
-            with roles.reference() if reference else nullcontext(), self._autocast():
-                out = roles.peft.generate(
-                    input_ids=query,
-                    attention_mask=query_mask,
-                    max_new_tokens=config.max_new_tokens,
-                    do_sample=True,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    top_k=config.top_k,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    use_cache=True,
+            with self._scoring(), roles.reference() if reference else nullcontext():
+                response = sampling.sample(
+                    roles.peft, query, query_mask, self.sampling, self.eos_ids, self.tokenizer.pad_token_id
                 )
         finally:
             if checkpointing:
                 roles.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            roles.peft.train(was_training)
-        response = out[:, query.shape[1] :]
-        is_eos = response == self.tokenizer.eos_token_id
-        ended = is_eos.any(1)
-        first_eos = torch.where(
-            ended, is_eos.float().argmax(1), torch.full_like(ended, response.shape[1], dtype=torch.long)
-        )
-        positions = torch.arange(response.shape[1], device=response.device)
-        mask = (positions[None, :] <= first_eos[:, None]).float()
-        if response.shape[1] == 0:
-            mask = mask[:, :0]
-        response = torch.where(mask.bool(), response, torch.full_like(response, self.tokenizer.pad_token_id))
-        texts = self.tokenizer.batch_decode(
-            response.masked_fill(response == self.tokenizer.eos_token_id, self.tokenizer.pad_token_id),
-            skip_special_tokens=True,
-        )
-        return Rollout(list(prompts), query, query_mask, response, mask, [t.strip() for t in texts], ended)
+        response, mask, ended = sampling.cut_at_eos(response, self.eos_ids, self.tokenizer.pad_token_id)
+        texts = sampling.decode(self.tokenizer, response, self.eos_ids, self.tokenizer.pad_token_id)
+        return Rollout(list(prompts), query, query_mask, response, mask, texts, ended)
 
     def _response_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
         """Logits predicting each response token (B x R x V), at the sampling temperature."""
         hidden = self.roles.hidden_states(ids, mask)[:, prompt_length - 1 : -1]
         return self.roles.token_logits(hidden).float() / self.config.temperature
 
-    @torch.no_grad()
     def logprobs(self, rollout: Rollout, reference: bool = False) -> torch.Tensor:
         ids, mask = rollout.sequences
         out = []
-        with self.roles.reference() if reference else nullcontext(), self._autocast():
+        with self._scoring(), self.roles.reference() if reference else nullcontext():
             for part in _chunks(len(ids), self.config.forward_batch_size):
                 logits = self._response_logits(ids[part], mask[part], rollout.query.shape[1])
                 out.append(selective_log_softmax(logits, rollout.response[part]))
         return torch.cat(out) * rollout.mask
 
-    @torch.no_grad()
     def kl_to_reference(self, rollout: Rollout) -> torch.Tensor:
         """Exact KL(policy || reference) summed over each response's tokens (one value per answer).
 
@@ -259,7 +249,7 @@ class PPOTrainer:
         ids, mask = rollout.sequences
         prompt_length = rollout.query.shape[1]
         out = []
-        with self._autocast():
+        with self._scoring():
             for part in _chunks(len(ids), self.config.forward_batch_size):
                 policy = torch.log_softmax(self._response_logits(ids[part], mask[part], prompt_length), -1)
                 with self.roles.reference():
@@ -268,14 +258,13 @@ class PPOTrainer:
                 out.append((per_token * rollout.mask[part]).sum(1))
         return torch.cat(out)
 
-    @torch.no_grad()
     def values(self, rollout: Rollout) -> torch.Tensor:
         ids, mask = rollout.sequences
         prompt_length = rollout.query.shape[1]
         out = []
         self.roles.use(VALUE)
         try:
-            with self._autocast():
+            with self._scoring():
                 for part in _chunks(len(ids), self.config.forward_batch_size):
                     hidden = self.roles.hidden_states(ids[part], mask[part])[:, prompt_length - 1 : -1]
                     out.append(self.roles.values(hidden))
@@ -283,17 +272,15 @@ class PPOTrainer:
             self.roles.use(POLICY)
         return torch.cat(out) * rollout.mask
 
-    @torch.no_grad()
     def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
         """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""
         sequences = [data.scoring_ids(self.tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)]
         return self.score_token_ids(sequences)
 
-    @torch.no_grad()
     def score_token_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Reward-model scores of already tokenized sequences (right-padded in batches)."""
         scores = []
-        with self._autocast():
+        with self._scoring():
             for part in _chunks(len(sequences), self.config.forward_batch_size):
                 chunk = sequences[part]
                 width = max(len(s) for s in chunk)
@@ -314,7 +301,22 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------
     # Advantages and update
 
+    def _calibrate_critic(self, values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Put a critic copied from the reward model on the scale of its targets, once, before its first use.
+
+        The copied head predicts raw reward-model scores (and, before the last token, scores of
+        partial answers), while the returns are normalised, clipped, KL-shaped scores: a
+        value-clipped critic that starts there cannot catch up (the tiny recipe's first explained
+        variance was -0.29). The head is mapped by the least-squares affine fit of the first batch's
+        returns-to-go on its predictions, and the batch's values with it; what the reward model
+        knows is kept (the slope), the scale and offset become the returns'.
+        """
+        slope, intercept = losses.affine_fit(values, losses.returns_to_go(rewards, mask), mask, dist.all_sum)
+        self.roles.affine_value_head(slope, intercept)
+        return (values * slope + intercept) * mask
+
     def advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Normalised, KL-shaped rewards, GAE advantages (whitened) and returns of a scored rollout."""
         config = self.config
         assert rollout.scores is not None and rollout.logprobs is not None
         assert rollout.ref_logprobs is not None and rollout.values is not None
@@ -328,12 +330,21 @@ class PPOTrainer:
         rewards = losses.token_rewards(scores, kl, rollout.mask, self.kl_controller.coef)
         if config.whiten_rewards:
             rewards = losses.whiten(rewards, rollout.mask, shift_mean=False, reduce=dist.all_sum)
+        if self.step == 0 and config.value_init == "reward":
+            rollout.values = self._calibrate_critic(rollout.values, rewards, rollout.mask)
         advantages, returns = losses.gae(rewards, rollout.values, rollout.mask, config.gamma, config.lam)
         advantages = losses.whiten(advantages, rollout.mask, reduce=dist.all_sum)
         return {"advantages": advantages, "returns": returns, "kl": kl, "shaped_scores": scores, "rewards": rewards}
 
     def update(self, rollout: Rollout, targets: dict[str, torch.Tensor]) -> dict[str, float]:
-        """PPO epochs over minibatches; stops early when the approximate KL passes ``max_approx_kl``."""
+        """PPO epochs over minibatches.
+
+        Early stopping checks before stepping: a minibatch whose approximate KL to the rollout policy
+        (measured on its forward pass, before its step) is over ``max_approx_kl`` is not applied, and
+        the iteration ends there. No loss weight between policy and value: they are disjoint
+        parameters, clipped separately, with Adam's per-parameter scaling, where a ``vf_coef`` would
+        cancel out; ``value_learning_rate`` sets the critic's pace.
+        """
         config, roles = self.config, self.roles
         ids, mask = rollout.sequences
         prompt_length = rollout.query.shape[1]
@@ -342,7 +353,7 @@ class PPOTrainer:
             k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
         }
         roles.peft.train()
-        epochs_done, stop = 0, False
+        epochs_done, steps_done, stop = 0, 0, False
         policy_params = roles.trainable_parameters(POLICY)
         value_params = roles.trainable_parameters(VALUE)
         for _ in range(config.ppo_epochs):
@@ -384,19 +395,20 @@ class PPOTrainer:
                         new_values, rollout.values[r], targets["returns"][r], rollout.mask[r], config.cliprange_value
                     )
                     weight = rollout.mask[r].sum() / tokens
-                    (config.vf_coef * vloss * weight).backward()
+                    (vloss * weight).backward()
                     stats["value_loss"].append(float(vloss.detach()))
                     stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
                 roles.use(POLICY)
+                approx_kl = float(dist.all_sum(approx_kl.detach().reshape(1))[0]) / dist.world_size()
+                stats["approx_kl"].append(approx_kl)
+                if config.max_approx_kl is not None and approx_kl > config.max_approx_kl:
+                    stop = True  # every rank sees the same all-reduced value, so all stop together
+                    break
                 dist.average_gradients(policy_params + value_params)
                 torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm)
                 self.optimizer.step()
-                approx_kl = float(dist.all_sum(approx_kl.detach().reshape(1))[0]) / dist.world_size()
-                stats["approx_kl"].append(approx_kl)
-                if config.max_approx_kl is not None and approx_kl > config.max_approx_kl:
-                    stop = True
-                    break
+                steps_done += 1
             epochs_done += 1
             if stop:
                 break
@@ -407,6 +419,7 @@ class PPOTrainer:
             if v
         }
         out["policy/update_epochs"] = epochs_done
+        out["policy/optimizer_steps"] = steps_done
         out["policy/early_stopped"] = float(stop)
         return out
 
@@ -519,7 +532,7 @@ class PPOTrainer:
             staging.mkdir(parents=True)
             self.save_adapter(POLICY, staging / POLICY)
             self.save_adapter(VALUE, staging / VALUE)
-            save_file({"weight": self.roles.value_head.weight.detach().cpu()}, str(staging / "value_head.safetensors"))
+            self.roles.save_value_head(staging / VALUE_HEAD_FILE)
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             state = {
@@ -566,7 +579,7 @@ class PPOTrainer:
         for role in (POLICY, VALUE):
             weights = load_file(str(folder / role / "adapter_model.safetensors"), device=str(self.device))
             set_peft_model_state_dict(self.roles.peft, weights, adapter_name=role)
-        self.roles.value_head.weight.data.copy_(load_file(str(folder / "value_head.safetensors"))["weight"])
+        self.roles.load_value_head(folder / VALUE_HEAD_FILE)
         self.roles.use(POLICY)
         self.optimizer.load_state_dict(
             torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)

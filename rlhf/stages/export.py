@@ -1,11 +1,15 @@
 """`rlhf export`: ship an aligned adapter as the ecosystem reads it, and merged into its base.
 
 Writes ``output_dir/adapter`` (the PEFT adapter as trained, with tokenizer and chat template),
-``output_dir/merged`` (the adapter merged into a full-precision copy of its base: plain safetensors
-any tool loads), and a model card (``README.md``) with the base model, recipe, data, metrics and
-evaluation table. The merge is checked before anything is called done: the merged model must
-reproduce base+adapter logits and its weights must differ from the base (one well-known RL
-framework shipped a merger that silently did not merge).
+``output_dir/merged`` (the adapter merged into its base: plain safetensors any tool loads), and a
+model card (``README.md``) with the base model, recipe, data, metrics and evaluation table.
+
+The merge is checked before anything is called done (:mod:`rlhf.merging`): the merged model,
+reloaded from disk, is compared with the model *as trained* (the base loaded as the run loaded it,
+4-bit for QLoRA, plus the adapter), and must match it (KL per token, greedy agreement) and differ
+from the base (one well-known RL framework shipped a merger that silently did not merge). A QLoRA
+adapter is merged into the dequantized 4-bit weights it was trained on; merging it into the
+original weights gives another model (``--merge_base original``, reported, not refused).
 """
 
 from __future__ import annotations
@@ -18,19 +22,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import torch
 import yaml
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf import models, runs
-from rlhf.config import ConfigError, parse
+from rlhf import merging, models, runs
+from rlhf.config import ConfigError, ModelArguments, from_options, parse
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION = "Export an adapter (SFT or PPO run) as is and merged into a full-precision model, with a model card."
+DESCRIPTION = "Export an adapter (SFT or PPO run) as is and merged into its base, checked against the trained model."
 ADAPTER_FILES = (
     "adapter_config.json",
     "adapter_model.safetensors",
@@ -38,7 +40,6 @@ ADAPTER_FILES = (
     "tokenizer_config.json",
     "chat_template.jinja",
 )
-PROBE = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "Sure! 3 plus 4 is 7."}]
 
 
 @dataclass
@@ -56,36 +57,28 @@ class ExportConfig:
     eval_dir: str | None = field(
         default=None, metadata={"help": "An `rlhf eval` folder whose table goes in the model card."}
     )
-    tolerance: float = field(default=1e-3, metadata={"help": "Max |logit| difference merged vs base+adapter."})
+    merge_base: str = field(
+        default="dequantized",
+        metadata={
+            "help": "Weights to merge into: 'dequantized' (the 4-bit weights a QLoRA adapter was trained on; "
+            "reproduces the trained model) or 'original' (the full-precision checkpoint: another model for a "
+            "4-bit run, by the KL the check reports).",
+            "choices": ["dequantized", "original"],
+        },
+    )
+    max_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Largest mean KL per token allowed between the merged and the trained model. Unset: 1e-4 for "
+            "float32 merges, 1e-2 for 16-bit ones."
+        },
+    )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub repo id to upload the merged model to (needs HF_TOKEN)."}
     )
 
 
 CONFIG_TYPES = [ExportConfig]
-
-
-@torch.no_grad()
-def verify_merge(base_path: str, adapter_dir: Path, merged_dir: Path) -> dict[str, float]:
-    """Logit difference merged vs base+adapter, and how far the merged weights moved from the base."""
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    ids = torch.tensor([tokenizer.apply_chat_template(PROBE, tokenize=True, return_dict=True)["input_ids"]])
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
-    base_logits = base(ids).logits
-    base_weights = {k: v.clone() for k, v in base.state_dict().items()}
-    adapted_logits = PeftModel.from_pretrained(base, str(adapter_dir)).eval()(ids).logits
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    merged_logits = merged(ids).logits
-    moved = sum(
-        float((v.float() - base_weights[k].float()).abs().sum())
-        for k, v in merged.state_dict().items()
-        if k in base_weights
-    )
-    return {
-        "max_logit_diff_vs_adapter": float((merged_logits - adapted_logits).abs().max()),
-        "max_logit_diff_vs_base": float((merged_logits - base_logits).abs().max()),
-        "weight_change_l1": moved,
-    }
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -96,7 +89,11 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def model_card(
-    run_dir: Path, options: dict[str, Any], metrics: dict[str, Any], evaluation: dict[str, Any] | None
+    run_dir: Path,
+    options: dict[str, Any],
+    metrics: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    check: merging.MergeCheck,
 ) -> str:
     """The export's README.md: what the model is, how it was made, and how well it did."""
     stage = metrics.get("stage", "?")
@@ -116,7 +113,9 @@ def model_card(
         f"Data: `{options.get('dataset_name')}`.{reward}",
         "",
         "- `adapter/`: the PEFT adapter; load with `PeftModel.from_pretrained(base, 'adapter')`.",
-        "- `merged/`: the adapter merged into a full-precision copy of the base (safetensors).",
+        f"- `merged/`: the adapter merged into the {check.merge_base} base weights (safetensors). Against the "
+        f"model as trained ({options.get('quantization')} base + adapter): KL {check.kl_vs_trained:.2e} nats per "
+        f"token, same greedy token at {check.argmax_agreement:.1%} of {check.tokens} positions.",
         "",
     ]
     source = evaluation or metrics.get("eval")
@@ -159,18 +158,21 @@ def run(config: ExportConfig) -> dict[str, Any]:
     for name in ADAPTER_FILES:
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, adapter_dir / name)
-    base = str(options["model_name_or_path"])
-    models.merge_adapter(base, adapter_dir, merged_dir, config.merged_dtype)
-    check = verify_merge(models.resolve_model_path(base), adapter_dir, merged_dir)
-    tolerance = config.tolerance if config.merged_dtype == "float32" else max(config.tolerance, 0.1)
-    if check["max_logit_diff_vs_adapter"] > tolerance:
-        raise RuntimeError(f"merged model does not reproduce base+adapter: {check}")
-    if check["weight_change_l1"] == 0.0:
-        raise RuntimeError(f"merged weights equal the base: the adapter was not merged ({check})")
-    card = model_card(run_dir, options, metrics, evaluation)
+    (model_args,) = from_options([ModelArguments], options)
+    models.resolve_dtypes(model_args, SimpleNamespace(bf16=options.get("bf16"), fp16=options.get("fp16")))
+    check = merging.merge_and_verify(
+        model_args, adapter_dir, merged_dir, config.merged_dtype, config.merge_base, config.max_kl
+    )
+    card = model_card(run_dir, options, metrics, evaluation, check)
     (out / "README.md").write_text(card)
     (merged_dir / "README.md").write_text(card)
-    result = {"stage": "export", "run_dir": str(run_dir), "base": base, "merged_dtype": config.merged_dtype, **check}
+    result = {
+        "stage": "export",
+        "run_dir": str(run_dir),
+        "base": model_args.model_name_or_path,
+        "merged_dtype": config.merged_dtype,
+        **check.as_dict(),
+    }
     if config.push_to_hub:
         result["pushed_to"] = push(merged_dir, config.push_to_hub)
     result["runtime_seconds"] = round(time.time() - started, 1)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from rlhf import runs
@@ -188,10 +189,21 @@ class Pipeline:
             max_new_tokens=self.config.max_new_tokens,
             seed=self.config.seed,
         )
+        # the SFT model as the reward and PPO stages load it (4-bit for QLoRA): the policy annotators see
+        quantization = str(self._recipe_option("ppo", "quantization", "none"))
         report = generate.generate(
-            store, str(self.folder("sft") / "merged"), prompts_path=str(prompts_file), settings=settings, batch_size=64
+            store,
+            str(self.folder("sft") / "merged"),
+            prompts_path=str(prompts_file),
+            settings=settings,
+            batch_size=64,
+            quantization=quantization,
         )
-        return asdict(report)
+        return {**asdict(report), "quantization": quantization}
+
+    def _recipe_option(self, stage: str, key: str, default: Any) -> Any:
+        options = yaml.safe_load((self.recipe / f"{stage}.yaml").read_text()) or {}
+        return options.get(key, default)
 
     def annotate(self, out: Path) -> dict[str, Any]:
         store = self._store()
@@ -315,7 +327,7 @@ class Pipeline:
         metrics = export.main(
             ["--run_dir", str(self.folder("ppo")), "--output_dir", str(out), "--eval_dir", str(self.folder("eval"))]
         )
-        return {"max_logit_diff_vs_adapter": metrics["max_logit_diff_vs_adapter"]}
+        return {key: metrics[key] for key in ("merge_base", "kl_vs_trained", "argmax_agreement")}
 
     def report(self, out: Path) -> dict[str, Any]:
         from rlhf.report import build_report

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from safetensors.torch import save_file
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf import data, evaluation, models, runs
 from rlhf.config import ConfigError, DataArguments, ModelArguments, PPOConfig, parse
 from rlhf.ppo import distributed as dist
-from rlhf.ppo.roles import POLICY, VALUE, SharedBase
+from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -37,8 +36,14 @@ CONFIG_TYPES = [ModelArguments, DataArguments, PPOConfig]
 DESCRIPTION = "PPO: optimise a LoRA policy against a reward model with a KL leash, all roles on one shared base."
 
 
+# What must match between the reward run and PPO for the reward LoRA to see the weights it was trained on.
+QUANTIZATION_KEYS = ("quantization", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_compute_dtype")
+
+
 def _check_reward_model(model_args: ModelArguments, reward_dir: str) -> None:
     """The reward LoRA must have been trained on the very base PPO loads, quantized the same way."""
+    if not Path(reward_dir).is_dir():
+        raise ConfigError(f"reward_model_path: {reward_dir}: no such folder{models.producer_hint(Path(reward_dir))}")
     reward = runs.read_config(reward_dir)
 
     def where(name: str) -> Path:
@@ -49,12 +54,14 @@ def _check_reward_model(model_args: ModelArguments, reward_dir: str) -> None:
             f"reward model {reward_dir} was trained on {reward['model_name_or_path']!r}, but PPO loads "
             f"{model_args.model_name_or_path!r}: the shared base must be the one the reward LoRA was trained on"
         )
-    if reward.get("quantization") != model_args.quantization:
-        raise ConfigError(
-            f"reward model {reward_dir} was trained with quantization {reward.get('quantization')!r}, PPO loads "
-            f"the base with {model_args.quantization!r}: use the same so the reward LoRA sees the weights it was "
-            "trained on"
-        )
+    keys = QUANTIZATION_KEYS[:1] if model_args.quantization != "4bit" else QUANTIZATION_KEYS
+    for key in keys:
+        theirs, ours = reward.get(key), getattr(model_args, key)
+        if theirs is not None and theirs != ours:  # None: an older run folder that did not record it
+            raise ConfigError(
+                f"reward model {reward_dir} was trained with {key}: {theirs!r}, PPO loads the base with {ours!r}: "
+                "use the same so the reward LoRA sees the weights it was trained on"
+            )
 
 
 def _seed_everything(seed: int) -> None:
@@ -67,8 +74,8 @@ def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBa
     """The shared base with its four roles, and the tokenizer (checks the reward model fits the base)."""
     if not config.reward_model_path:
         raise ConfigError("reward_model_path: the run folder of `rlhf reward` is required")
-    _check_reward_model(model_args, config.reward_model_path)
     models.resolve_dtypes(model_args, config)
+    _check_reward_model(model_args, config.reward_model_path)
     tokenizer = models.load_tokenizer(model_args)
     _seed_everything(config.seed)
     base = models.load_causal_lm(model_args, tokenizer)
@@ -129,9 +136,7 @@ def _prompts(
 def _write_outputs(trainer: PPOTrainer, output_dir: Path) -> None:
     trainer.save_adapter(POLICY, output_dir)
     trainer.save_adapter(VALUE, output_dir / VALUE)
-    save_file(
-        {"weight": trainer.roles.value_head.weight.detach().cpu()}, str(output_dir / VALUE / "value_head.safetensors")
-    )
+    trainer.roles.save_value_head(output_dir / VALUE / VALUE_HEAD_FILE)
     trainer.tokenizer.save_pretrained(str(output_dir))
 
 
@@ -142,12 +147,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if config.resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir} to resume from")
+    trainer = build(model_args, data_args, config)
     if dist.rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_resolved_config(output_dir / runs.CONFIG_FILE, "ppo", model_args, data_args, config)
+        runs.record_config("ppo", str(output_dir), model_args, data_args, config)
         if not config.resume and (output_dir / STEP_METRICS_FILE).exists():
             (output_dir / STEP_METRICS_FILE).unlink()
-    trainer = build(model_args, data_args, config)
     if config.resume:
         logger.info("resuming from %s", checkpoint)
         trainer.load_checkpoint(checkpoint)
@@ -157,6 +162,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     if history:
         last = history[-10:]
         metrics["final"] = {key: float(np.mean([h[key] for h in last])) for key in last[0] if key != "step"}
+        # how well the critic starts: >= 0 once its head is on the scale of the returns
+        metrics["first_iteration"] = {
+            key: history[0][key]
+            for key in ("value/explained_variance", "loss/value_loss", "loss/value_clipfrac", "objective/score")
+            if key in history[0]
+        }
     samples: list[dict[str, Any]] = []
     if trainer.eval_prompts is not None and len(trainer.eval_prompts) > 0:
         samples = evaluation.sample_policies(

@@ -139,8 +139,9 @@ def build(
 def train(model_args: ModelArguments, data_args: DataArguments, config: RewardConfig) -> dict[str, Any]:
     """Run the reward stage; returns the metrics it also writes to ``output_dir/metrics.json``."""
     started = time.time()
-    checkpoint = runs.start("reward", config.output_dir, config.resume, model_args, data_args, config)
+    checkpoint = runs.start("reward", config.output_dir, config.resume)
     trainer, reports = build(model_args, data_args, config)
+    runs.record_config("reward", config.output_dir, model_args, data_args, config)
     train_set, eval_set, tokenizer = trainer.train_dataset, trainer.eval_dataset, trainer.processing_class
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)

@@ -4,8 +4,8 @@ TRL does the training: chat template, loss on assistant tokens only (or on the c
 prompt/completion data), paged 8-bit AdamW when the recipe's ``optim`` asks for it, checkpoints.
 This module adds what a run needs around it: validated data, rows over ``max_length`` handled by
 an explicit policy instead of silent truncation, a resolved config and ``metrics.json`` in the run
-folder, ``--resume``, and optionally the adapter merged into a full-precision copy of the base
-(the reward and PPO stages start from that merged model).
+folder, ``--resume``, and optionally the adapter merged into its base and checked against the model
+as trained (:mod:`rlhf.merging`); the reward and PPO stages start from that merged model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from rlhf import data, models, runs
+from rlhf import data, merging, models, runs
 from rlhf.config import ConfigError, DataArguments, ModelArguments, SFTConfig, parse
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,9 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
 def train(model_args: ModelArguments, data_args: DataArguments, config: SFTConfig) -> dict[str, Any]:
     """Run the SFT stage; returns the metrics it also writes to ``output_dir/metrics.json``."""
     started = time.time()
-    checkpoint = runs.start("sft", config.output_dir, config.resume, model_args, data_args, config)
+    checkpoint = runs.start("sft", config.output_dir, config.resume)
     trainer = build(model_args, data_args, config)
+    runs.record_config("sft", config.output_dir, model_args, data_args, config)
     eval_set = trainer.eval_dataset
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate() if eval_set is not None else {}
@@ -109,13 +110,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
         if config.merge_adapter:
             if not model_args.use_peft:
                 raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
-            merged = models.merge_adapter(
-                model_args.model_name_or_path,
-                config.output_dir,
-                Path(config.output_dir) / MERGED_DIR,
-                config.merged_dtype,
+            merged = Path(config.output_dir) / MERGED_DIR
+            check = merging.merge_and_verify(
+                model_args, config.output_dir, merged, config.merged_dtype, config.merge_base
             )
             metrics["merged_model"] = str(merged)
+            metrics["merge"] = check.as_dict()
         metrics["runtime_seconds"] = round(time.time() - started, 1)
         runs.write_metrics(config.output_dir, metrics)
     return metrics
