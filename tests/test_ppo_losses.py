@@ -106,3 +106,20 @@ def test_running_moments_match_the_whole_sample_and_round_trip() -> None:
     restored = losses.RunningMoments()
     restored.load_state_dict(moments.state_dict())
     assert restored.state_dict() == moments.state_dict()
+
+
+def test_returns_to_go_sum_each_reward_and_every_later_one_within_the_answer() -> None:
+    returns = losses.returns_to_go(t([0.1, 0.2, 1.0, 9.0], [0.5, 0.0, 0.0, 0.0]), t([1, 1, 1, 0], [1, 0, 0, 0]))
+    assert returns.tolist() == [pytest.approx([1.3, 1.2, 1.0, 0.0]), pytest.approx([0.5, 0.0, 0.0, 0.0])]
+
+
+def test_affine_fit_is_least_squares_over_masked_tokens() -> None:
+    # y = 2x - 1 on the masked tokens; the unmasked (x=100, y=-50) must not pull the fit
+    slope, intercept = losses.affine_fit(t([0, 1, 2, 100]), t([-1, 1, 3, -50]), t([1, 1, 1, 0]))
+    assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(-1.0))
+    # noisy: x 0,1,2,3 and y 0,2,1,3 (means 1.5) -> cov (2.25 - .25 - .25 + 2.25) / 4 = 1, var 5 / 4 = 1.25,
+    # slope 1 / 1.25 = 0.8, intercept 1.5 - 0.8 * 1.5 = 0.3
+    slope, intercept = losses.affine_fit(t([0, 1, 2, 3]), t([0, 2, 1, 3]), t([1, 1, 1, 1]))
+    assert (slope, intercept) == (pytest.approx(0.8), pytest.approx(0.3))
+    # a constant predictor carries no information: slope 0, intercept the targets' mean
+    assert losses.affine_fit(t([1, 1, 1]), t([0, 3, 6]), t([1, 1, 1])) == (0.0, pytest.approx(3.0))
