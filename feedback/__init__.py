@@ -8,7 +8,10 @@ Modules, each usable on its own:
 * :mod:`feedback.export` - pairs / KTO / SFT datasets from the stored answers (pure formatters + writers).
 * :mod:`feedback.agreement` - Krippendorff's alpha per question (pure functions).
 * :mod:`feedback.importer` - prompts and candidates from JSONL files and LangSmith runs.
-* :mod:`feedback.generate` - candidates sampled from a model (base or adapter) via :mod:`rlhf.models`.
 * :mod:`feedback.langsmith_sync` - every answer recorded as LangSmith feedback, retried from the store.
 * :mod:`feedback.cli` - ``rlhf feedback <command>``.
+
+The package imports nothing of ``rlhf`` but its torch-free core (:mod:`rlhf.core`: errors, row
+validation). What needs a model lives on the training side: candidate generation in
+:mod:`rlhf.candidates` (``rlhf feedback generate``), simulated annotators in :mod:`rlhf.annotators`.
 """

@@ -15,6 +15,7 @@ file path (SQLite); it defaults to ``$RLHF_FEEDBACK_DB`` or ``feedback.db``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import json
 import logging
@@ -23,9 +24,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from feedback import agreement, export, importer, langsmith_sync
 from feedback.store import MODES, Store, StoreError, migrate, redact
+from rlhf.core.errors import USER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    # the web stack (uvicorn, FastAPI) only for the command that serves: the others start faster
     import uvicorn
 
     from feedback.app import create_app
@@ -123,37 +127,6 @@ def cmd_import(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    from feedback.generate import GenerationSettings, generate
-
-    settings = GenerationSettings(
-        num_candidates=args.num_candidates,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
-    report = generate(
-        Store(args.db),
-        args.model,
-        adapter=args.adapter,
-        prompts_path=args.prompts,
-        settings=settings,
-        batch_size=args.batch_size,
-        quantization=args.quantization,
-    )
-    print(
-        f"{report.prompts} prompts, {report.sampled} samples: {report.stored} stored, "
-        f"{report.duplicates} duplicates and {report.empty} empty ones dropped"
-    )
-    if report.skipped_in_use:
-        print(
-            f"skipped {report.skipped_in_use} prompt(s) already handed out or answered: "
-            "candidates added now would be missing from their rankings"
-        )
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     report = export.export(
         Store(args.db),
@@ -216,11 +189,30 @@ def cmd_sync(args: argparse.Namespace) -> None:
 # Parser
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlhf feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+# Adds one subcommand: called with the factory that makes a subcommand (name, handler, help) with --db.
+CommandFactory = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
+Extension = Callable[[CommandFactory], None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Takes both spellings of a long option, ``--test-fraction`` and ``--test_fraction``, as ``rlhf`` does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # a misspelt option is an error, not a prefix
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        spellings = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+        return super().add_argument(*names, *(s for s in spellings if s not in names), **kwargs)
+
+
+def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:
+    """The parser of every feedback command, plus the ``extensions``' (commands that need more than the store).
+
+    ``rlhf feedback generate`` needs a model, which this package never imports: the ``rlhf`` side
+    adds it as an extension (:mod:`rlhf.feedback_cli`).
+    """
+    parser = _Parser(prog="rlhf feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     default_db = os.environ.get("RLHF_FEEDBACK_DB", "feedback.db")
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -255,19 +247,6 @@ def make_parser() -> argparse.ArgumentParser:
     imp.add_argument("--input-key", help="the inputs key that holds the prompt (default: guessed)")
     imp.add_argument("--output-key", help="the outputs key that holds the response (default: guessed)")
 
-    gen = command("generate", cmd_generate, "sample K candidates per prompt from a model (or adapter) and store them")
-    gen.add_argument("--model", required=True, help="base model: hub id, folder, or builtin:tiny")
-    gen.add_argument("--adapter", help="a PEFT adapter folder (e.g. an SFT run) to put on the base")
-    gen.add_argument("--prompts", help="prompts file (rows with a 'prompt' column); default: every stored prompt")
-    gen.add_argument("--num-candidates", type=int, default=4)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0, help="0: no top-k filter")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
-    gen.add_argument("--quantization", choices=["none", "4bit", "8bit"], default="none")
-
     exp = command("export", cmd_export, "write pairs / KTO / SFT datasets from the answers")
     exp.add_argument("--format", choices=export.FORMATS, required=True)
     exp.add_argument("--out", required=True, help="output folder")
@@ -290,23 +269,34 @@ def make_parser() -> argparse.ArgumentParser:
     settings.add_argument("--guidelines", help="a markdown file with the annotation guidelines")
 
     command("sync", cmd_sync, "send answers not yet in LangSmith (the server does this continuously)")
+    for extension in extensions:
+        extension(command)
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's to fix (exit 2, no traceback). A DataError can only come from
-    rlhf.data, so it is looked up only if that heavy module was imported."""
-    data = sys.modules.get("rlhf.data")
-    return (StoreError, data.DataError) if data is not None else (StoreError,)
+def _unknown_option(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> str:
+    """``unrecognized arguments`` with the closest option of the command, as ``rlhf <stage>`` says it."""
+    actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known = [o for o in actions.choices[command]._option_string_actions if o.startswith("--")]
+    flag = next((u for u in unknown if u.startswith("-")), unknown[0]).split("=", 1)[0]
+    match = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    return (
+        f"unknown option {flag!r}"
+        + (f" (did you mean '{match[0]}'?)" if match else "")
+        + f"; see rlhf feedback {command} --help"
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, extensions: Sequence[Extension] = ()) -> None:
+    parser = make_parser(extensions)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unknown_option(parser, args.command, unknown))
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines narrate every schema check
     if args.command == "annotators" and args.action != "list" and not args.name:
-        make_parser().error(f"annotators {args.action}: give the annotator's name")
+        make_parser(extensions).error(f"annotators {args.action}: give the annotator's name")
     try:
         args.handler(args)
-    except _user_errors() as error:
+    except (StoreError, *USER_ERRORS) as error:
         print(f"rlhf feedback {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

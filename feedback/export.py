@@ -36,12 +36,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from feedback.records import Answer, Item
-
-if TYPE_CHECKING:
-    from feedback.store import Store
+from feedback.store import Store
+from rlhf.core.rows import Source, validate
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ FORMATTERS: dict[str, Callable[[Sequence[Item], str], list[Row]]] = {
     "kto": kto_rows,
     "sft": sft_rows,
 }
-VALIDATION_KIND = {"pairs": "preference", "sft": "sft"}  # rlhf.data checks these formats; KTO has no stage
+VALIDATION_KIND = {"pairs": "preference", "sft": "sft"}  # rlhf.core.rows checks these formats; KTO has no stage
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +261,6 @@ def build(
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     splits = split_rows(FORMATTERS[format](items, aggregation), test_fraction, seed)
     if format in VALIDATION_KIND:
-        from rlhf.data import Source, validate
-
         for name, rows in splits.items():
             if rows:
                 validate(rows, VALIDATION_KIND[format], Source(f"{format} export [{name}]"))

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from feedback.records import prompt_messages
 from feedback.store import ImportReport, Invalid, Store
-
-# rlhf.data (and with it datasets, transformers, torch) is imported where it is used, so the web
-# app starts in a second instead of ten.
+from rlhf.core.errors import DataError
+from rlhf.core.rows import Source, read_file, validate
 
 CANDIDATE_KEYS = {"text", "model", "adapter", "generation", "run_id", "session_id"}
 ROW_KEYS = {"id", "prompt", "candidates"}
@@ -55,7 +55,7 @@ def _text_problems(value: Any, where: str, limit: int, *, required: bool) -> lis
 
 
 def _prompt_problems(prompt: Any, where: str) -> list[str]:
-    # The prompt's shape was checked by rlhf.data.validate; here its texts.
+    # The prompt's shape was checked by rlhf.core.rows.validate; here its texts.
     if isinstance(prompt, str):
         return _text_problems(prompt, where, MAX_TEXT_CHARS, required=True)
     if not isinstance(prompt, list):
@@ -105,9 +105,7 @@ def _candidate_problems(candidate: Any, where: str) -> list[str]:
 
 
 def validate_rows(rows: Sequence[Mapping[str, Any]], source: Any) -> None:
-    """Raise :class:`rlhf.data.DataError` naming file, line and field of every bad row (the first few)."""
-    from rlhf.data import DataError, validate
-
+    """Raise :class:`DataError` naming file, line and field of every bad row (the first few)."""
     validate(rows, "prompt", source)  # the prompt column, exactly as the stages check prompts
     errors = []
     for index, row in enumerate(rows):
@@ -144,20 +142,17 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def import_file(store: Store, path: str) -> ImportReport:
     """Import a JSONL/JSON/CSV/Parquet file of items (all or nothing)."""
-    from rlhf.data import DataError, load_split
-
-    loaded = load_split(path, "train")
-    if loaded is None:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    rows, source = read_file(Path(path))
+    if not rows:
         raise DataError(f"{path}: nothing to import")
-    rows, source = loaded
     validate_rows(rows, source)
     return store.import_items(normalise_rows(rows))
 
 
 def import_rows(store: Store, rows: Sequence[Mapping[str, Any]], name: str = "request") -> ImportReport:
     """Import rows sent to the API or read from LangSmith; problems are :class:`Invalid`, naming the row."""
-    from rlhf.data import DataError, Source
-
     if not isinstance(rows, Sequence) or not all(isinstance(r, Mapping) for r in rows):
         raise Invalid(f"{name}: expected a list of objects")
     try:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from rlhf import __version__
+from rlhf.core.errors import USER_ERRORS
 
 # name -> (module with main(argv), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("rlhf.report", "write report.html and plots for a pipeline run folder"),
     "data": ("rlhf.data_cli", "write the built-in tiny task's datasets as JSONL, or check a dataset"),
-    "feedback": ("feedback.cli", "annotation app, feedback store, preference export and LangSmith sync"),
+    "feedback": ("rlhf.feedback_cli", "annotation app, feedback store, preference export and LangSmith sync"),
 }
 
 USAGE = """usage: rlhf <command> [--config recipe.yaml] [--option value ...]
@@ -66,13 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TRL's configs still use the name transformers 5.23 deprecated; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     logging.basicConfig(level=os.environ.get("RLHF_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from rlhf.config import ConfigError
-    from rlhf.data import DataError
-
     module = importlib.import_module(COMMANDS[name][0])
     try:
         module.main(rest)
-    except (ConfigError, DataError) as error:
+    except USER_ERRORS as error:
         print(f"rlhf {name}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -29,10 +29,7 @@ import trl
 import yaml
 from transformers import HfArgumentParser
 
-
-class ConfigError(ValueError):
-    """A recipe or command line that cannot be run as written."""
-
+from rlhf.core.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
@@ -344,7 +341,7 @@ def parse(
 
     flags = [a for a in argv if a.startswith("--")]
     for flag in flags:
-        name = flag[2:].split("=", 1)[0]
+        name = flag[2:].split("=", 1)[0].replace("-", "_")  # --run-dir and --run_dir are the same option
         bare = name[3:] if name.startswith("no_") else name
         if name in retired:
             raise ConfigError(f"--{name} is not an option: {retired[name]}")

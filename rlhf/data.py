@@ -2,9 +2,10 @@
 
 Loading accepts local JSON/JSONL/CSV/Parquet files, folders (of such files, one per split, or a
 ``datasets.save_to_disk`` folder), hub ids, and the built-in task's sets (``builtin:tiny/sft``,
-``builtin:tiny/pairs``, ``builtin:tiny/prompts``). Every row is validated before training, so a bad
-row stops the run with a message like ``data.jsonl: row 12: 'chosen': identical to 'rejected'``
-instead of a shape error deep inside a trainer.
+``builtin:tiny/pairs``, ``builtin:tiny/prompts``). Every row is validated before training by the
+torch-free checks of :mod:`rlhf.core.rows` (the feedback app runs the same ones), so a bad row stops
+the run with a message like ``data.jsonl: row 12: 'chosen': identical to 'rejected'`` instead of a
+shape error deep inside a trainer.
 
 Rendering of preference data lives here too (:func:`preference_ids`, :func:`scoring_ids`): the PPO
 stage scores its rollouts with exactly the token sequence the reward stage trained on, or the
@@ -13,11 +14,8 @@ reward model would read its score at the wrong token.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,12 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import DataArguments
+from rlhf.core.errors import DataError
+from rlhf.core.rows import Source, read_file, split_files, validate
 from rlhf.tiny import task
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
-MAX_ERRORS_SHOWN = 5
 
 # Built-in sets of the tiny task: name -> (builder, rows per split).
 _BUILTIN: dict[str, tuple[Callable[..., list[dict[str, Any]]], dict[str, int | None]]] = {
@@ -42,86 +40,8 @@ _BUILTIN: dict[str, tuple[Callable[..., list[dict[str, Any]]], dict[str, int | N
 }
 
 
-class DataError(ValueError):
-    """A dataset that cannot be used as given; the message names the file, row and field."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where rows came from, to name them in errors: a file and, for JSONL, each row's line."""
-
-    name: str
-    lines: list[int] | None = None
-
-    def at(self, index: int) -> str:
-        if self.lines is not None:
-            return f"{self.name}: line {self.lines[index]}"
-        return f"{self.name}: row {index + 1}"
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    rows, lines = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: line {number}: not valid JSON ({error.msg})") from error
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-            lines.append(number)
-    return rows, lines
-
-
-def _decode_json_cells(row: dict[str, Any]) -> dict[str, Any]:
-    """CSV cannot hold lists: conversational columns may be JSON-encoded strings."""
-    out = dict(row)
-    for key, value in row.items():
-        if (
-            isinstance(value, str)
-            and value.lstrip().startswith("[")
-            and key in ("messages", "prompt", "chosen", "rejected", "completion")
-        ):
-            with contextlib.suppress(json.JSONDecodeError):  # plain text that starts with "[" stays text
-                out[key] = json.loads(value)
-    return out
-
-
-def _read_file(path: Path) -> tuple[list[dict[str, Any]], Source]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows, lines = _read_jsonl(path)
-        return rows, Source(str(path), lines)
-    if suffix == ".json":
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from error
-        if isinstance(payload, dict) and "data" in payload:
-            payload = payload["data"]
-        if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
-            raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-        return payload, Source(str(path))
-    if suffix in (".csv", ".parquet"):
-        loaded = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
-        rows = [_decode_json_cells(r) for r in loaded] if suffix == ".csv" else loaded.to_list()
-        return rows, Source(str(path))
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
-
-
-def _split_files(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet") and path.stem not in files:
-            files[path.stem] = path
-    return files
 
 
 def load_split(name: str, split: str, config: str | None = None) -> tuple[list[dict[str, Any]], Source] | None:
@@ -135,15 +55,15 @@ def load_split(name: str, split: str, config: str | None = None) -> tuple[list[d
         return builder(sizes[split], split=split), Source(f"{name}[{split}]")
     path = Path(name)
     if path.is_file():
-        return _read_file(path) if split == "train" else None
+        return read_file(path) if split == "train" else None
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, DatasetDict):
                 return (loaded[split].to_list(), Source(f"{path}[{split}]")) if split in loaded else None
             return (loaded.to_list(), Source(str(path))) if split == "train" else None
-        files = _split_files(path)
-        return _read_file(files[split]) if split in files else None
+        files = split_files(path)
+        return read_file(files[split]) if split in files else None
     if name.startswith((".", "/")) or name.endswith((".jsonl", ".json", ".csv", ".parquet")):
         raise DataError(f"{name}: no such file or folder")
     try:
@@ -153,128 +73,6 @@ def load_split(name: str, split: str, config: str | None = None) -> tuple[list[d
             return None
         raise
     return loaded.to_list(), Source(f"{name}[{split}]")
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation: pure functions over rows; each returns the problems it found.
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(isinstance(m, dict) for m in value)
-
-
-def _check_text(value: Any, field: str) -> list[str]:
-    if not isinstance(value, str):
-        return [f"'{field}': expected text, got {type(value).__name__}"]
-    if not value.strip():
-        return [f"'{field}': empty"]
-    return []
-
-
-def _check_messages(value: Any, field: str, *, last: str | None = None, only: str | None = None) -> list[str]:
-    """Roles known, contents non-empty, turns alternating (system first, then user/assistant)."""
-    if not _is_messages(value):
-        return [f"'{field}': expected a non-empty list of {{role, content}} messages"]
-    problems = []
-    previous = None
-    for i, message in enumerate(value):
-        role, content = message.get("role"), message.get("content")
-        where = f"'{field}'[{i}]"
-        if role not in ROLES:
-            problems.append(f"{where}: role {role!r} is not one of {list(ROLES)}")
-            continue
-        if not isinstance(content, str) or not content.strip():
-            problems.append(f"{where}: empty or missing 'content'")
-        if only is not None and role != only:
-            problems.append(f"{where}: role {role!r}, expected {only!r}")
-        elif role == "system" and i != 0:
-            problems.append(f"{where}: a system message may only come first")
-        elif role != "system" and role == previous:
-            problems.append(f"{where}: two {role!r} turns in a row")
-        previous = role
-    if last is not None and not problems and value[-1].get("role") != last:
-        problems.append(f"'{field}': last message has role {value[-1].get('role')!r}, expected {last!r}")
-    return problems
-
-
-def _check_sft_row(row: dict[str, Any]) -> list[str]:
-    if "messages" in row:
-        problems = _check_messages(row["messages"], "messages", last="assistant")
-        if not problems and not any(m["role"] == "assistant" for m in row["messages"]):
-            problems.append("'messages': no assistant turn to learn from")
-        return problems
-    if "prompt" in row and "completion" in row:
-        if _is_messages(row["prompt"]) or _is_messages(row["completion"]):
-            return _check_messages(row["prompt"], "prompt", last="user") + _check_messages(
-                row["completion"], "completion", only="assistant"
-            )
-        return _check_text(row["prompt"], "prompt") + _check_text(row["completion"], "completion")
-    if "text" in row:
-        return _check_text(row["text"], "text")
-    return [f"no 'messages', 'prompt'+'completion' or 'text' column (found {sorted(row)})"]
-
-
-def _check_preference_row(row: dict[str, Any]) -> list[str]:
-    missing = [c for c in ("chosen", "rejected") if c not in row]
-    if missing:
-        return [f"missing column(s) {missing} (found {sorted(row)})"]
-    conversational = _is_messages(row["chosen"]) or _is_messages(row["rejected"])
-    problems: list[str] = []
-    if conversational:
-        if "prompt" in row and row["prompt"] is not None:
-            problems += _check_messages(row["prompt"], "prompt", last="user")
-            problems += _check_messages(row["chosen"], "chosen", only="assistant")
-            problems += _check_messages(row["rejected"], "rejected", only="assistant")
-        else:
-            problems += _check_messages(row["chosen"], "chosen", last="assistant")
-            problems += _check_messages(row["rejected"], "rejected", last="assistant")
-    else:
-        if "prompt" in row and row["prompt"] is not None:
-            problems += _check_text(row["prompt"], "prompt")
-        problems += _check_text(row["chosen"], "chosen") + _check_text(row["rejected"], "rejected")
-    if not problems and row["chosen"] == row["rejected"]:
-        problems.append("'chosen': identical to 'rejected', so there is no preference to learn")
-    margin = row.get("margin")
-    if margin is not None and (not isinstance(margin, (int, float)) or not math.isfinite(margin)):
-        problems.append(f"'margin': expected a finite number, got {margin!r}")
-    return problems
-
-
-def _check_prompt_row(row: dict[str, Any]) -> list[str]:
-    if "prompt" not in row:
-        return [f"missing column 'prompt' (found {sorted(row)})"]
-    if _is_messages(row["prompt"]):
-        return _check_messages(row["prompt"], "prompt", last="user")
-    return _check_text(row["prompt"], "prompt")
-
-
-CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "sft": _check_sft_row,
-    "preference": _check_preference_row,
-    "prompt": _check_prompt_row,
-}
-
-
-def validate(rows: Iterable[dict[str, Any]], kind: str, source: Source) -> None:
-    """Raise :class:`DataError` listing the first problems (file, row, field) of a dataset."""
-    check = CHECKS[kind]
-    errors: list[str] = []
-    count = 0
-    formats: set[str] = set()
-    for index, row in enumerate(rows):
-        count += 1
-        for problem in check(row):
-            errors.append(f"{source.at(index)}: {problem}")
-        if kind == "preference" and "chosen" in row:
-            formats.add("conversational" if _is_messages(row["chosen"]) else "text")
-    if count == 0:
-        raise DataError(f"{source.name}: no rows")
-    if len(formats) > 1:
-        errors.append(f"{source.name}: mixes conversational and plain-text rows; use one format")
-    if errors:
-        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
-        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise DataError(f"{len(errors)} problem(s) in {kind} data:\n  {shown}{more}")
 
 
 def load_splits(args: DataArguments, kind: str, seed: int) -> tuple[Dataset, Dataset | None]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlhf import data
+from rlhf.core.rows import CHECKS, validate
 
 TINY_SETS = {"sft": "builtin:tiny/sft", "pairs": "builtin:tiny/pairs", "prompts": "builtin:tiny/prompts"}
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tiny = commands.add_parser("tiny", help="write the built-in tiny task's datasets as JSONL")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write sft/, pairs/, prompts/ into")
     check = commands.add_parser("check", help="validate a dataset as a stage would")
-    check.add_argument("--kind", choices=sorted(data.CHECKS), required=True, help="what the dataset is for")
+    check.add_argument("--kind", choices=sorted(CHECKS), required=True, help="what the dataset is for")
     check.add_argument("--dataset", required=True, help="file, folder, hub id or builtin:... name")
     args = parser.parse_args(argv)
     if args.command == "tiny":
@@ -49,5 +50,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     for split in ("train", "test"):
         loaded = data.load_split(args.dataset, split)
         if loaded is not None:
-            data.validate(loaded[0], args.kind, loaded[1])
+            validate(loaded[0], args.kind, loaded[1])
             print(f"{args.dataset} [{split}]: {len(loaded[0])} rows, valid {args.kind} data")

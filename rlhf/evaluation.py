@@ -13,12 +13,11 @@ import random
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.trainer import PPOTrainer
 
 POLICIES = ("sft", "ppo")
 ROUGE_MODULE = Path(__file__).parent / "metrics" / "rouge.py"

@@ -26,7 +26,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlhf.config import ConfigError, ModelArguments, from_options
+from rlhf import runs
+from rlhf.config import ModelArguments, from_options
+from rlhf.core.errors import ConfigError
 from rlhf.tiny.build import MODEL_DIR as TINY_MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -246,8 +248,6 @@ def load_reward_model(run_dir: str | Path) -> tuple[PeftModel, PreTrainedTokeniz
     The run's resolved config names the backbone and its quantization; the adapter folder holds
     the LoRA and the score head (saved as a module of the SEQ_CLS adapter).
     """
-    from rlhf import runs  # runs imports config only; kept local to keep this module's imports flat
-
     options = runs.read_config(run_dir)
     (model_args,) = from_options([ModelArguments], options)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
-from rlhf.config import ConfigError, write_resolved_config
+from rlhf.config import write_resolved_config
+from rlhf.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

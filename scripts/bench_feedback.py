@@ -4,7 +4,7 @@
     python scripts/bench_feedback.py --backends sqlite --crash         # SIGKILL the server mid-load
     python scripts/bench_feedback.py --postgres postgresql://postgres@127.0.0.1:5432/test
 
-It starts the real server (``python -m feedback serve``, uvicorn, 127.0.0.1 only) on a fresh
+It starts the real server (``python -m rlhf feedback serve``, uvicorn, 127.0.0.1 only) on a fresh
 database, then runs ``--clients`` annotator clients at once, each answering ``--ratings`` items the
 way the annotation page does: ``GET /api/items/next``, then ``POST /api/answers`` with a
 client-chosen id, resent with the same id after a network error or a 503 until it is
@@ -152,7 +152,7 @@ def free_port() -> int:
 
 
 class Server:
-    """The real server in a subprocess (``python -m feedback serve``), on 127.0.0.1."""
+    """The real server in a subprocess (``python -m rlhf feedback serve``), on 127.0.0.1."""
 
     def __init__(self, url: str, port: int, log: Path) -> None:
         self.url, self.port, self.log = url, port, log
@@ -163,7 +163,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> None:
-        command = [sys.executable, "-m", "feedback", "serve", "--db", self.url, "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "rlhf", "feedback", "serve", "--db", self.url, "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning", "--no-sync"]
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import RECIPES
 
 from rlhf.cli import main
@@ -51,3 +52,20 @@ def test_data_tiny_writes_jsonl_that_validates(tmp_path) -> None:
     assert main(["data", "tiny", "--out", str(tmp_path)]) == 0
     assert main(["data", "check", "--kind", "preference", "--dataset", str(tmp_path / "pairs")]) == 0
     assert main(["data", "check", "--kind", "sft", "--dataset", str(tmp_path / "sft" / "train.jsonl")]) == 0
+
+
+def test_one_flag_style_both_spellings_everywhere_and_a_did_you_mean(tmp_path, capsys) -> None:
+    """`rlhf export --run-dir` and `rlhf feedback export --test_fraction` both work; a typo names the option."""
+    from rlhf.cli import main
+
+    assert main(["export", "--run-dir", str(tmp_path)]) == 2  # parsed; refused only for having no adapter
+    assert "no adapter" in capsys.readouterr().err
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    assert main(["feedback", "migrate", "--db", db]) == 0
+    assert main(["feedback", "progress", "--db", db, "--json"]) == 0
+    out = tmp_path / "out"
+    main(["feedback", "export", "--db", db, "--format", "pairs", "--out", str(out), "--test_fraction", "0.2"])
+    assert "unknown option" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["feedback", "export", "--db", db, "--format", "pairs", "--out", str(out), "--test_fractio", "0.2"])
+    assert "unknown option '--test_fractio' (did you mean '--test_fraction'?)" in capsys.readouterr().err

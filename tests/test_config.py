@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import RECIPES
 
-from rlhf.config import ConfigError, parse
+from rlhf.config import parse
+from rlhf.core.errors import ConfigError
 from rlhf.stages import pipeline, ppo, reward, sft
 
 SFT_TYPES = sft.CONFIG_TYPES

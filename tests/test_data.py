@@ -10,7 +10,8 @@ from datasets import Dataset, DatasetDict
 
 from rlhf import data
 from rlhf.config import DataArguments
-from rlhf.data import DataError
+from rlhf.core.errors import DataError
+from rlhf.core.rows import Source, validate
 
 USER = {"role": "user", "content": "What is 1 plus 1?"}
 ASSISTANT = {"role": "assistant", "content": "Sure! 1 plus 1 is 2."}
@@ -35,7 +36,7 @@ def test_loads_every_file_type(tmp_path: Path, suffix: str) -> None:
     else:
         Dataset.from_list(rows).to_parquet(str(path))
     loaded, source = data.load_split(str(path), "train")
-    data.validate(loaded, "preference", source)
+    validate(loaded, "preference", source)
     assert loaded[1]["rejected"][0]["content"] == "4."
 
 
@@ -118,18 +119,18 @@ def test_bad_rows_are_named_by_file_row_and_field(tmp_path: Path, kind: str, row
     path = _jsonl(tmp_path / "rows.jsonl", [good, good, row])
     rows, source = data.load_split(str(path), "train")
     with pytest.raises(DataError, match=rf"rows\.jsonl: line 3: {message}"):
-        data.validate(rows, kind, source)
+        validate(rows, kind, source)
 
 
 def test_many_problems_are_summarised(tmp_path: Path) -> None:
     rows = [{**PAIR, "rejected": [ASSISTANT]}] * 9
     with pytest.raises(DataError, match=r"(?s)9 problem\(s\).*x\.json: row 5: .*and 4 more"):
-        data.validate(rows, "preference", data.Source("x.json"))
+        validate(rows, "preference", Source("x.json"))
 
 
 def test_mixed_formats_are_rejected() -> None:
     with pytest.raises(DataError, match="mixes conversational and plain-text"):
-        data.validate([PAIR, {"prompt": "Hi", "chosen": "a", "rejected": "b"}], "preference", data.Source("x"))
+        validate([PAIR, {"prompt": "Hi", "chosen": "a", "rejected": "b"}], "preference", Source("x"))
 
 
 def _tokenized(lengths: list[int]) -> Dataset:

@@ -11,6 +11,8 @@ import pytest
 from conftest import run_cli
 
 from feedback.store import Store
+from rlhf import candidates
+from rlhf.core.errors import DataError
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -56,7 +58,6 @@ def test_import_is_idempotent_and_bad_files_name_line_and_field_and_store_nothin
 
 def test_candidate_errors_name_the_row_and_field(tmp_path: Path) -> None:
     from feedback import importer
-    from rlhf.data import DataError
 
     bad = _write(tmp_path / "c.jsonl", [{"prompt": "q", "candidates": [{"txt": "typo"}]}])
     store = Store.create(f"sqlite:///{tmp_path / 'f.db'}")
@@ -177,8 +178,6 @@ def test_admin_commands(tmp_path: Path, capsys) -> None:
 
 def test_generate_skips_prompts_already_handed_out_or_answered(store: Store, monkeypatch, capsys) -> None:
     """Candidates added after annotators ranked an item would be missing from their rankings."""
-    from feedback import generate
-
     store.import_items([{"prompt": f"What is {i} plus {i}?", "id": f"g{i}"} for i in range(3)])
     store.add_candidates(1, ["one", "two"])
     store.add_annotator("a")
@@ -186,16 +185,16 @@ def test_generate_skips_prompts_already_handed_out_or_answered(store: Store, mon
     item = store.next_item(a.id)
     assert item is not None and item.prompt_id == 1
     store.submit_ranking(a.id, 1, {c["id"]: 1 for c in item.candidates}, client_id="ranked-before")
-    monkeypatch.setattr(generate, "load", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(candidates, "load", lambda *args, **kwargs: (None, None))
     monkeypatch.setattr(
-        generate, "sample_batch", lambda _m, _t, prompts, settings: [["fresh A", "fresh B"] for _ in prompts]
+        candidates, "sample_batch", lambda _m, _t, prompts, settings: [["fresh A", "fresh B"] for _ in prompts]
     )
-    report = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    report = candidates.generate(store, "builtin:tiny", settings=candidates.GenerationSettings(num_candidates=2))
     assert (report.prompts, report.skipped_in_use, report.stored) == (3, 1, 4)
     items = store.records()
     assert [c.text for c in items[0].candidates] == ["one", "two"]  # the ranked item is left as it was
     assert [len(x.candidates) for x in items[1:]] == [2, 2]
-    rerun = generate.generate(store, "builtin:tiny", settings=generate.GenerationSettings(num_candidates=2))
+    rerun = candidates.generate(store, "builtin:tiny", settings=candidates.GenerationSettings(num_candidates=2))
     assert rerun.skipped_in_use == 1 and rerun.stored == 4  # the same samples again: existing ids, nothing new
     assert [len(x.candidates) for x in store.records()] == [2, 2, 2]
 
@@ -226,7 +225,6 @@ GOOD_ROW = {"id": "ok-1", "prompt": "What is 1 plus 1?", "candidates": ["2."]}
 )
 def test_import_checks_types_and_lengths_per_row_on_both_backends(store: Store, tmp_path: Path, row, field) -> None:
     from feedback import importer
-    from rlhf.data import DataError
 
     path = _write(tmp_path / "items.jsonl", [GOOD_ROW, row])
     if field is None:

@@ -12,7 +12,8 @@ from feedback_fixtures import annotate_all, tiny_items
 from feedback import export
 from feedback.records import Answer, Candidate, Item
 from feedback.store import Store
-from rlhf.data import load_split, validate
+from rlhf.core.rows import Source, validate
+from rlhf.data import load_split
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 A, B, C = Candidate(1, "Sure! 3 plus 4 is 7."), Candidate(2, "3 plus 4 is 7."), Candidate(3, "Ugh. 3 plus 5 is 8.")
@@ -86,7 +87,6 @@ def test_sft_rows_from_corrections() -> None:
 
 
 def export_source():
-    from rlhf.data import Source
 
     return Source("test")
 

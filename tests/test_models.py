@@ -10,7 +10,8 @@ from peft import get_peft_model
 from transformers import AutoTokenizer
 
 from rlhf import models
-from rlhf.config import ConfigError, ModelArguments
+from rlhf.config import ModelArguments
+from rlhf.core.errors import ConfigError
 
 
 def _args(**kwargs: object) -> ModelArguments:

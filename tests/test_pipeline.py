@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,25 +15,28 @@ import httpx
 import pytest
 from conftest import RECIPES
 
+from rlhf.core.errors import ConfigError
 from rlhf.stages import pipeline
 
 # The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
-SHORTEN = {
-    "sft.yaml": {"max_steps": "20", "eval_steps": "10", "save_steps": "10"},
-    "reward.yaml": {"max_steps": "20", "eval_steps": "10", "save_steps": "10"},
-    "ppo.yaml": {"steps": "6", "save_steps": "2"},
-    "pipeline.yaml": {"annotation_prompts": "60", "eval_seeds": "[0]"},
-}
+QUICK = [
+    *("--sft.max_steps", "20", "--sft.eval_steps", "10", "--sft.save_steps", "10"),
+    *("--reward.max_steps", "20", "--reward.eval_steps", "10", "--reward.save_steps", "10"),
+    *("--ppo.steps", "6", "--ppo.save_steps", "2"),
+    *("--annotation_prompts", "60", "--eval_seeds", "0"),
+]
+TINY = str(RECIPES / "tiny")
 
 
-@pytest.fixture
-def quick_recipe(tmp_path: Path) -> Path:
-    recipe = tmp_path / "recipe"
-    shutil.copytree(RECIPES / "tiny", recipe)
-    for name, values in SHORTEN.items():
-        lines = [line for line in (recipe / name).read_text().splitlines() if line.split(":")[0] not in values]
-        (recipe / name).write_text("\n".join(lines + [f"{key}: {value}" for key, value in values.items()]) + "\n")
-    return recipe
+def test_stage_options_are_split_from_the_pipelines_and_checked_before_anything_runs(tmp_path: Path) -> None:
+    own, stages = pipeline.split_stage_options(["--ppo.steps", "6", "--sft.max_steps=20", "--seed", "1"])
+    assert own == ["--seed", "1"] and stages == {"sft": ["--max_steps", "20"], "reward": [], "ppo": ["--steps", "6"]}
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"unknown option '--max_stepz' \(did you mean 'max_steps'\?\)"):
+        pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--sft.max_stepz", "5"])
+    with pytest.raises(ConfigError, match="no stage 'dpo'"):
+        pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--dpo.beta", "0.1"])
+    assert not out.exists()  # refused before any stage ran
 
 
 def _done(out: Path) -> dict[str, float]:
@@ -46,9 +48,9 @@ def _done(out: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_stage_then_skips_them_and_redoes_from_a_stage(quick_recipe: Path, tmp_path: Path) -> None:
+def test_pipeline_runs_every_stage_then_skips_them_and_redoes_from_a_stage(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["--recipe", str(quick_recipe), "--output_dir", str(out), "--disable_tqdm", "true"]
+    args = ["--recipe", TINY, "--output_dir", str(out), "--disable_tqdm", "true", *QUICK]
     summary = pipeline.main(args)
     assert list(summary) == list(pipeline.STAGES)
     assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
@@ -67,7 +69,7 @@ def test_pipeline_runs_every_stage_then_skips_them_and_redoes_from_a_stage(quick
 
 
 @pytest.mark.slow
-def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(quick_recipe: Path, tmp_path: Path) -> None:
+def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [
         sys.executable,
@@ -75,11 +77,12 @@ def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(quick_r
         "rlhf",
         "pipeline",
         "--recipe",
-        str(quick_recipe),
+        TINY,
         "--output_dir",
         str(out),
         "--disable_tqdm",
         "true",
+        *QUICK,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -108,10 +111,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_pipeline_waits_for_people_in_the_feedback_app(quick_recipe: Path, tmp_path: Path) -> None:
+def test_pipeline_waits_for_people_in_the_feedback_app(tmp_path: Path) -> None:
     """--annotator human: the pipeline serves the app, a person ranks through its REST API, it goes on."""
     out, port = tmp_path / "run", _free_port()
-    command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", str(quick_recipe), "--output_dir", str(out)]
+    command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", TINY, "--output_dir", str(out), *QUICK]
     command += ["--annotator", "human", "--annotation_prompts", "3", "--port", str(port), "--stop_after", "annotate"]
     command += ["--wait_timeout", "600", "--disable_tqdm", "true"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

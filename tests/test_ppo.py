@@ -17,7 +17,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from rlhf import data, models, runs
-from rlhf.config import ConfigError, parse
+from rlhf.config import parse
+from rlhf.core.errors import ConfigError
 from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
 from rlhf.stages import ppo

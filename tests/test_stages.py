@@ -14,8 +14,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf import models, runs
-from rlhf.config import ConfigError, ModelArguments, from_options, parse
-from rlhf.data import DataError
+from rlhf.config import ModelArguments, from_options, parse
+from rlhf.core.errors import ConfigError, DataError
 from rlhf.stages import reward, sft
 
 

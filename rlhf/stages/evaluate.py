@@ -27,7 +27,9 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from rlhf import data, evaluation, runs
-from rlhf.config import ConfigError, from_options, parse
+from rlhf.config import from_options, parse
+from rlhf.core.errors import ConfigError
+from rlhf.core.rows import validate
 from rlhf.ppo.roles import POLICY
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.stages import ppo
@@ -65,7 +67,7 @@ def _reward_model_metrics(trainer: Any, dataset: str, max_pairs: int | None) -> 
     if loaded is None:
         return None
     rows, source = loaded
-    data.validate(rows, "preference", source)
+    validate(rows, "preference", source)
     rows = rows[:max_pairs] if max_pairs else rows
     ids = [data.preference_ids(row, trainer.tokenizer) for row in rows]
     chosen = trainer.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
@@ -95,7 +97,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
     if loaded is None:
         raise ConfigError(f"{prompt_set}: no {config.split!r} split of prompts to evaluate on")
     rows, source = loaded
-    data.validate(rows, "prompt", source)
+    validate(rows, "prompt", source)
     rows = rows[: config.max_prompts] if config.max_prompts else rows
     samples = evaluation.sample_policies(trainer, [r["prompt"] for r in rows], config.seeds)
 

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from rlhf import merging, models, runs
-from rlhf.config import ConfigError, ModelArguments, from_options, parse
+from rlhf.config import ModelArguments, from_options, parse
+from rlhf.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ExportConfig:
 CONFIG_TYPES = [ExportConfig]
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]

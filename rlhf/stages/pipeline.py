@@ -28,17 +28,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
-from rlhf import runs
-from rlhf.config import ConfigError, parse
+from feedback import export as feedback_export
+from feedback.store import Store
+from rlhf import annotators, candidates, data, runs
+from rlhf.config import parse
+from rlhf.core.errors import ConfigError
 from rlhf.ppo.trainer import load_judge
+from rlhf.report import build_report
 from rlhf.stages import evaluate, export, ppo, reward, sft
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "generate", "annotate", "preferences", "reward", "ppo", "eval", "export", "report")
+STAGE_MODULES = {"sft": sft, "reward": reward, "ppo": ppo}  # the stages a recipe configures (and --stage.KEY)
 DONE = "done.json"
 DESCRIPTION = "Run the whole loop: sft, candidates, annotation, preferences, reward, ppo, eval, export, report."
 
@@ -93,14 +97,21 @@ CONFIG_TYPES = [PipelineConfig]
 class Pipeline:
     """Runs the stages of one run folder in order, skipping finished ones."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, overrides: dict[str, list[str]] | None = None) -> None:
+        """``overrides``: each training stage's extra options (``{"sft": ["--max_steps", "5"]}``), checked here."""
         if not config.recipe or not config.output_dir:
             raise ConfigError("recipe and output_dir are required")
         self.config = config
         self.recipe = Path(config.recipe)
-        for stage in ("sft", "reward", "ppo"):
+        self.overrides = {stage: list((overrides or {}).get(stage, [])) for stage in STAGE_MODULES}
+        self.parsed: dict[str, tuple[Any, ...]] = {}
+        for stage, module in STAGE_MODULES.items():
             if not (self.recipe / f"{stage}.yaml").is_file():
                 raise ConfigError(f"{self.recipe}: no {stage}.yaml")
+            # every recipe with its overrides parsed once, up front: a bad option fails now, not an hour in
+            self.parsed[stage] = parse(
+                module.CONFIG_TYPES, self._recipe_args(stage), prog=f"rlhf pipeline --{stage}.*", description=""
+            )
         self.out = Path(config.output_dir)
         self.db = config.db or f"sqlite:///{(self.out / 'feedback.db').resolve()}"
         self.steps: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -151,8 +162,12 @@ class Pipeline:
                 break
         return summary
 
-    def _stage_args(self, stage: str, out: Path, *overrides: str) -> list[str]:
-        args = ["--config", str(self.recipe / f"{stage}.yaml"), "--output_dir", str(out), *overrides]
+    def _recipe_args(self, stage: str) -> list[str]:
+        return ["--config", str(self.recipe / f"{stage}.yaml"), *self.overrides[stage]]
+
+    def _stage_args(self, stage: str, out: Path, *paths: str) -> list[str]:
+        """The stage's command line: its recipe, the user's overrides, then the pipeline's paths."""
+        args = [*self._recipe_args(stage), "--output_dir", str(out), *paths]
         if self.config.disable_tqdm:
             args += ["--disable_tqdm", "true"]
         if any(out.glob("checkpoint-*")):
@@ -166,14 +181,9 @@ class Pipeline:
         return {"eval_loss": metrics.get("eval_loss")}
 
     def _store(self) -> Any:
-        from feedback.store import Store
-
         return Store.create(self.db)
 
     def generate(self, out: Path) -> dict[str, Any]:
-        from feedback import generate
-        from rlhf import data
-
         loaded = data.load_split(self.config.prompts, self.config.prompts_split)
         if loaded is None:
             raise ConfigError(f"{self.config.prompts}: no {self.config.prompts_split!r} split")
@@ -183,15 +193,15 @@ class Pipeline:
                 handle.write(json.dumps({"prompt": row["prompt"]}) + "\n")
         store = self._store()
         store.update_settings(overlap=self.config.overlap, mode="ranking")
-        settings = generate.GenerationSettings(
+        settings = candidates.GenerationSettings(
             num_candidates=self.config.num_candidates,
             temperature=self.config.temperature,
             max_new_tokens=self.config.max_new_tokens,
             seed=self.config.seed,
         )
         # the SFT model as the reward and PPO stages load it (4-bit for QLoRA): the policy annotators see
-        quantization = str(self._recipe_option("ppo", "quantization", "none"))
-        report = generate.generate(
+        quantization = self.parsed["ppo"][0].quantization
+        report = candidates.generate(
             store,
             str(self.folder("sft") / "merged"),
             prompts_path=str(prompts_file),
@@ -201,19 +211,13 @@ class Pipeline:
         )
         return {**asdict(report), "quantization": quantization}
 
-    def _recipe_option(self, stage: str, key: str, default: Any) -> Any:
-        options = yaml.safe_load((self.recipe / f"{stage}.yaml").read_text()) or {}
-        return options.get(key, default)
-
     def annotate(self, out: Path) -> dict[str, Any]:
         store = self._store()
         if self.config.annotator == "simulated":
-            from feedback import simulate
-
             judge = load_judge(self.config.gold_judge)
             if judge is None:
                 raise ConfigError("--annotator simulated needs a gold_judge ('module:function')")
-            report = simulate.annotate(
+            report = annotators.annotate(
                 store,
                 judge,
                 annotators=self.config.overlap,
@@ -269,8 +273,6 @@ class Pipeline:
             server.wait(timeout=30)
 
     def preferences(self, out: Path) -> dict[str, Any]:
-        from feedback import export as feedback_export
-
         report = feedback_export.export(
             self._store(),
             "pairs",
@@ -330,8 +332,6 @@ class Pipeline:
         return {key: metrics[key] for key in ("merge_base", "kl_vs_trained", "argmax_agreement")}
 
     def report(self, out: Path) -> dict[str, Any]:
-        from rlhf.report import build_report
-
         path = build_report(self.out)
         return {"report": str(path)}
 
@@ -340,14 +340,38 @@ def _progress_counts(progress: dict[str, Any]) -> dict[str, Any]:
     return {key: progress[key] for key in ("items", "complete", "answers", "overlap")}
 
 
+def split_stage_options(argv: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--sft.max_steps 5`` (or ``--sft.max_steps=5``; a bare ``--stage.flag`` for booleans) -> the sft stage's
+    ``--max_steps 5``; everything else is the pipeline's own."""
+    own: list[str] = []
+    stages: dict[str, list[str]] = {stage: [] for stage in STAGE_MODULES}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        stage, dot, option = arg[2:].partition(".") if arg.startswith("--") else ("", "", "")
+        if not dot:
+            own.append(arg)
+            continue
+        if stage not in stages:
+            raise ConfigError(f"{arg}: no stage {stage!r} takes options; use --{'.KEY, --'.join(STAGE_MODULES)}.KEY")
+        key, equals, value = option.partition("=")
+        if equals:
+            stages[stage] += [f"--{key}", value]
+        elif args and not args[0].startswith("--"):
+            stages[stage] += [f"--{key}", args.pop(0)]
+        else:
+            stages[stage].append(f"--{key}")
+    return own, stages
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = split_stage_options(sys.argv[1:] if argv is None else argv)
     if "--recipe" in argv and "--config" not in argv:
         recipe = Path(argv[argv.index("--recipe") + 1])
         if (recipe / "pipeline.yaml").is_file():  # the recipe's pipeline settings are the defaults
             argv = ["--config", str(recipe / "pipeline.yaml"), *argv]
     (config,) = parse(CONFIG_TYPES, argv, prog="rlhf pipeline", description=DESCRIPTION)
-    summary = Pipeline(config).run()
+    summary = Pipeline(config, overrides).run()
     report = Path(config.output_dir or ".") / "report.html"
     if report.is_file():
         print(f"\nReport: {report.resolve()}")

@@ -24,7 +24,9 @@ from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf import data, evaluation, models, runs
-from rlhf.config import ConfigError, DataArguments, ModelArguments, PPOConfig, parse
+from rlhf.config import DataArguments, ModelArguments, PPOConfig, parse
+from rlhf.core.errors import ConfigError
+from rlhf.core.rows import validate
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
@@ -96,10 +98,10 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     train_rows = data.load_split(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config)
     if train_rows is None:
         raise ConfigError(f"{data_args.dataset_name}: no {data_args.dataset_train_split!r} split of prompts")
-    data.validate(train_rows[0], "prompt", train_rows[1])
+    validate(train_rows[0], "prompt", train_rows[1])
     eval_rows = data.load_split(data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config)
     if eval_rows is not None:
-        data.validate(eval_rows[0], "prompt", eval_rows[1])
+        validate(eval_rows[0], "prompt", eval_rows[1])
     roles, tokenizer = build_roles(model_args, config)
     train_prompts = _prompts(train_rows[0], tokenizer, config, data_args, "ppo train prompts")
     eval_prompts = _prompts(eval_rows[0], tokenizer, config, data_args, "ppo eval prompts") if eval_rows else None

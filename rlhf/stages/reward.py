@@ -25,7 +25,8 @@ from transformers import PreTrainedModel
 from trl import RewardTrainer
 
 from rlhf import data, models, runs
-from rlhf.config import ConfigError, DataArguments, ModelArguments, RewardConfig, parse
+from rlhf.config import DataArguments, ModelArguments, RewardConfig, parse
+from rlhf.core.errors import ConfigError
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."

@@ -19,7 +19,8 @@ from typing import Any
 from trl import SFTTrainer
 
 from rlhf import data, merging, models, runs
-from rlhf.config import ConfigError, DataArguments, ModelArguments, SFTConfig, parse
+from rlhf.config import DataArguments, ModelArguments, SFTConfig, parse
+from rlhf.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -48,6 +48,12 @@ class GenerationSettings:
     max_new_tokens: int = 128
     seed: int = 0
 
+    def drawn(self) -> sampling.SamplingSettings:
+        """What the sampler draws: ``num_candidates`` answers per prompt, nothing else set."""
+        return sampling.SamplingSettings(
+            self.max_new_tokens, self.temperature, self.top_p, self.top_k, num_return_sequences=self.num_candidates
+        )
+
 
 @dataclass
 class GenerateReport:
@@ -89,15 +95,8 @@ def sample_batch(
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     eos_ids = sampling.eos_token_ids(model, tokenizer)
-    drawn = sampling.SamplingSettings(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        num_return_sequences=settings.num_candidates,
-    )
     pad = tokenizer.pad_token_id
-    response = sampling.sample(model, batch["input_ids"], batch["attention_mask"], drawn, eos_ids, pad)
+    response = sampling.sample(model, batch["input_ids"], batch["attention_mask"], settings.drawn(), eos_ids, pad)
     response, _, _ = sampling.cut_at_eos(response, eos_ids, pad)
     # Rows are prompt 0's K samples, then prompt 1's...
     decoded = sampling.decode(tokenizer, response, eos_ids, pad)
