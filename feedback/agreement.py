@@ -20,8 +20,8 @@ with ``delta2`` = 0/1 (nominal), ``(sum_{g=c..k} n_g - (n_c + n_k) / 2)^2`` (ord
 from __future__ import annotations
 
 import itertools
-from collections import Counter, defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from feedback.records import Item
 LEVELS = ("nominal", "ordinal", "interval")
 
 # unit -> {coder: value}
-Units = Mapping[Hashable, Mapping[Hashable, Any]]
+Units = Mapping[Any, Mapping[Any, Any]]  # {unit: {coder: value}}, any hashable keys
 
 
 def coincidences(units: Units) -> dict[tuple[Any, Any], float]:
@@ -71,7 +71,7 @@ def alpha(units: Units, level: str = "nominal") -> float | None:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     matrix = coincidences(units)
-    totals: Counter[Any] = Counter()
+    totals: dict[Any, float] = defaultdict(float)
     for (c, _), weight in matrix.items():
         totals[c] += weight
     n = sum(totals.values())

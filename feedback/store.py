@@ -1072,7 +1072,9 @@ class Store:
             f"it is now at revision {current}); reload it and edit again"
         )
 
-    def _values(self, c: Connection, submission_ids: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    def _values(
+        self, c: Connection, submission_ids: list[str]
+    ) -> tuple[dict[str, dict[int, bool]], dict[str, dict[int, int]]]:
         thumbs: dict[str, dict[int, bool]] = {s: {} for s in submission_ids}
         ranks: dict[str, dict[int, int]] = {s: {} for s in submission_ids}
         if submission_ids:
@@ -1113,7 +1115,7 @@ class Store:
         """Items total / complete / in progress / untouched, and answers per annotator."""
         with self._tx(write=False) as c:
             settings = self._settings(c)
-            answered = dict(
+            answered: dict[int, int] = dict(
                 c.execute(sa.select(t.submissions.c.prompt_id, sa.func.count()).group_by(t.submissions.c.prompt_id))
                 .tuples()
                 .all()
@@ -1127,7 +1129,7 @@ class Store:
                 .group_by(t.annotators.c.id, t.annotators.c.name, t.annotators.c.role)
                 .order_by(t.annotators.c.id)
             ).all()
-            skipped = dict(
+            skipped: dict[int, int] = dict(
                 c.execute(
                     sa.select(t.assignments.c.annotator_id, sa.func.count())
                     .where(t.assignments.c.status == "skipped")
