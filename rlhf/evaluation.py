@@ -1,7 +1,7 @@
 """Evaluation of aligned policies: paired samples, win rates with confidence intervals, calibration.
 
-The sampling runs on a PPO trainer's shared base (:func:`sample_policies`): the SFT policy is the
-base with adapters disabled and the PPO policy is the policy adapter, so both answer the same
+The sampling runs on the shared base's :class:`~rlhf.ppo.sampler.PolicySampler` (:func:`sample_policies`):
+the SFT policy is the base with adapters disabled and the PPO policy is the policy adapter, so both answer the same
 prompts with the same seeds and are judged by the same reward model (and the task's gold judge,
 where it has one). Everything else here is a pure function over numbers, tested on its own.
 """
@@ -11,38 +11,46 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.sampler import PolicySampler, chunks
 
 POLICIES = ("sft", "ppo")
+Judge = Callable[[Any, str], float]
 ROUGE_MODULE = Path(__file__).parent / "metrics" / "rouge.py"
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 @torch.no_grad()
-def sample_policies(trainer: PPOTrainer, prompts: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, Any]]:
+def sample_policies(
+    sampler: PolicySampler,
+    prompts: Sequence[Any],
+    seeds: Sequence[int],
+    judge: Judge | None = None,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
     """One answer per (prompt, seed, policy), with its reward-model score, gold score, length and KL.
 
     ``kl`` is KL(PPO || SFT) summed over the PPO policy's own answer, from the full next-token
-    distributions (:meth:`PPOTrainer.kl_to_reference`); it is 0 for the SFT answers.
+    distributions (:meth:`PolicySampler.kl_to_reference`); it is 0 for the SFT answers. ``judge``: the
+    task's gold judge, where it has one.
     """
     samples: list[dict[str, Any]] = []
+    parts = chunks(len(prompts), sampler.forward_batch_size)
+    bar = tqdm(total=len(seeds) * len(parts), desc="evaluating", unit="batch", disable=not show_progress)
     for seed in seeds:
-        for part in _chunks(len(prompts), trainer.config.forward_batch_size):
+        for part in parts:
+            bar.update(1)
             chunk = list(prompts[part])
             for policy in POLICIES:
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
-                rollout = trainer.generate(chunk, reference=policy == "sft")
-                rewards = trainer.reward_scores(chunk, rollout.texts).tolist()
-                kls = trainer.kl_to_reference(rollout).tolist() if policy == "ppo" else [0.0] * len(chunk)
+                rollout = sampler.generate(chunk, reference=policy == "sft")
+                rewards = sampler.reward_scores(chunk, rollout.texts).tolist()
+                kls = sampler.kl_to_reference(rollout).tolist() if policy == "ppo" else [0.0] * len(chunk)
                 for i, text in enumerate(rollout.texts):
                     sample = {
                         "policy": policy,
@@ -55,9 +63,10 @@ def sample_policies(trainer: PPOTrainer, prompts: Sequence[Any], seeds: Sequence
                         "ended": bool(rollout.ended[i]),
                         "kl": kls[i],
                     }
-                    if trainer.judge is not None:
-                        sample["gold"] = trainer.judge(chunk[i], text)
+                    if judge is not None:
+                        sample["gold"] = judge(chunk[i], text)
                     samples.append(sample)
+    bar.close()
     return samples
 
 

@@ -60,7 +60,7 @@ def test_requires_grad_is_right_after_every_adapter_switch(trainer, sequence: li
 def test_shared_base_scores_exactly_like_the_reward_model(trainer, tiny_reward_run: Path) -> None:
     rows = data.load_split("builtin:tiny/pairs", "test")[0][:12]
     prompts, texts = [r["prompt"] for r in rows], [r["chosen"][0]["content"] for r in rows]
-    shared = trainer.reward_scores(prompts, texts)
+    shared = trainer.sampler.reward_scores(prompts, texts)
     model, tokenizer = models.load_reward_model(tiny_reward_run)
     alone = score_sequences(
         model, [data.scoring_ids(tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)], tokenizer.pad_token_id
@@ -88,11 +88,19 @@ def test_scoring_is_deterministic_mid_training_with_a_reward_model_trained_with_
         model, [data.scoring_ids(tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)], tokenizer.pad_token_id
     )
     torch.manual_seed(3)
-    rollout = trainer.generate(prompts)
-    first = (trainer.reward_scores(prompts, texts), trainer.values(rollout), trainer.logprobs(rollout))
+    rollout = trainer.sampler.generate(prompts)
+    first = (
+        trainer.sampler.reward_scores(prompts, texts),
+        trainer.sampler.values(rollout),
+        trainer.sampler.logprobs(rollout),
+    )
     for _ in range(3):
-        assert trainer.reward_scores(prompts, texts).tolist() == pytest.approx(alone, abs=1e-4)
-        again = (trainer.reward_scores(prompts, texts), trainer.values(rollout), trainer.logprobs(rollout))
+        assert trainer.sampler.reward_scores(prompts, texts).tolist() == pytest.approx(alone, abs=1e-4)
+        again = (
+            trainer.sampler.reward_scores(prompts, texts),
+            trainer.sampler.values(rollout),
+            trainer.sampler.logprobs(rollout),
+        )
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert trainer.roles.peft.training  # scoring restores the mode it found
 
@@ -104,8 +112,8 @@ def test_the_critic_starts_on_the_scale_of_its_returns(
     trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run)
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "train")[0][:32]]
     torch.manual_seed(0)
-    rollout = trainer.generate(prompts)
-    trainer.score(rollout)
+    rollout = trainer.sampler.generate(prompts)
+    trainer.sampler.score(rollout)
     raw = rollout.values.clone()
     targets = trainer.advantages(rollout)  # the first iteration maps the head onto the returns' scale
     mask = rollout.mask
@@ -116,7 +124,7 @@ def test_the_critic_starts_on_the_scale_of_its_returns(
     explained = losses.explained_variance(rollout.values, targets["returns"], mask)
     assert explained >= max(0.0, losses.explained_variance(raw, targets["returns"], mask)), explained
     # the head itself changed, so the next forward pass predicts on the new scale
-    assert torch.allclose(trainer.values(rollout), rollout.values, atol=1e-4)
+    assert torch.allclose(trainer.sampler.values(rollout), rollout.values, atol=1e-4)
 
 
 def test_early_stopping_checks_before_the_step(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
@@ -131,16 +139,18 @@ def test_early_stopping_checks_before_the_step(tiny_sft_run: Path, tiny_reward_r
 def test_policy_starts_as_the_reference(trainer) -> None:
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:8]]
     torch.manual_seed(0)
-    rollout = trainer.generate(prompts)
-    assert torch.allclose(trainer.logprobs(rollout), trainer.logprobs(rollout, reference=True), atol=1e-5)
-    assert trainer.kl_to_reference(rollout).abs().max() < 1e-5
+    rollout = trainer.sampler.generate(prompts)
+    assert torch.allclose(
+        trainer.sampler.logprobs(rollout), trainer.sampler.logprobs(rollout, reference=True), atol=1e-5
+    )
+    assert trainer.sampler.kl_to_reference(rollout).abs().max() < 1e-5
 
 
 def test_missing_eos_is_penalised(trainer) -> None:
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:4]]
     torch.manual_seed(0)
-    rollout = trainer.generate(prompts)
-    trainer.score(rollout)
+    rollout = trainer.sampler.generate(prompts)
+    trainer.sampler.score(rollout)
     rollout.ended = torch.tensor([True, False, True, False])
     trainer.config.normalize_reward = False
     try:
@@ -157,9 +167,9 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
     before = {n: p.detach().clone() for n, p in roles.named_parameters()}
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:8]]
     torch.manual_seed(1)
-    fixed = trainer.generate(prompts)
-    reference_before = trainer.logprobs(fixed, reference=True)
-    scores_before = trainer.reward_scores(fixed.prompts, fixed.texts)
+    fixed = trainer.sampler.generate(prompts)
+    reference_before = trainer.sampler.logprobs(fixed, reference=True)
+    scores_before = trainer.sampler.reward_scores(fixed.prompts, fixed.texts)
 
     history = trainer.train()
 
@@ -167,10 +177,10 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     trainable = {n for n in before if _role_of(n) in (POLICY, VALUE) or n.startswith("value_head")}
     assert changed == trainable  # every policy/value weight moved; the base, reward LoRA and heads did not
-    assert torch.equal(trainer.logprobs(fixed, reference=True), reference_before)
-    assert torch.equal(trainer.reward_scores(fixed.prompts, fixed.texts), scores_before)
+    assert torch.equal(trainer.sampler.logprobs(fixed, reference=True), reference_before)
+    assert torch.equal(trainer.sampler.reward_scores(fixed.prompts, fixed.texts), scores_before)
     # the evaluation's exact KL is >= 0 per answer (the sampled log-ratio can go negative), and > 0 once trained
-    assert (trainer.kl_to_reference(fixed) > 0).all()
+    assert (trainer.sampler.kl_to_reference(fixed) > 0).all()
     assert len(history) == 3
     for key in (
         "objective/score",

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import GenerationConfig
 
 from rlhf import data, models, sampling
 from rlhf.config import ModelArguments, PPOConfig
 from rlhf.ppo.roles import SharedBase
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.sampler import PolicySampler
 
 EXTRA_EOS = "!"  # a frequent token, so that some answers stop at the second EOS id
 
@@ -45,7 +44,7 @@ def opinionated_base(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def trainer(opinionated_base: Path, tiny_reward_run: Path, tmp_path_factory: pytest.TempPathFactory) -> PPOTrainer:
+def sampler(opinionated_base: Path, tiny_reward_run: Path, tmp_path_factory: pytest.TempPathFactory) -> PolicySampler:
     model_args = ModelArguments(model_name_or_path=str(opinionated_base), quantization="4bit", lora_r=8, lora_alpha=16)
     config = PPOConfig(output_dir=str(tmp_path_factory.mktemp("ppo")), temperature=0.9, max_new_tokens=24)
     models.resolve_dtypes(model_args, config)
@@ -53,27 +52,29 @@ def trainer(opinionated_base: Path, tiny_reward_run: Path, tmp_path_factory: pyt
     base = models.load_causal_lm(model_args, tokenizer)
     assert base.generation_config.repetition_penalty == 1.3  # the saved config is there to be inherited
     roles = SharedBase(base, models.lora_config(model_args, "CAUSAL_LM"), tiny_reward_run)
-    return PPOTrainer(roles, tokenizer, config, train_prompts=Dataset.from_list([]))
+    return PolicySampler.from_config(roles, tokenizer, config)
 
 
-def test_every_declared_eos_id_ends_an_answer(trainer: PPOTrainer) -> None:
-    tokenizer = trainer.tokenizer
+def test_every_declared_eos_id_ends_an_answer(sampler: PolicySampler) -> None:
+    tokenizer = sampler.tokenizer
     extra = tokenizer.convert_tokens_to_ids(EXTRA_EOS)
-    assert set(trainer.eos_ids) == {tokenizer.eos_token_id, extra}
+    assert set(sampler.eos_ids) == {tokenizer.eos_token_id, extra}
     prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0][:32]]
     torch.manual_seed(0)
-    rollout = trainer.generate(prompts)
+    rollout = sampler.generate(prompts)
     last = rollout.mask.sum(1).long() - 1
     final_tokens = rollout.response[torch.arange(len(prompts)), last]
     assert (final_tokens[rollout.ended] == extra).any()  # some answers stopped at the second id...
     assert (final_tokens[rollout.ended] == tokenizer.eos_token_id).any()  # ...and some at the first
     inside = rollout.response.masked_fill(~rollout.mask.bool(), tokenizer.pad_token_id)
     for row, stop in enumerate(last.tolist()):  # no EOS before the one that ended the answer
-        assert not torch.isin(inside[row, :stop], torch.tensor(trainer.eos_ids)).any()
+        assert not torch.isin(inside[row, :stop], torch.tensor(sampler.eos_ids)).any()
     assert all(EXTRA_EOS not in text for text in rollout.texts)
 
 
-def test_sampled_tokens_have_the_log_probs_ppo_recomputes(trainer: PPOTrainer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
+    sampler: PolicySampler, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Log-probs under the distribution each token was drawn from == PPO's recomputed ones (<= 1e-4)."""
     drawn: list[torch.Tensor] = []
     real_sample = sampling.sample
@@ -86,21 +87,21 @@ def test_sampled_tokens_have_the_log_probs_ppo_recomputes(trainer: PPOTrainer, m
     monkeypatch.setattr(sampling, "sample", recording_sample)
     prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0][:32]]
     torch.manual_seed(1)
-    rollout = trainer.generate(prompts)
+    rollout = sampler.generate(prompts)
     (sampled,) = drawn
     sampled = sampled[:, : rollout.mask.shape[1]].masked_fill(~rollout.mask.bool(), 0.0)
-    recomputed = trainer.logprobs(rollout)
+    recomputed = sampler.logprobs(rollout)
     gap = (sampled - recomputed).abs().max()
     assert gap <= 1e-4, gap
 
 
-def test_generation_config_leaves_nothing_to_inherit(trainer: PPOTrainer) -> None:
+def test_generation_config_leaves_nothing_to_inherit(sampler: PolicySampler) -> None:
     """What generate() ends up using: the PPO config's settings, every other knob at its neutral default."""
-    model = trainer.roles.causal_lm
-    ours = sampling.generation_config(trainer.sampling, trainer.eos_ids, trainer.tokenizer.pad_token_id)
+    model = sampler.roles.causal_lm
+    ours = sampling.generation_config(sampler.settings, sampler.eos_ids, sampler.tokenizer.pad_token_id)
     with sampling._no_saved_defaults(model):
         effective, _ = model._prepare_generation_config(ours)
     assert effective.temperature == 0.9 and effective.top_k == 0 and effective.top_p == 1.0
     assert effective.repetition_penalty == 1.0 and effective.no_repeat_ngram_size == 0
-    assert effective.max_new_tokens == 24 and effective.eos_token_id == trainer.eos_ids
+    assert effective.max_new_tokens == 24 and effective.eos_token_id == sampler.eos_ids
     assert json.loads(model.generation_config.to_json_string())["repetition_penalty"] == 1.3  # restored after

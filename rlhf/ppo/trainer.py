@@ -2,8 +2,8 @@
 
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
-1. sample responses for a batch of prompts with :mod:`rlhf.sampling` (policy adapter, KV cache, a
-   generation config built from this config alone, stop at any of the model's EOS ids);
+1. sample responses for a batch of prompts with the :class:`~rlhf.ppo.sampler.PolicySampler` (policy
+   adapter, KV cache, a generation config built from this config alone, any of the model's EOS ids);
 2. recompute the sampled tokens' log-probs with a forward pass (generate()'s scores differ in
    precision and would cost a batch x length x vocabulary tensor), and the reference's with
    adapters disabled;
@@ -17,7 +17,7 @@ One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared s
    and backward as a pair, gradients clipped per role and averaged over ranks; an iteration stops
    before the optimizer step that would follow a minibatch whose approximate KL passed the limit.
 
-Steps 1-4 and evaluation run in eval mode under ``no_grad`` (:meth:`PPOTrainer._scoring`), and the
+Steps 1-4 and evaluation run in eval mode under ``no_grad`` (:meth:`PolicySampler.scoring`), and the
 shared base has no dropout at all (TRL's PPO did the same): the reward and value adapters come from
 a reward run whose ``lora_dropout`` is usually 0.05, and a score must not change from call to call.
 
@@ -33,9 +33,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +46,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from rlhf import data, sampling
 from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.ppo.sampler import PolicySampler, Rollout, chunks
 
 logger = logging.getLogger(__name__)
 
@@ -66,31 +64,6 @@ def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
         return None
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-@dataclass
-class Rollout:
-    """One iteration's episodes and everything computed about them (tensors are B x R unless noted)."""
-
-    prompts: list[Any]
-    query: torch.Tensor  # B x P, left-padded
-    query_mask: torch.Tensor  # B x P
-    response: torch.Tensor  # B x R, pad after EOS
-    mask: torch.Tensor  # B x R, float: 1 up to and including EOS
-    texts: list[str]
-    ended: torch.Tensor  # B, bool: the response stopped with EOS
-    logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None  # B, raw reward-model score (before the EOS penalty)
-
-    @property
-    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([self.query, self.response], 1), torch.cat([self.query_mask, self.mask.long()], 1)
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 class PPOTrainer:
@@ -112,10 +85,7 @@ class PPOTrainer:
         self.judge = load_judge(config.gold_judge)
         self.device = next(p for p in roles.parameters()).device
         self.output_dir = Path(config.output_dir)
-        self.eos_ids = sampling.eos_token_ids(roles.causal_lm, tokenizer)
-        self.sampling = sampling.SamplingSettings(
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
-        )
+        self.sampler = PolicySampler.from_config(roles, tokenizer, config)
 
         policy_params = roles.trainable_parameters(POLICY)
         value_params = roles.trainable_parameters(VALUE)
@@ -156,16 +126,6 @@ class PPOTrainer:
             return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
         return 1.0
 
-    def _autocast(self) -> Any:
-        dtype = torch.bfloat16 if self.config.bf16 else torch.float16 if self.config.fp16 else None
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
-    @contextmanager
-    def _scoring(self) -> Iterator[None]:
-        """Forward passes that only measure (sampling, log-probs, values, rewards): no grad, eval mode."""
-        with torch.no_grad(), self.roles.inference(), self._autocast():
-            yield
-
     # ------------------------------------------------------------------------------------------
     # Data
 
@@ -184,119 +144,6 @@ class PPOTrainer:
             if self.cursor >= len(order):
                 self.epoch, self.cursor = self.epoch + 1, 0
         return batch[rank * size : (rank + 1) * size]
-
-    def _encode_prompts(self, prompts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [
-            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            if isinstance(p, list)
-            else p
-            for p in prompts
-        ]
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            encoded = self.tokenizer(
-                texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str)
-            )
-        finally:
-            self.tokenizer.padding_side = side
-        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-
-    # ------------------------------------------------------------------------------------------
-    # Rollout and scoring
-
-    def generate(self, prompts: Sequence[Any], reference: bool = False) -> Rollout:
-        """Sample responses (policy, or the SFT reference), cut at the first EOS."""
-        roles = self.roles
-        query, query_mask = self._encode_prompts(prompts)
-        checkpointing = roles.causal_lm.is_gradient_checkpointing
-        if checkpointing:  # generating under checkpointing in train mode samples different tokens
-            roles.causal_lm.gradient_checkpointing_disable()
-        try:
-            with self._scoring(), roles.reference() if reference else nullcontext():
-                response = sampling.sample(
-                    roles.peft, query, query_mask, self.sampling, self.eos_ids, self.tokenizer.pad_token_id
-                )
-        finally:
-            if checkpointing:
-                roles.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        response, mask, ended = sampling.cut_at_eos(response, self.eos_ids, self.tokenizer.pad_token_id)
-        texts = sampling.decode(self.tokenizer, response, self.eos_ids, self.tokenizer.pad_token_id)
-        return Rollout(list(prompts), query, query_mask, response, mask, texts, ended)
-
-    def _response_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
-        """Logits predicting each response token (B x R x V), at the sampling temperature."""
-        hidden = self.roles.hidden_states(ids, mask)[:, prompt_length - 1 : -1]
-        return self.roles.token_logits(hidden).float() / self.config.temperature
-
-    def logprobs(self, rollout: Rollout, reference: bool = False) -> torch.Tensor:
-        ids, mask = rollout.sequences
-        out = []
-        with self._scoring(), self.roles.reference() if reference else nullcontext():
-            for part in _chunks(len(ids), self.config.forward_batch_size):
-                logits = self._response_logits(ids[part], mask[part], rollout.query.shape[1])
-                out.append(selective_log_softmax(logits, rollout.response[part]))
-        return torch.cat(out) * rollout.mask
-
-    def kl_to_reference(self, rollout: Rollout) -> torch.Tensor:
-        """Exact KL(policy || reference) summed over each response's tokens (one value per answer).
-
-        At every response position the full next-token distributions are compared (a sum over the
-        vocabulary), so each term is >= 0; summed along the policy's own sampled answer this is an
-        unbiased estimate of the sequence-level KL with far less variance than the sampled log-ratio,
-        which goes negative on small evaluations.
-        """
-        ids, mask = rollout.sequences
-        prompt_length = rollout.query.shape[1]
-        out = []
-        with self._scoring():
-            for part in _chunks(len(ids), self.config.forward_batch_size):
-                policy = torch.log_softmax(self._response_logits(ids[part], mask[part], prompt_length), -1)
-                with self.roles.reference():
-                    reference = torch.log_softmax(self._response_logits(ids[part], mask[part], prompt_length), -1)
-                per_token = (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
-                out.append((per_token * rollout.mask[part]).sum(1))
-        return torch.cat(out)
-
-    def values(self, rollout: Rollout) -> torch.Tensor:
-        ids, mask = rollout.sequences
-        prompt_length = rollout.query.shape[1]
-        out = []
-        self.roles.use(VALUE)
-        try:
-            with self._scoring():
-                for part in _chunks(len(ids), self.config.forward_batch_size):
-                    hidden = self.roles.hidden_states(ids[part], mask[part])[:, prompt_length - 1 : -1]
-                    out.append(self.roles.values(hidden))
-        finally:
-            self.roles.use(POLICY)
-        return torch.cat(out) * rollout.mask
-
-    def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
-        """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""
-        sequences = [data.scoring_ids(self.tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)]
-        return self.score_token_ids(sequences)
-
-    def score_token_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Reward-model scores of already tokenized sequences (right-padded in batches)."""
-        scores = []
-        with self._scoring():
-            for part in _chunks(len(sequences), self.config.forward_batch_size):
-                chunk = sequences[part]
-                width = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, seq in enumerate(chunk):
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                    mask[row, : len(seq)] = 1
-                scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
-        return torch.cat(scores)
-
-    def score(self, rollout: Rollout) -> None:
-        rollout.logprobs = self.logprobs(rollout)
-        rollout.ref_logprobs = self.logprobs(rollout, reference=True)
-        rollout.values = self.values(rollout)
-        rollout.scores = self.reward_scores(rollout.prompts, rollout.texts)
 
     # ------------------------------------------------------------------------------------------
     # Advantages and update
@@ -358,17 +205,17 @@ class PPOTrainer:
         value_params = roles.trainable_parameters(VALUE)
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(ids))
-            for mb in _chunks(len(ids), config.mini_batch_size):
+            for mb in chunks(len(ids), config.mini_batch_size):
                 rows = order[mb]
                 tokens = rollout.mask[rows].sum().clamp(min=1)
                 self.optimizer.zero_grad(set_to_none=True)
                 approx_kl = torch.zeros((), device=self.device)
                 # policy: forward and backward as a pair
                 roles.use(POLICY)
-                for part in _chunks(len(rows), micro):
+                for part in chunks(len(rows), micro):
                     r = rows[part]
-                    with self._autocast():
-                        logits = self._response_logits(ids[r], mask[r], prompt_length)
+                    with self.sampler.autocast():
+                        logits = self.sampler.response_logits(ids[r], mask[r], prompt_length)
                     new_logprobs = selective_log_softmax(logits, rollout.response[r])
                     loss, part_stats = losses.policy_loss(
                         new_logprobs, rollout.logprobs[r], targets["advantages"][r], rollout.mask[r], config.cliprange
@@ -386,9 +233,9 @@ class PPOTrainer:
                         stats[key].append(float(value.detach()))
                 # value: forward and backward as a pair
                 roles.use(VALUE)
-                for part in _chunks(len(rows), micro):
+                for part in chunks(len(rows), micro):
                     r = rows[part]
-                    with self._autocast():
+                    with self.sampler.autocast():
                         hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
                     new_values = roles.values(hidden)
                     vloss, part_stats = losses.value_loss(
@@ -429,9 +276,9 @@ class PPOTrainer:
     def train_step(self) -> dict[str, float]:
         started = time.perf_counter()
         prompts = self._next_prompts()
-        rollout = self.generate(prompts)
+        rollout = self.sampler.generate(prompts)
         generated = time.perf_counter()
-        self.score(rollout)
+        self.sampler.score(rollout)
         scored = time.perf_counter()
         targets = self.advantages(rollout)
         update_stats = self.update(rollout, targets)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -31,7 +30,8 @@ from rlhf.config import from_options, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
 from rlhf.ppo.roles import POLICY
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.sampler import PolicySampler
+from rlhf.ppo.trainer import load_judge
 from rlhf.stages import ppo
 
 DESCRIPTION = "Evaluate a PPO run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."
@@ -62,16 +62,16 @@ class EvalConfig:
 CONFIG_TYPES = [EvalConfig]
 
 
-def _reward_model_metrics(trainer: Any, dataset: str, max_pairs: int | None) -> dict[str, Any] | None:
+def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int | None) -> dict[str, Any] | None:
     loaded = data.load_split(dataset, "test")
     if loaded is None:
         return None
     rows, source = loaded
     validate(rows, "preference", source)
     rows = rows[:max_pairs] if max_pairs else rows
-    ids = [data.preference_ids(row, trainer.tokenizer) for row in rows]
-    chosen = trainer.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
-    rejected = trainer.score_token_ids([i["rejected_ids"] for i in ids]).tolist()
+    ids = [data.preference_ids(row, sampler.tokenizer) for row in rows]
+    chosen = sampler.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
+    rejected = sampler.score_token_ids([i["rejected_ids"] for i in ids]).tolist()
     return {"dataset": dataset, **evaluation.reward_calibration(chosen, rejected)}
 
 
@@ -84,13 +84,10 @@ def run(config: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did `rlhf ppo` finish?")
     output_dir = Path(config.output_dir) if config.output_dir else ppo_dir.parent / "eval"
     model_args, data_args, ppo_config = from_options(ppo.CONFIG_TYPES, runs.read_config(ppo_dir))
-    ppo_config.disable_tqdm = config.disable_tqdm
     roles, tokenizer = ppo.build_roles(model_args, ppo_config)
-    trainer = PPOTrainer(roles, tokenizer, ppo_config, train_prompts=Dataset.from_list([]))
-    set_peft_model_state_dict(
-        trainer.roles.peft, load_file(str(ppo_dir / "adapter_model.safetensors")), adapter_name=POLICY
-    )
-    trainer.roles.use(POLICY)
+    set_peft_model_state_dict(roles.peft, load_file(str(ppo_dir / "adapter_model.safetensors")), adapter_name=POLICY)
+    roles.use(POLICY)
+    sampler = PolicySampler.from_config(roles, tokenizer, ppo_config)
 
     prompt_set = config.prompts or data_args.dataset_name
     loaded = data.load_split(prompt_set, config.split)
@@ -99,7 +96,9 @@ def run(config: EvalConfig) -> dict[str, Any]:
     rows, source = loaded
     validate(rows, "prompt", source)
     rows = rows[: config.max_prompts] if config.max_prompts else rows
-    samples = evaluation.sample_policies(trainer, [r["prompt"] for r in rows], config.seeds)
+    judge = load_judge(ppo_config.gold_judge)
+    prompts = [r["prompt"] for r in rows]
+    samples = evaluation.sample_policies(sampler, prompts, config.seeds, judge, show_progress=not config.disable_tqdm)
 
     metrics: dict[str, Any] = {
         "stage": "eval",
@@ -119,7 +118,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
     reward_options = runs.read_config(ppo_config.reward_model_path)
     preferences = config.preferences or reward_options.get("dataset_name")
     if preferences:
-        metrics["reward_model"] = _reward_model_metrics(trainer, preferences, config.max_pairs)
+        metrics["reward_model"] = _reward_model_metrics(sampler, preferences, config.max_pairs)
     metrics["runtime_seconds"] = round(time.time() - started, 1)
 
     output_dir.mkdir(parents=True, exist_ok=True)

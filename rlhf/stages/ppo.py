@@ -172,9 +172,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
         }
     samples: list[dict[str, Any]] = []
     if trainer.eval_prompts is not None and len(trainer.eval_prompts) > 0:
-        samples = evaluation.sample_policies(
-            trainer, [row["prompt"] for row in trainer.eval_prompts], config.eval_seeds
-        )
+        prompts = [row["prompt"] for row in trainer.eval_prompts]
+        samples = evaluation.sample_policies(trainer.sampler, prompts, config.eval_seeds, trainer.judge)
         metrics["eval"] = {**evaluation.summarize(samples), "win_rate": evaluation.paired_win_rates(samples)}
     if dist.rank() == 0:
         with (output_dir / SAMPLES_FILE).open("w") as handle:
