@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import ROOT
 
 from feedback.store import Store
@@ -22,6 +23,7 @@ sys.modules["bench_feedback"] = bench  # dataclasses look their module up while 
 spec.loader.exec_module(bench)
 
 
+@pytest.mark.slow
 def test_sigkill_during_load_loses_no_acknowledged_answer(db_url: str, tmp_path: Path) -> None:
     result = bench.run("test", db_url, clients=8, ratings=12, crash=True, workdir=tmp_path, deadline_s=240)
     assert result.acknowledged == 8 * 12, (tmp_path / "server-test.log").read_text()[-2000:]

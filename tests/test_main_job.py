@@ -48,6 +48,9 @@ def test_readme_pipeline_on_the_tiny_default(tmp_path: Path) -> None:
     assert reward["accuracy"] > 0.68, reward  # chance 0.5; pairs from the simulated annotators, ~0.75 measured
     assert reward["chosen"]["p50"] > reward["rejected"]["p50"]
 
+    # the critic starts on the scale of its returns (-0.07 before its head was fitted, +0.02 measured)
+    assert runs.read_metrics(out / "ppo")["first_iteration"]["value/explained_variance"] >= 0
+
     evaluation = runs.read_metrics(out / "eval")
     gold = evaluation["win_rate"]["gold"]
     assert gold["ci_low"] > 0.5, gold  # PPO beats SFT on the gold judge, beyond the 95% interval
