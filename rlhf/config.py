@@ -165,6 +165,19 @@ class _TrainerOptions(RunOptions):
         super().__post_init__()  # TRL's config, next in the MRO
 
 
+def merge_base_field() -> Any:
+    """The ``merge_base`` option of every stage that merges an adapter (``rlhf sft``, ``rlhf export``)."""
+    return field(
+        default="dequantized",
+        metadata={
+            "help": "Weights the adapter is merged into. 'dequantized': the 4-bit weights it was trained on, "
+            "dequantized (reproduces the trained model). 'original': the full-precision checkpoint (a different "
+            "model for a 4-bit run; the merge check reports by how much). Unquantized runs merge into the original.",
+            "choices": ["dequantized", "original"],
+        },
+    )
+
+
 @dataclass
 class SFTConfig(_TrainerOptions, trl.SFTConfig):
     """TRL's SFTConfig, plus merging the adapter into a full-precision copy of the base."""
@@ -187,15 +200,7 @@ class SFTConfig(_TrainerOptions, trl.SFTConfig):
         default="float32",
         metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
     )
-    merge_base: str = field(
-        default="dequantized",
-        metadata={
-            "help": "Weights the adapter is merged into. 'dequantized': the 4-bit weights it was trained on, "
-            "dequantized (reproduces the trained model). 'original': the full-precision checkpoint (a different "
-            "model for a 4-bit run; the merge check reports by how much). Unquantized runs merge into the original.",
-            "choices": ["dequantized", "original"],
-        },
-    )
+    merge_base: str = merge_base_field()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from rlhf import merging, models, runs
-from rlhf.config import ModelArguments, from_options, parse
+from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,7 @@ class ExportConfig:
     eval_dir: str | None = field(
         default=None, metadata={"help": "An `rlhf eval` folder whose table goes in the model card."}
     )
-    merge_base: str = field(
-        default="dequantized",
-        metadata={
-            "help": "Weights to merge into: 'dequantized' (the 4-bit weights a QLoRA adapter was trained on; "
-            "reproduces the trained model) or 'original' (the full-precision checkpoint: another model for a "
-            "4-bit run, by the KL the check reports).",
-            "choices": ["dequantized", "original"],
-        },
-    )
+    merge_base: str = merge_base_field()
     max_kl: float | None = field(
         default=None,
         metadata={
