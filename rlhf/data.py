@@ -15,12 +15,13 @@ reward model would read its score at the wrong token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
@@ -206,3 +207,14 @@ def scoring_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, response: str) 
     """Token ids for scoring a generated response with the reward model (same layout as training)."""
     completion: Any = [{"role": "assistant", "content": response}] if isinstance(prompt, list) else response
     return conversation_ids(tokenizer, prompt, completion)
+
+
+def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences as one right-padded batch: ``(input_ids, attention_mask)``, both B x longest."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask

@@ -26,7 +26,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf import models
+from rlhf import data, models
 from rlhf.config import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -137,13 +137,7 @@ def merge_adapter(
 
 def _probe_batch(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=True)["input_ids"] for p in PROBES]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    return data.right_pad(rows, tokenizer.pad_token_id)
 
 
 @torch.no_grad()

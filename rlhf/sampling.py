@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -86,28 +86,19 @@ def _no_saved_defaults(model: torch.nn.Module) -> Iterator[None]:
         inner.generation_config = saved
 
 
-@overload
-def sample(
+def _generate(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     settings: SamplingSettings,
     eos_ids: list[int],
     pad_token_id: int,
-    return_logprobs: Literal[False] = False,
-) -> torch.Tensor: ...
-
-
-@overload
-def sample(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: SamplingSettings,
-    eos_ids: list[int],
-    pad_token_id: int,
-    return_logprobs: Literal[True],
-) -> tuple[torch.Tensor, torch.Tensor]: ...
+    with_scores: bool,
+) -> Any:
+    config = generation_config(settings, eos_ids, pad_token_id)
+    config.output_scores = config.return_dict_in_generate = with_scores
+    with _no_saved_defaults(model):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
 
 
 @torch.no_grad()
@@ -118,20 +109,27 @@ def sample(
     settings: SamplingSettings,
     eos_ids: list[int],
     pad_token_id: int,
-    return_logprobs: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """New tokens only (``B * num_return_sequences`` x up to ``max_new_tokens``) for left-padded prompts.
+) -> torch.Tensor:
+    """New tokens only (``B * num_return_sequences`` x up to ``max_new_tokens``) for left-padded prompts."""
+    out = _generate(model, input_ids, attention_mask, settings, eos_ids, pad_token_id, with_scores=False)
+    return out[:, input_ids.shape[1] :]
 
-    With ``return_logprobs``, also each sampled token's log-probability under the distribution it was
-    actually drawn from (the logits after every processor generate() applied). That costs a
-    batch x length x vocabulary tensor, so it is for checking a sampler, not for every rollout.
+
+@torch.no_grad()
+def sample_with_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    settings: SamplingSettings,
+    eos_ids: list[int],
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample`, plus each sampled token's log-probability under the distribution it was drawn from.
+
+    That is the logits after every processor generate() applied; it costs a batch x length x vocabulary
+    tensor, so it is for checking a sampler, not for every rollout.
     """
-    config = generation_config(settings, eos_ids, pad_token_id)
-    config.output_scores = config.return_dict_in_generate = return_logprobs
-    with _no_saved_defaults(model):
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-    if not return_logprobs:
-        return out[:, input_ids.shape[1] :]
+    out = _generate(model, input_ids, attention_mask, settings, eos_ids, pad_token_id, with_scores=True)
     tokens = out.sequences[:, input_ids.shape[1] :]
     drawn_from = torch.log_softmax(torch.stack(out.scores, 1).float(), -1)
     return tokens, drawn_from.gather(-1, tokens[..., None]).squeeze(-1)

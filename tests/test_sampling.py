@@ -77,10 +77,9 @@ def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
 ) -> None:
     """Log-probs under the distribution each token was drawn from == PPO's recomputed ones (<= 1e-4)."""
     drawn: list[torch.Tensor] = []
-    real_sample = sampling.sample
 
     def recording_sample(*args: object, **kwargs: object) -> torch.Tensor:
-        tokens, logprobs = real_sample(*args, **kwargs, return_logprobs=True)  # type: ignore[misc]
+        tokens, logprobs = sampling.sample_with_logprobs(*args, **kwargs)  # type: ignore[arg-type]
         drawn.append(logprobs)
         return tokens
 

@@ -178,13 +178,7 @@ class PolicySampler:
         scores = []
         with self.scoring():
             for part in chunks(len(sequences), self.forward_batch_size):
-                chunk = sequences[part]
-                width = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, seq in enumerate(chunk):
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                    mask[row, : len(seq)] = 1
+                ids, mask = data.right_pad(sequences[part], self.tokenizer.pad_token_id)
                 scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
         return torch.cat(scores)
 

@@ -45,13 +45,7 @@ def score_sequences(
     for start in tqdm(
         range(0, len(sequences), batch_size), desc="scoring", leave=False, disable=len(sequences) <= batch_size
     ):
-        chunk = sequences[start : start + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        ids, mask = data.right_pad(sequences[start : start + batch_size], pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         scores.extend(logits[:, 0].float().cpu().tolist())
     model.train(was_training)
