@@ -3,8 +3,9 @@
 Modules, each usable on its own:
 
 * :mod:`feedback.store` - the database (SQLite by default, PostgreSQL by URL) and its Python API;
-  the only module that touches the database.
+  the only package that touches the database (tables in :mod:`feedback.schema`).
 * :mod:`feedback.app` - the web app (REST API + annotation and admin pages); calls only the store.
+* :mod:`feedback.enums` - roles, modes, assignment states, token kinds (the words stored and sent).
 * :mod:`feedback.export` - pairs / KTO / SFT datasets from the stored answers (pure formatters + writers).
 * :mod:`feedback.agreement` - Krippendorff's alpha per question (pure functions).
 * :mod:`feedback.importer` - prompts and candidates from JSONL files and LangSmith runs.

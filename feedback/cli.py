@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from feedback import agreement, export, importer, langsmith_sync
-from feedback.store import MODES, Store, StoreError, migrate, redact
+from feedback.enums import Mode, Role
+from feedback.store import Store, StoreError, migrate, redact
 from rlhf.core.errors import USER_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -149,14 +150,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_progress(args: argparse.Namespace) -> None:
     progress = Store(args.db).progress()
     if args.json:
-        _print_json(progress)
+        _print_json(asdict(progress))
         return
     print(
-        f"{progress['items']} items: {progress['complete']} complete ({progress['overlap']} annotator(s) each), "
-        f"{progress['in_progress']} in progress, {progress['untouched']} untouched; {progress['answers']} answers"
+        f"{progress.items} items: {progress.complete} complete ({progress.overlap} annotator(s) each), "
+        f"{progress.in_progress} in progress, {progress.untouched} untouched; {progress.answers} answers"
     )
-    for a in progress["annotators"]:
-        print(f"  {a['name']:<20} {a['role']:<10} {a['answers']:>6} answers {a['skipped']:>5} skipped")
+    for a in progress.annotators:
+        print(f"  {a.name:<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
 
 
 def cmd_agreement(args: argparse.Namespace) -> None:
@@ -182,7 +183,7 @@ def cmd_sync(args: argparse.Namespace) -> None:
         raise StoreError("LangSmith is not configured: set LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT)")
     store = Store(args.db)
     result = langsmith_sync.LangSmithSync(store, client).run_once()
-    print(f"sent {result.sent}, failed {result.failed}; now {store.sync_status()}")
+    print(f"sent {result.sent}, failed {result.failed}; now {asdict(store.sync_status())}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     people = command("annotators", cmd_annotators, "add and list annotators, issue tokens, set passwords")
     people.add_argument("action", choices=["add", "list", "token", "password", "deactivate", "activate"])
     people.add_argument("name", nargs="?", help="the annotator's name (all actions but list)")
-    people.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    people.add_argument("--role", choices=[r.value for r in Role], default=Role.ANNOTATOR.value)
     people.add_argument("--password", action="store_true", help="set a password (asked twice)")
     people.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
@@ -264,7 +265,7 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
 
     settings = command("settings", cmd_settings, "change overlap, question mode, lease and guidelines; prints them")
     settings.add_argument("--overlap", type=int, help="annotators per item")
-    settings.add_argument("--mode", choices=MODES, help="what the annotation page asks")
+    settings.add_argument("--mode", choices=[m.value for m in Mode], help="what the annotation page asks")
     settings.add_argument("--lease-minutes", type=int, help="an unanswered item is offered to others after this")
     settings.add_argument("--guidelines", help="a markdown file with the annotation guidelines")
 

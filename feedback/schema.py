@@ -19,6 +19,9 @@ Design notes (why the tables look like this):
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -35,6 +38,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from feedback.enums import AssignmentStatus, Role, TokenKind
+
 # Named constraints, so migrations can refer to them on every backend (SQLite has no names otherwise).
 metadata = MetaData(
     naming_convention={
@@ -46,12 +51,14 @@ metadata = MetaData(
     }
 )
 
-ROLES = ("admin", "annotator")
-ASSIGNMENT_STATES = ("assigned", "submitted", "skipped")
-TOKEN_KINDS = ("api", "session")
+
+def _one_of(column: str, values: type[StrEnum]) -> CheckConstraint:
+    """``column IN ('a', 'b')`` from an enum, named after the column (the text the migrations hold)."""
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
-def _now_column(name: str, nullable: bool = False) -> Column:
+def _now_column(name: str, nullable: bool = False) -> Column[Any]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
@@ -92,7 +99,7 @@ annotators = Table(
     Column("password_hash", String(300), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     _now_column("created_at"),
-    CheckConstraint("role IN ('admin', 'annotator')", name="role"),
+    _one_of("role", Role),
 )
 
 tokens = Table(
@@ -103,7 +110,7 @@ tokens = Table(
     Column("kind", String(16), nullable=False),
     _now_column("created_at"),
     _now_column("expires_at", nullable=True),
-    CheckConstraint("kind IN ('api', 'session')", name="kind"),
+    _one_of("kind", TokenKind),
 )
 
 assignments = Table(
@@ -114,7 +121,7 @@ assignments = Table(
     Column("status", String(16), nullable=False),
     _now_column("assigned_at"),
     _now_column("updated_at"),
-    CheckConstraint("status IN ('assigned', 'submitted', 'skipped')", name="status"),
+    _one_of("status", AssignmentStatus),
     Index("ix_assignments_prompt_status", "prompt_id", "status"),
 )
 

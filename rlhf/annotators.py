@@ -51,7 +51,7 @@ def annotate(
 ) -> SimulationReport:
     """Let ``annotators`` simulated annotators rank every item the store's queue offers them."""
     report = SimulationReport()
-    total = store.progress()["items"]
+    total = store.progress().items
     for k in range(annotators):
         name = f"simulated-{k}"
         try:

@@ -114,7 +114,7 @@ def test_every_answer_becomes_feedback_with_annotator_and_correction(synced_stor
     assert len({f["feedback_group_id"] for f in sent}) == 1
     corrected = [f for f in sent if f.get("correction")]
     assert len(corrected) == 1 and corrected[0]["run_id"] == runs[ids[2]]
-    assert store.sync_status()["pending"] == 0
+    assert store.sync_status().pending == 0
     assert langsmith_sync.LangSmithSync(store, client).run_once().sent == 0  # nothing twice
 
 
@@ -128,8 +128,8 @@ def test_an_outage_loses_nothing_and_the_store_retries(synced_store, langsmith) 
     sync = langsmith_sync.LangSmithSync(store, client)
     assert sync.run_once().failed == 1
     status = store.sync_status()
-    assert status["pending"] == 1 and status["failing"] == 1
-    assert "503" in status["last_error"], status["last_error"]
+    assert status.pending == 1 and status.failing == 1
+    assert "503" in status.last_error, status.last_error
     assert store.submission_ids() == [receipt.id]  # the rating itself is safe
     langsmith.down = False
     assert sync.run_once().sent == 0  # backing off: not due yet
@@ -179,9 +179,9 @@ def test_an_edit_of_a_synced_answer_leaves_no_stale_feedback_in_langsmith(synced
         ("rank", 2),
     ]
     assert ("DELETE", f"/feedback/{left['id']}") in langsmith.requests
-    assert store.sync_status()["pending"] == 0
+    assert store.sync_status().pending == 0
     store.mark_synced(receipt.id, 1)  # a slow, older sync pass finishing late does not move the mark back
-    assert store.sync_status()["pending"] == 0 and sync.run_once().sent == 0
+    assert store.sync_status().pending == 0 and sync.run_once().sent == 0
 
 
 def test_candidates_without_a_run_are_not_sent(tmp_path, langsmith) -> None:
@@ -190,4 +190,4 @@ def test_candidates_without_a_run_are_not_sent(tmp_path, langsmith) -> None:
     ids = store.add_candidates(pid, ["a", "b"])
     store.add_annotator("ann")
     store.submit_rating(store.annotator("ann").id, pid, {ids[0]: True}, client_id="answer-0004")
-    assert store.sync_status()["pending"] == 0 and store.pending_sync() == []
+    assert store.sync_status().pending == 0 and store.pending_sync() == []

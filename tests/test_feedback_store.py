@@ -9,7 +9,18 @@ import sqlalchemy as sa
 from feedback_fixtures import annotate_all, tiny_items
 
 from feedback import schema
-from feedback.store import Conflict, Forbidden, Invalid, NotFound, Store, StoreError, Unauthorized, make_engine, migrate
+from feedback.store import (
+    AnnotatorProgress,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Store,
+    StoreError,
+    Unauthorized,
+    make_engine,
+    migrate,
+)
 
 
 def _ids(store: Store, n_prompts: int = 3) -> list[tuple[int, list[int]]]:
@@ -137,8 +148,8 @@ def test_overlap_sends_each_item_to_n_annotators_and_then_out_of_the_queue(store
     assert annotate_all(store, b.id) == 4
     assert store.next_item(c.id) is None  # every item has its two answers
     progress = store.progress()
-    assert progress["complete"] == 4 and progress["answers"] == 8
-    assert store.annotator_progress(c.id) == {"answered": 0, "remaining": 0}
+    assert progress.complete == 4 and progress.answers == 8
+    assert store.annotator_progress(c.id) == AnnotatorProgress(answered=0, remaining=0)
 
 
 def test_an_item_handed_out_holds_its_slot_until_answered_skipped_or_expired(store: Store) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from feedback import export as feedback_export
-from feedback.store import Store
+from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, runs
 from rlhf.config import parse
 from rlhf.core.errors import ConfigError
@@ -257,15 +257,15 @@ class Pipeline:
         started = time.time()
         try:
             progress = store.progress()
-            bar = tqdm(total=progress["items"], desc="items annotated", unit="item", disable=self.config.disable_tqdm)
-            while progress["complete"] < progress["items"]:
+            bar = tqdm(total=progress.items, desc="items annotated", unit="item", disable=self.config.disable_tqdm)
+            while progress.complete < progress.items:
                 if server.poll() is not None:
                     raise RuntimeError(f"the feedback app exited with code {server.returncode}")
                 if self.config.wait_timeout is not None and time.time() - started > self.config.wait_timeout:
                     raise TimeoutError(f"annotation not finished after {self.config.wait_timeout}s: {progress}")
                 time.sleep(2)
                 progress = store.progress()
-                bar.update(progress["complete"] - bar.n)
+                bar.update(progress.complete - bar.n)
             bar.close()
             return _progress_counts(progress)
         finally:
@@ -336,8 +336,13 @@ class Pipeline:
         return {"report": str(path)}
 
 
-def _progress_counts(progress: dict[str, Any]) -> dict[str, Any]:
-    return {key: progress[key] for key in ("items", "complete", "answers", "overlap")}
+def _progress_counts(progress: Progress) -> dict[str, Any]:
+    return {
+        "items": progress.items,
+        "complete": progress.complete,
+        "answers": progress.answers,
+        "overlap": progress.overlap,
+    }
 
 
 def split_stage_options(argv: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:

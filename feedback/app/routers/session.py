@@ -1,0 +1,60 @@
+"""Sessions and the signed-in annotator: health, login, logout, who am I, the guidelines."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+from markdown_it import MarkdownIt
+
+from feedback.app.deps import Credentials, Me, StoreDep
+from feedback.app.schemas import ERRORS, AnnotatorOut, LoginIn, LoginOut
+from feedback.store import Invalid, Unauthorized
+
+router = APIRouter(responses=ERRORS)
+_markdown = MarkdownIt("commonmark", {"html": False})  # raw HTML in guidelines is shown as text
+
+
+@router.get("/health", tags=["public"])
+def health(store: StoreDep) -> dict[str, str]:
+    return {"status": "ok", "backend": store.backend}
+
+
+@router.post("/api/login", tags=["public"])
+def login(body: LoginIn, store: StoreDep) -> LoginOut:
+    """A session token for name + password (12 hours), or check an API token."""
+    if body.token:
+        annotator = store.authenticate(body.token)
+        if annotator is None:
+            raise Unauthorized("unknown or expired token")
+        token = body.token
+    elif body.name and body.password:
+        token, annotator = store.login(body.name, body.password)
+    else:
+        raise Invalid("give name and password, or token")
+    return LoginOut(token=token, annotator=AnnotatorOut(id=annotator.id, name=annotator.name, role=annotator.role))
+
+
+@router.post("/api/logout", tags=["annotate"])
+def logout(me: Me, credentials: Credentials, store: StoreDep) -> dict[str, str]:
+    del me
+    assert credentials is not None  # `current` checked it
+    store.logout(credentials.credentials)
+    return {"detail": "logged out"}
+
+
+@router.get("/api/me", tags=["annotate"])
+def whoami(me: Me, store: StoreDep) -> dict[str, Any]:
+    return {
+        "annotator": AnnotatorOut(id=me.id, name=me.name, role=me.role).model_dump(),
+        "progress": asdict(store.annotator_progress(me.id)),
+    }
+
+
+@router.get("/api/guidelines", tags=["annotate"])
+def guidelines(me: Me, store: StoreDep) -> dict[str, str]:
+    """The guidelines as markdown and as HTML rendered without raw HTML (safe to insert)."""
+    del me
+    text = store.settings().guidelines
+    return {"markdown": text, "html": _markdown.render(text)}

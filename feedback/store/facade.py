@@ -1,0 +1,252 @@
+"""The :class:`Store` façade: one object that opens a transaction per call and hands it to an area's function."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from feedback import records
+from feedback.enums import Role
+from feedback.store import accounts, answers, items, outbox, queue, reporting, settings, views
+from feedback.store.common import utcnow
+from feedback.store.db import migrate, normalize_url, open_engine, transaction
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Store:
+    """All access to the feedback database. Thread-safe: each call runs in its own transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self.engine = open_engine(url)
+
+    @classmethod
+    def create(cls, url: str) -> Store:
+        """Create or upgrade the schema, then open the store."""
+        migrate(url)
+        return cls(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Connection]:
+        """One transaction (:func:`feedback.store.db.transaction`: reads see one snapshot, writes lock)."""
+        with transaction(self.engine, write) as connection:
+            yield connection
+
+    def _read(self, area: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._tx(write=False) as c:
+            return area(c, *args, **kwargs)
+
+    def _write(self, area: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._tx() as c:
+            return area(c, *args, **kwargs)
+
+    # -- settings --------------------------------------------------------------------------
+
+    def settings(self) -> views.Settings:
+        return self._read(settings.read)
+
+    def update_settings(self, **changes: Any) -> views.Settings:
+        """Change ``overlap``, ``mode``, ``lease_minutes`` or ``guidelines`` (``None`` leaves one as it is)."""
+        return self._write(settings.update, changes)
+
+    # -- prompts and candidates ------------------------------------------------------------
+
+    def add_prompts(self, prompts: Iterable[Any], external_ids: Iterable[str | None] | None = None) -> list[int]:
+        """Store prompts (text or chat messages); returns their ids. A prompt stored before keeps its id."""
+        return self._write(items.add_prompts, prompts, external_ids)
+
+    def add_candidates(
+        self,
+        prompt_id: int,
+        responses: Iterable[str | Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        generation: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Store responses to a prompt; returns their ids (a response already stored keeps its id).
+
+        A response is text or a mapping (:func:`feedback.store.items.add_candidate`), whose
+        ``model``, ``adapter`` and ``generation`` override the keyword arguments.
+        """
+        with self._tx() as c:
+            return [
+                items.add_candidate(c, prompt_id, r, model=model, adapter=adapter, generation=generation)[0]
+                for r in responses
+            ]
+
+    def prompts_in_use(self) -> set[int]:
+        """Prompts handed out or answered: ``rlhf feedback generate`` leaves them alone."""
+        return self._read(items.prompts_in_use)
+
+    def import_items(self, rows: Iterable[Mapping[str, Any]]) -> views.ImportReport:
+        """Store validated import rows in one transaction, all or nothing (:func:`.items.import_items`)."""
+        return self._write(items.import_items, rows)
+
+    def prompts(self) -> list[tuple[int, records.Messages]]:
+        """Every prompt as (id, messages), in id order."""
+        return self._read(items.prompts)
+
+    # -- annotators and credentials --------------------------------------------------------
+
+    def add_annotator(self, name: str, role: str = Role.ANNOTATOR, password: str | None = None) -> str:
+        """Create an annotator; returns a new API token (only its hash is kept: show it once)."""
+        return self._write(accounts.add_annotator, name, role, password)
+
+    def annotator(self, name: str) -> views.Annotator:
+        return self._read(accounts.annotator, name)
+
+    def annotators(self) -> list[views.Annotator]:
+        return self._read(accounts.annotators)
+
+    def new_token(self, name: str, *, revoke_old: bool = True) -> str:
+        """A fresh API token for an annotator (by default the old API tokens stop working)."""
+        return self._write(accounts.new_token, name, revoke_old=revoke_old)
+
+    def set_password(self, name: str, password: str) -> None:
+        self._write(accounts.set_password, name, password)
+
+    def set_active(self, name: str, active: bool) -> None:
+        """Deactivate (or reactivate) an annotator: their tokens stop working, their answers stay."""
+        self._write(accounts.set_active, name, active)
+
+    def authenticate(self, token: str) -> views.Annotator | None:
+        """The active annotator a token (API or session) belongs to, or None."""
+        return self._read(accounts.authenticate, token)
+
+    def login(self, name: str, password: str) -> tuple[str, views.Annotator]:
+        """A session token for a name and password; the same message for every failure (no user probing).
+
+        The password is checked between two transactions: scrypt takes a while, and no lock is held meanwhile.
+        """
+        annotator = accounts.check_login(self._read(accounts.find, name), password)
+        return self._write(accounts.start_session, annotator.id), annotator
+
+    def logout(self, token: str) -> None:
+        self._write(accounts.logout, token)
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def next_item(self, annotator_id: int) -> views.ItemView | None:
+        """The item this annotator should answer next, or None (:func:`feedback.store.queue.next_item`)."""
+        return self._write(queue.next_item, annotator_id)
+
+    def held_item(self, annotator_id: int, prompt_id: int) -> tuple[views.ItemView, views.AnswerView | None]:
+        """An item handed to this annotator (to revisit it), with their answer if they gave one."""
+        with self._tx(write=False) as c:
+            return queue.held_item(c, annotator_id, prompt_id), answers.answer_to(c, annotator_id, prompt_id)
+
+    def skip(self, annotator_id: int, prompt_id: int) -> None:
+        """Discard an item for this annotator: it is not offered to them again and frees its slot."""
+        self._write(queue.skip, annotator_id, prompt_id)
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        annotator_id: int,
+        prompt_id: int,
+        *,
+        client_id: str,
+        thumbs: Mapping[int, bool] | None = None,
+        ranks: Mapping[int, int] | None = None,
+        comment: str | None = None,
+        correction: str | None = None,
+        corrected_candidate_id: int | None = None,
+        require_assignment: bool = False,
+    ) -> views.Receipt:
+        """Record an annotator's answer to an item, exactly once per ``client_id`` (:func:`.answers.submit`).
+
+        A key that a concurrent request took first (its insert committed between our reads and
+        ours) fails the transaction; a fresh one then tells a retry of the same answer (its
+        receipt) from a second answer to the item (:class:`Conflict`).
+        """
+        sent = views.AnswerContent(dict(thumbs or {}), dict(ranks or {}), comment, correction, corrected_candidate_id)
+        try:
+            return self._write(answers.submit, annotator_id, prompt_id, client_id, sent, require_assignment)
+        except sa.exc.IntegrityError:
+            return self._read(answers.replay_after_race, annotator_id, prompt_id, client_id, sent)
+
+    def submit_ranking(
+        self, annotator_id: int, prompt_id: int, ranks: Mapping[int, int], *, client_id: str, **extra: Any
+    ) -> views.Receipt:
+        """Rank every candidate of a prompt (1 is best, equal ranks are ties); see :meth:`submit`."""
+        return self.submit(annotator_id, prompt_id, client_id=client_id, ranks=ranks, **extra)
+
+    def submit_rating(
+        self, annotator_id: int, prompt_id: int, thumbs: Mapping[int, bool], *, client_id: str, **extra: Any
+    ) -> views.Receipt:
+        """Thumbs up (True) or down (False) for candidates of a prompt; see :meth:`submit`."""
+        return self.submit(annotator_id, prompt_id, client_id=client_id, thumbs=thumbs, **extra)
+
+    def edit(
+        self,
+        annotator_id: int,
+        submission_id: str,
+        *,
+        thumbs: Mapping[int, bool] | None = None,
+        ranks: Mapping[int, int] | None = None,
+        comment: str | None = None,
+        correction: str | None = None,
+        corrected_candidate_id: int | None = None,
+        expected_revision: int | None = None,
+    ) -> views.Receipt:
+        """Replace an annotator's own answer, compare-and-set on its revision (:func:`feedback.store.answers.edit`)."""
+        sent = views.AnswerContent(dict(thumbs or {}), dict(ranks or {}), comment, correction, corrected_candidate_id)
+        return self._write(answers.edit, annotator_id, submission_id, sent, expected_revision)
+
+    def answer(self, annotator_id: int, submission_id: str) -> views.AnswerView:
+        """One of this annotator's answers (another annotator's is reported as not found)."""
+        return self._read(answers.answer, annotator_id, submission_id)
+
+    def answers(self, annotator_id: int, limit: int = 50, offset: int = 0) -> list[views.AnswerView]:
+        """This annotator's answers, newest first."""
+        return self._read(answers.answers, annotator_id, limit, offset)
+
+    # -- progress and records -------------------------------------------------------------------
+
+    def progress(self) -> views.Progress:
+        """Items total / complete / in progress / untouched, and answers per annotator."""
+        return self._read(reporting.progress)
+
+    def annotator_progress(self, annotator_id: int) -> views.AnnotatorProgress:
+        """This annotator's answers so far and how many items are still open to them."""
+        return self._read(reporting.annotator_progress, annotator_id)
+
+    def records(self) -> list[records.Item]:
+        """Every prompt with its candidates and all answers, for export and agreement (pure code)."""
+        return self._read(reporting.records)
+
+    def submission_ids(self) -> list[str]:
+        """Every stored submission id (the load test counts them against what was acknowledged)."""
+        return self._read(reporting.submission_ids)
+
+    # -- LangSmith outbox ------------------------------------------------------------------------
+
+    def pending_sync(self, limit: int = 100, now: dt.datetime | None = None) -> list[views.SyncJob]:
+        """Submissions on candidates with LangSmith runs whose latest revision is not in LangSmith yet."""
+        return self._read(outbox.pending_sync, limit, now or utcnow())
+
+    def mark_synced(self, submission_id: str, revision: int) -> None:
+        """Record that ``revision`` reached LangSmith (never moves back: a slow older pass cannot undo a newer one)."""
+        self._write(outbox.mark_synced, submission_id, revision)
+
+    def mark_sync_failed(self, submission_id: str, error: str, retry_at: dt.datetime) -> None:
+        self._write(outbox.mark_sync_failed, submission_id, error, retry_at)
+
+    def sync_status(self) -> views.SyncStatus:
+        return self._read(outbox.sync_status)

@@ -1,0 +1,140 @@
+"""The values the store returns: frozen dataclasses, never its rows or loose dicts.
+
+The web app serialises them (``dataclasses.asdict``), the CLI prints them, the training side reads
+their fields (``store.progress().items``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedback import records
+from feedback.enums import Mode, Role
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+    role: Role
+    active: bool = True
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+@dataclass(frozen=True)
+class Settings:
+    overlap: int
+    mode: Mode
+    lease_minutes: int
+    guidelines: str
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """What an annotator sees of an item: candidates in a per-annotator random order, no model names."""
+
+    prompt_id: int
+    messages: records.Messages
+    candidates: list[dict[str, Any]]  # [{"id": ..., "text": ...}]
+    mode: Mode
+
+
+@dataclass(frozen=True)
+class AnswerContent:
+    """What an answer says: thumbs and ranks by candidate id, a comment, a corrected response."""
+
+    thumbs: dict[int, bool]
+    ranks: dict[int, int]
+    comment: str | None
+    correction: str | None
+    corrected_candidate_id: int | None
+
+
+@dataclass(frozen=True)
+class AnswerView(AnswerContent):
+    """An annotator's own answer, as stored (for listing and editing)."""
+
+    id: str
+    prompt_id: int
+    revision: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The acknowledgement of a submission: ``created`` is False when it was a retry of one already stored."""
+
+    id: str
+    prompt_id: int
+    created: bool
+    revision: int
+
+
+@dataclass(frozen=True)
+class SyncJob(AnswerContent):
+    """One submission whose current revision has not reached LangSmith yet."""
+
+    submission_id: str
+    revision: int
+    annotator: str
+    annotator_id: int
+    prompt_id: int
+    runs: dict[int, tuple[str, str | None]]  # candidate id -> (run id, session id)
+    attempts: int
+    first_sync: bool
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """The LangSmith outbox: answers waiting (``failing`` of them retried after an error), answers sent."""
+
+    pending: int
+    failing: int
+    synced: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AnnotatorCount:
+    """One annotator's line in :class:`Progress`."""
+
+    name: str
+    role: Role
+    answers: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Items complete (``overlap`` answers), in progress, untouched; answers in all and per annotator."""
+
+    overlap: int
+    items: int
+    complete: int
+    in_progress: int
+    untouched: int
+    answers: int
+    annotators: list[AnnotatorCount]
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    """One annotator's answers so far and the items still open to them."""
+
+    answered: int
+    remaining: int
+
+
+@dataclass
+class ImportReport:
+    prompts_added: int = 0
+    prompts_existing: int = 0
+    candidates_added: int = 0
+    candidates_existing: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
