@@ -22,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import trl
@@ -30,6 +30,8 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf.core.errors import ConfigError
+
+C = TypeVar("C")
 
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
@@ -206,6 +208,19 @@ class SFTConfig(_TrainerOptions, trl.SFTConfig):
 @dataclass
 class RewardConfig(_TrainerOptions, trl.RewardConfig):
     """TRL's RewardConfig with our precision, checkpoint and resume options."""
+
+
+@dataclass
+class StageConfig(Generic[C]):
+    """A training stage's parsed configuration: the base model and its adapter, the data, the stage's options.
+
+    What ``rlhf <stage>`` parses from a recipe and flags, and what the pipeline builds once per recipe
+    and hands to the stage's ``run`` (setting its paths as typed fields, not as flags to parse again).
+    """
+
+    model: ModelArguments
+    data: DataArguments
+    training: C
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from rlhf.config import DataArguments
 from rlhf.core.errors import DataError
 from rlhf.core.rows import Source, read_file, split_files, validate
+from rlhf.results import LengthReport
 from rlhf.tiny import task
 
 logger = logging.getLogger(__name__)
@@ -103,16 +103,6 @@ def load_splits(args: DataArguments, kind: str, seed: int) -> tuple[Dataset, Dat
 
 # ----------------------------------------------------------------------------------------------
 # Length policy and rendering
-
-
-@dataclass(frozen=True)
-class LengthReport:
-    """What the length policy did to one dataset (written to metrics.json)."""
-
-    rows: int
-    overlong: int
-    dropped: int
-    truncated: int
 
 
 def enforce_max_length(

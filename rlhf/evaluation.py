@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf.ppo.sampler import PolicySampler, chunks
+from rlhf.results import Calibration, CalibrationBin, Evaluation, PolicyScores, WinRate
 
 POLICIES = ("sft", "ppo")
 Judge = Callable[[Any, str], float]
@@ -48,10 +49,10 @@ def sample_policies(
             chunk = list(prompts[part])
             for policy in POLICIES:
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
-                rollout = sampler.generate(chunk, reference=policy == "sft")
-                rewards = sampler.reward_scores(chunk, rollout.texts).tolist()
-                kls = sampler.kl_to_reference(rollout).tolist() if policy == "ppo" else [0.0] * len(chunk)
-                for i, text in enumerate(rollout.texts):
+                answers = sampler.generate(chunk, reference=policy == "sft")
+                rewards = sampler.reward_scores(chunk, answers.texts).tolist()
+                kls = sampler.kl_to_reference(answers).tolist() if policy == "ppo" else [0.0] * len(chunk)
+                for i, text in enumerate(answers.texts):
                     sample = {
                         "policy": policy,
                         "prompt_index": part.start + i,
@@ -59,8 +60,8 @@ def sample_policies(
                         "prompt": chunk[i],
                         "response": text,
                         "reward": rewards[i],
-                        "length": float(rollout.mask[i].sum()),
-                        "ended": bool(rollout.ended[i]),
+                        "length": float(answers.mask[i].sum()),
+                        "ended": bool(answers.ended[i]),
                         "kl": kls[i],
                     }
                     if judge is not None:
@@ -76,30 +77,32 @@ def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, stderr
 
 
-def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-policy means (with standard errors) of every score, and the PPO policy's KL to SFT."""
-    summary: dict[str, Any] = {}
-    for policy in POLICIES:
-        mine = [s for s in samples if s["policy"] == policy]
-        if not mine:
-            continue
-        entry: dict[str, float] = {}
-        for key in ("gold", "reward", "length"):
-            if key in mine[0]:
-                entry[key], entry[f"{key}_stderr"] = _mean_and_stderr([s[key] for s in mine])
-        entry["eos_rate"] = statistics.fmean(float(s["ended"]) for s in mine)
-        summary[policy] = entry
-    ppo = [s["kl"] for s in samples if s["policy"] == "ppo"]
-    if ppo:
-        summary["kl_ppo_to_sft"] = statistics.fmean(ppo)
-    summary["prompts"] = len({s["prompt_index"] for s in samples})
-    summary["seeds"] = sorted({s["seed"] for s in samples})
-    return summary
+def _policy_scores(samples: Sequence[dict[str, Any]]) -> PolicyScores:
+    reward, reward_stderr = _mean_and_stderr([s["reward"] for s in samples])
+    length, length_stderr = _mean_and_stderr([s["length"] for s in samples])
+    gold, gold_stderr = _mean_and_stderr([s["gold"] for s in samples]) if "gold" in samples[0] else (None, None)
+    eos_rate = statistics.fmean(float(s["ended"]) for s in samples)
+    return PolicyScores(reward, reward_stderr, length, length_stderr, eos_rate, gold, gold_stderr)
+
+
+def compare(samples: Sequence[dict[str, Any]]) -> Evaluation:
+    """Per-policy means (with standard errors) of every score, the PPO policy's KL to SFT, and the paired win rates."""
+    by_policy = {policy: [s for s in samples if s["policy"] == policy] for policy in POLICIES}
+    if not all(by_policy.values()):
+        raise ValueError("compare needs samples of both policies")
+    return Evaluation(
+        sft=_policy_scores(by_policy["sft"]),
+        ppo=_policy_scores(by_policy["ppo"]),
+        kl_ppo_to_sft=statistics.fmean(s["kl"] for s in by_policy["ppo"]),
+        prompts=len({s["prompt_index"] for s in samples}),
+        seeds=sorted({s["seed"] for s in samples}),
+        win_rate=paired_win_rates(samples),
+    )
 
 
 def win_rate(
     first: Sequence[float], second: Sequence[float], n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> dict[str, float]:
+) -> WinRate:
     """How often ``first`` beats ``second`` in paired comparisons (ties count half), with a bootstrap CI.
 
     The interval resamples the pairs (percentile bootstrap), so it reflects how much the rate would
@@ -112,31 +115,33 @@ def win_rate(
     n = len(outcomes)
     boots = sorted(statistics.fmean(outcomes[rng.randrange(n)] for _ in range(n)) for _ in range(n_boot))
     tail = (1 - confidence) / 2
-    return {
-        "win_rate": statistics.fmean(outcomes),
-        "ci_low": boots[int(tail * n_boot)],
-        "ci_high": boots[min(n_boot - 1, int((1 - tail) * n_boot))],
-        "wins": float(sum(o == 1.0 for o in outcomes)),
-        "ties": float(sum(o == 0.5 for o in outcomes)),
-        "losses": float(sum(o == 0.0 for o in outcomes)),
-        "pairs": float(n),
-    }
+    return WinRate(
+        win_rate=statistics.fmean(outcomes),
+        ci_low=boots[int(tail * n_boot)],
+        ci_high=boots[min(n_boot - 1, int((1 - tail) * n_boot))],
+        wins=float(sum(o == 1.0 for o in outcomes)),
+        ties=float(sum(o == 0.5 for o in outcomes)),
+        losses=float(sum(o == 0.0 for o in outcomes)),
+        pairs=float(n),
+    )
 
 
-def paired_win_rates(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def paired_win_rates(samples: Sequence[dict[str, Any]]) -> dict[str, WinRate]:
     """PPO vs SFT win rates on the same (prompt, seed), by the reward model and by the gold judge."""
     by_key: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
     for s in samples:
         by_key.setdefault((s["prompt_index"], s["seed"]), {})[s["policy"]] = s
     pairs = [v for v in by_key.values() if set(POLICIES) <= set(v)]
-    result = {}
+    result: dict[str, WinRate] = {}
     for judge in ("reward", "gold"):
         if pairs and judge in pairs[0]["ppo"]:
             result[judge] = win_rate([p["ppo"][judge] for p in pairs], [p["sft"][judge] for p in pairs])
     return result
 
 
-def reward_calibration(chosen: Sequence[float], rejected: Sequence[float], bins: int = 5) -> dict[str, Any]:
+def reward_calibration(
+    chosen: Sequence[float], rejected: Sequence[float], bins: int = 5, dataset: str | None = None
+) -> Calibration:
     """Pairwise accuracy, score gap and calibration of a reward model on held-out preference pairs.
 
     A Bradley-Terry reward model claims P(chosen preferred) = sigmoid(r_chosen - r_rejected). The
@@ -156,14 +161,15 @@ def reward_calibration(chosen: Sequence[float], rejected: Sequence[float], bins:
         confidence = statistics.fmean(claimed[i] for i in members)
         accuracy = statistics.fmean(float(gaps[i] > 0) for i in members)
         ece += len(members) / len(gaps) * abs(confidence - accuracy)
-        table.append({"low": low, "high": high, "pairs": len(members), "claimed": confidence, "observed": accuracy})
-    return {
-        "accuracy": statistics.fmean(float(g > 0) for g in gaps),
-        "mean_gap": statistics.fmean(gaps),
-        "pairs": len(gaps),
-        "ece": ece,
-        "bins": table,
-    }
+        table.append(CalibrationBin(low, high, len(members), confidence, accuracy))
+    return Calibration(
+        accuracy=statistics.fmean(float(g > 0) for g in gaps),
+        mean_gap=statistics.fmean(gaps),
+        pairs=len(gaps),
+        ece=ece,
+        bins=table,
+        dataset=dataset,
+    )
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from rlhf import data, models
 from rlhf.config import ModelArguments
+from rlhf.results import MergeCheck
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +48,6 @@ PROBES: tuple[list[dict[str, str]], ...] = (
         {"role": "assistant", "content": "The sea is wide, cold and always moving."},
     ],
 )
-
-
-@dataclass(frozen=True)
-class MergeCheck:
-    """How well a merged checkpoint reproduces the model as trained (all KLs in nats per token)."""
-
-    merge_base: str
-    tokens: int
-    kl_vs_trained: float  # mean KL(trained || merged)
-    max_kl_vs_trained: float
-    argmax_agreement: float  # share of positions where both pick the same next token
-    max_logit_diff_vs_trained: float
-    max_logit_diff_vs_base: float  # > 0: the adapter changed the model
-    kl_requantized: float | None  # KL(trained || merged loaded again quantized), for quantized runs
-
-    def as_dict(self) -> dict[str, float | int | str | None]:
-        return asdict(self)
 
 
 def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
@@ -210,7 +194,7 @@ def merge_and_verify(
     record = json.loads(record_path.read_text())
     used = record["merge_base"]
     check = verify_merge(model_args, adapter_dir, output_dir, used)
-    record_path.write_text(json.dumps({**record, "check": check.as_dict()}, indent=2) + "\n")
+    record_path.write_text(json.dumps({**record, "check": asdict(check)}, indent=2) + "\n")
     limit = max_kl if max_kl is not None else (1e-4 if dtype == "float32" else 1e-2)
     if check.max_logit_diff_vs_base == 0.0:  # a zero adapter (e.g. one step of warm-up from lr 0): nothing to check
         logger.warning("%s: the adapter does not change the model (all LoRA updates are zero)", adapter_dir)

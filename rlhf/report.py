@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from rlhf.results import Calibration, EvalResult, Evaluation, PolicyScores, PPOResult, RewardResult
+
 REPORT_FILE = "report.html"
 PLOTS_DIR = "report"
 
@@ -95,28 +97,29 @@ def plot_ppo(history: list[dict[str, Any]], out: Path) -> str | None:
     return _save(fig, out / "ppo.png")
 
 
-def plot_comparison(evaluation: dict[str, Any], out: Path) -> str | None:
-    if "sft" not in evaluation or "ppo" not in evaluation:
-        return None
-    keys = [k for k in ("gold", "reward") if k in evaluation["sft"]]
+def _policies(evaluation: Evaluation) -> tuple[PolicyScores, PolicyScores]:
+    return evaluation.sft, evaluation.ppo
+
+
+def plot_comparison(evaluation: Evaluation, out: Path) -> str | None:
+    keys = [k for k in ("gold", "reward") if getattr(evaluation.sft, k) is not None]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
     axes = axes if len(keys) > 1 else [axes]
     for ax, key in zip(axes, keys, strict=True):
-        values = [evaluation[p][key] for p in ("sft", "ppo")]
-        errors = [1.96 * evaluation[p][f"{key}_stderr"] for p in ("sft", "ppo")]
+        values = [getattr(p, key) for p in _policies(evaluation)]
+        errors = [1.96 * getattr(p, f"{key}_stderr") for p in _policies(evaluation)]
         ax.bar(["SFT", "PPO"], values, yerr=errors, capsize=6, color=["#9aa5b1", "#2f855a"])
         ax.set(title=f"{'gold-judge' if key == 'gold' else 'reward-model'} score (95% CI)")
     return _save(fig, out / "comparison.png")
 
 
-def plot_calibration(reward_model: dict[str, Any], out: Path) -> str | None:
-    bins = reward_model.get("bins") or []
-    if not bins:
+def plot_calibration(reward_model: Calibration | None, out: Path) -> str | None:
+    if reward_model is None or not reward_model.bins:
         return None
     fig, ax = plt.subplots(figsize=(4, 3.4))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
-    ax.plot([b["claimed"] for b in bins], [b["observed"] for b in bins], "o-", label="reward model")
-    ax.set(title=f"Calibration (ECE {reward_model['ece']:.3f})", xlabel="claimed P(chosen)", ylabel="observed")
+    ax.plot([b.claimed for b in reward_model.bins], [b.observed for b in reward_model.bins], "o-", label="reward model")
+    ax.set(title=f"Calibration (ECE {reward_model.ece:.3f})", xlabel="claimed P(chosen)", ylabel="observed")
     ax.legend()
     return _save(fig, out / "calibration.png")
 
@@ -131,22 +134,21 @@ def _prompt_text(prompt: Any) -> str:
     return str(prompt)
 
 
-def verdict(evaluation: dict[str, Any]) -> tuple[bool | None, str]:
+def verdict(evaluation: Evaluation | None) -> tuple[bool | None, str]:
     """Did PPO beat SFT? Judged by the gold judge when there is one, else the reward model."""
-    wins = evaluation.get("win_rate", {})
+    wins = evaluation.win_rate if evaluation is not None else {}
     judge = "gold" if "gold" in wins else "reward" if "reward" in wins else None
-    if judge is None:
+    if evaluation is None or judge is None:
         return None, "No evaluation yet: run `rlhf eval` (or the pipeline's eval stage)."
     w = wins[judge]
-    worked = w["ci_low"] > 0.5
-    scores = ""
-    if judge in evaluation.get("sft", {}):
-        scores = f" Mean {judge} score {evaluation['sft'][judge]:.2f} (SFT) → {evaluation['ppo'][judge]:.2f} (PPO)."
+    worked = w.ci_low > 0.5
+    sft, ppo = (getattr(p, judge) for p in _policies(evaluation))
     text = (
         f"PPO {'beat' if worked else 'did not clearly beat'} the SFT policy on held-out prompts: "
-        f"it wins {w['win_rate']:.0%} of paired comparisons by the {judge} judge "
-        f"(95% CI {w['ci_low']:.0%}–{w['ci_high']:.0%}, {int(w['pairs'])} pairs).{scores}"
-        f" KL to SFT: {evaluation.get('kl_ppo_to_sft', float('nan')):.2f} nats per answer."
+        f"it wins {w.win_rate:.0%} of paired comparisons by the {judge} judge "
+        f"(95% CI {w.ci_low:.0%}–{w.ci_high:.0%}, {int(w.pairs)} pairs). "
+        f"Mean {judge} score {sft:.2f} (SFT) → {ppo:.2f} (PPO)."
+        f" KL to SFT: {evaluation.kl_ppo_to_sft:.2f} nats per answer."
     )
     return worked, text
 
@@ -168,7 +170,7 @@ def _samples_table(samples: list[dict[str, Any]], limit: int) -> str:
     return "<table><tr><th>prompt</th><th>SFT policy</th><th>PPO policy</th></tr>" + "".join(rows) + "</table>"
 
 
-def _metric_rows(evaluation: dict[str, Any]) -> str:
+def _metric_rows(evaluation: Evaluation, rouge: dict[str, dict[str, float]] | None) -> str:
     rows = []
     for key, label in (
         ("gold", "gold-judge score"),
@@ -176,20 +178,20 @@ def _metric_rows(evaluation: dict[str, Any]) -> str:
         ("length", "length (tokens)"),
         ("eos_rate", "ended with EOS"),
     ):
-        if key in evaluation.get("sft", {}):
+        if getattr(evaluation.sft, key) is not None:
             cells = []
-            for policy in ("sft", "ppo"):
-                value = evaluation[policy][key]
-                err = evaluation[policy].get(f"{key}_stderr")
+            for policy in _policies(evaluation):
+                value = getattr(policy, key)
+                err = getattr(policy, f"{key}_stderr", None)
                 cells.append(f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
             rows.append(f"<tr><td>{label}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
-    for judge, w in evaluation.get("win_rate", {}).items():
+    for judge, w in evaluation.win_rate.items():
         rows.append(
-            f"<tr><td>PPO win rate ({judge} judge)</td><td colspan=2>{w['win_rate']:.1%} "
-            f"(95% CI {w['ci_low']:.1%}–{w['ci_high']:.1%}; {int(w['wins'])} wins, {int(w['ties'])} ties, "
-            f"{int(w['losses'])} losses)</td></tr>"
+            f"<tr><td>PPO win rate ({judge} judge)</td><td colspan=2>{w.win_rate:.1%} "
+            f"(95% CI {w.ci_low:.1%}–{w.ci_high:.1%}; {int(w.wins)} wins, {int(w.ties)} ties, "
+            f"{int(w.losses)} losses)</td></tr>"
         )
-    for policy, scores in evaluation.get("rouge", {}).items():
+    for policy, scores in (rouge or {}).items():
         rows.append(
             f"<tr><td>ROUGE-L vs reference ({policy.upper()})</td><td colspan=2>{scores['rougeL']:.3f}</td></tr>"
         )
@@ -214,9 +216,11 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
     plots.mkdir(parents=True, exist_ok=True)
     sft_history = _jsonl(run_dir / "sft" / "log_history.jsonl")
     reward_history = _jsonl(run_dir / "reward" / "log_history.jsonl")
-    reward_metrics = _json(run_dir / "reward" / "metrics.json")
+    reward = RewardResult.read_if_present(run_dir / "reward")
     ppo_history = _jsonl(run_dir / "ppo" / "metrics.jsonl")
-    evaluation = _json(run_dir / "eval" / "metrics.json") or _json(run_dir / "ppo" / "metrics.json").get("eval", {})
+    evaluated = EvalResult.read_if_present(run_dir / "eval")
+    ppo = PPOResult.read_if_present(run_dir / "ppo")
+    evaluation = evaluated or (ppo.eval if ppo is not None else None)
     samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(run_dir / "ppo" / "eval_samples.jsonl")
     annotation = _json(run_dir / "annotate" / "summary.json")
 
@@ -228,8 +232,9 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         f"<h1>rlhf report: {_e(run_dir.name)}</h1>",
         f"<div class='verdict {css}'>{_e(verdict_text)}</div>",
     ]
-    if evaluation:
-        parts += ["<h2>PPO vs SFT on held-out prompts</h2>", _metric_rows(evaluation)]
+    if evaluation is not None:
+        rouge = evaluated.rouge if evaluated is not None else None
+        parts += ["<h2>PPO vs SFT on held-out prompts</h2>", _metric_rows(evaluation, rouge)]
         image = plot_comparison(evaluation, plots)
         if image:
             parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='SFT vs PPO scores'>")
@@ -241,16 +246,14 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
             _samples_table(samples, samples_shown),
         ]
     if reward_history:
-        held_out = reward_metrics.get("eval", {})
-        line = (
-            f"Held-out pairwise accuracy {held_out['accuracy']:.1%} on {held_out['pairs']} pairs." if held_out else ""
-        )
+        held_out = reward.eval if reward is not None else None
+        line = f"Held-out pairwise accuracy {held_out.accuracy:.1%} on {held_out.pairs} pairs." if held_out else ""
         parts += [
             "<h2>Reward model</h2>",
             f"<p>{_e(line)}</p>",
             f"<img src='{PLOTS_DIR}/{plot_reward(reward_history, plots)}' alt='reward model'>",
         ]
-        calibration = plot_calibration(evaluation.get("reward_model") or {}, plots)
+        calibration = plot_calibration(evaluated.reward_model if evaluated is not None else None, plots)
         if calibration:
             parts.append(f"<img src='{PLOTS_DIR}/{calibration}' alt='calibration'>")
     if sft_history:

@@ -1,7 +1,7 @@
 """Run folders: what every stage writes beside its model (resolved config, metrics, log history).
 
 A run folder is the unit the pipeline and the report read: ``rlhf_config.yaml`` (every option,
-re-runnable with ``--config``), ``metrics.json`` (the stage's summary figures),
+re-runnable with ``--config``), ``metrics.json`` (the stage's typed result, :mod:`rlhf.results`),
 ``log_history.jsonl`` (what the trainer logged, step by step) and ``checkpoint-*`` folders that
 ``--resume`` continues from.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf.config import write_resolved_config
 from rlhf.core.errors import ConfigError
+from rlhf.results import METRICS_FILE, clean
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "rlhf_config.yaml"
-METRICS_FILE = "metrics.json"
 HISTORY_FILE = "log_history.jsonl"
 
 
@@ -32,10 +31,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-*`` folder a killed run left (what ``--resume`` continues from)."""
+    out = Path(output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
 def start(stage: str, output_dir: str, resume: bool) -> str | None:
     """Find the checkpoint to resume from (an error when ``resume`` finds none)."""
     out = Path(output_dir)
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    checkpoint = last_checkpoint(out)
     if resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
     if checkpoint is not None and not resume:
@@ -53,30 +58,17 @@ def record_config(stage: str, output_dir: str, *configs: Any) -> None:
         write_resolved_config(Path(output_dir) / CONFIG_FILE, stage, *configs)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """A summary that is not a stage's typed result (the pipeline's annotation step) as ``metrics.json``."""
     path = Path(output_dir) / METRICS_FILE
-    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(clean(metrics), indent=2, sort_keys=True) + "\n")
     return path
-
-
-def read_metrics(output_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(output_dir) / METRICS_FILE).read_text())
 
 
 def write_history(output_dir: str | Path, history: list[dict[str, Any]]) -> None:
     with (Path(output_dir) / HISTORY_FILE).open("w") as handle:
         for entry in history:
-            handle.write(json.dumps(_clean(entry)) + "\n")
+            handle.write(json.dumps(clean(entry)) + "\n")
 
 
 def read_config(output_dir: str | Path) -> dict[str, Any]:

@@ -293,13 +293,14 @@ def worker_ours_stage(spec: dict[str, Any]) -> dict[str, Any]:
     elif stage == "reward":
         from rlhf.stages import reward as module
     else:
+        from rlhf.ppo.sampler import PolicySampler
         from rlhf.ppo.trainer import PPOTrainer
         from rlhf.stages import ppo as module
 
         _timed(PPOTrainer, "train", record)
-        widths = _record_widths(PPOTrainer, "generate", lambda rollout: rollout.response.shape[1])
+        widths = _record_widths(PolicySampler, "generate", lambda samples: samples.response.shape[1])
     started = time.perf_counter()
-    metrics = module.main(spec["argv"])
+    result = module.main(spec["argv"])
     out: dict[str, Any] = {"stage_seconds": time.perf_counter() - started, **record}
     if stage == "ppo":
         steps = [json.loads(line) for line in (Path(spec["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -308,7 +309,7 @@ def worker_ours_stage(spec: dict[str, Any]) -> dict[str, Any]:
         out["step_seconds"] = [s["time/generate"] + s["time/score"] + s["time/update"] for s in steps]
         out["phase_seconds"] = {k: sum(s[f"time/{k}"] for s in steps) for k in ("generate", "score", "update")}
         out["response_width"] = statistics.mean(widths)
-    out["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    out["metrics"] = result.numbers()
     return out
 
 

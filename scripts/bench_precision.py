@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,26 +27,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from rlhf.results import EvalResult
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINING_STAGES = ("sft", "reward", "ppo")
 
 
-def full_precision_recipe(source: Path, target: Path) -> Path:
-    """A copy of a recipe folder whose training stages load the base unquantized."""
-    shutil.copytree(source, target)
-    for stage in TRAINING_STAGES:
-        path = target / f"{stage}.yaml"
-        options = yaml.safe_load(path.read_text())
-        options["quantization"] = "none"
-        path.write_text(yaml.safe_dump(options, sort_keys=False))
-    return target
-
-
-def run_pipeline(recipe: Path, output_dir: Path) -> dict[str, Any]:
+def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """One pipeline in a child process: wall time, the child's peak RSS, stage times and evaluation figures."""
     command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", str(recipe), "--output_dir", str(output_dir)]
+    command += overrides
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "pipeline.log"
     started = time.perf_counter()
@@ -57,7 +46,7 @@ def run_pipeline(recipe: Path, output_dir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
-    evaluation = json.loads((output_dir / "eval" / "metrics.json").read_text())
+    evaluation = EvalResult.read(output_dir / "eval")
     stages = {
         stage: json.loads((output_dir / stage / "done.json").read_text())["seconds"]
         for stage in ("sft", "generate", "annotate", "reward", "ppo", "eval", "export")
@@ -66,11 +55,11 @@ def run_pipeline(recipe: Path, output_dir: Path) -> dict[str, Any]:
         "wall_seconds": wall,
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "stages": stages,
-        "gold_sft": evaluation["sft"]["gold"],
-        "gold_ppo": evaluation["ppo"]["gold"],
-        "gold_win_rate": evaluation["win_rate"]["gold"]["win_rate"],
-        "kl": evaluation["kl_ppo_to_sft"],
-        "reward_accuracy": evaluation["reward_model"]["accuracy"],
+        "gold_sft": evaluation.sft.gold,
+        "gold_ppo": evaluation.ppo.gold,
+        "gold_win_rate": evaluation.win_rate["gold"].win_rate,
+        "kl": evaluation.kl_ppo_to_sft,
+        "reward_accuracy": evaluation.reward_model.accuracy if evaluation.reward_model else None,
     }
 
 
@@ -113,12 +102,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-precision-"))
-    recipes = {"qlora": args.recipe, "fp32": full_precision_recipe(args.recipe, workdir / "recipe-fp32")}
+    # the same recipe, its training stages loading the base unquantized for the fp32 side
+    variants = {"qlora": [], "fp32": [arg for s in TRAINING_STAGES for arg in (f"--{s}.quantization", "none")]}
     results: dict[str, list[dict[str, Any]]] = {"qlora": [], "fp32": []}
     for repeat in range(args.repeats):
-        for side, recipe in recipes.items():
+        for side, overrides in variants.items():
             print(f"[{time.strftime('%H:%M:%S')}] {side} run {repeat + 1}/{args.repeats} ...", flush=True)
-            result = run_pipeline(recipe, workdir / f"{side}-{repeat}")
+            result = run_pipeline(args.recipe, workdir / f"{side}-{repeat}", overrides)
             results[side].append(result)
             print(f"  {result['wall_seconds']:.0f} s, stages {result['stages']}", flush=True)
     print(render(results))

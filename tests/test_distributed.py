@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, torchrun
 
-from rlhf import runs
+from rlhf.results import SFTResult
 
 
 @pytest.mark.slow
@@ -36,9 +36,9 @@ def test_sft_under_torchrun_with_two_processes(tmp_path: Path) -> None:
         "0",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = runs.read_metrics(out)
-    assert metrics["world_size"] == 2
-    assert metrics["global_steps"] == 6
+    result = SFTResult.read(out)
+    assert result.world_size == 2
+    assert result.global_steps == 6
     # one final adapter, written by the main process (checkpoints hold their own copies)
     adapters = sorted(str(p.relative_to(out)) for p in out.rglob("adapter_model.safetensors"))
     assert adapters == [

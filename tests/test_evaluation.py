@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 from conftest import ppo_args
 
-from rlhf import evaluation, runs
+from rlhf import evaluation
+from rlhf.results import EvalResult, PPOResult
 from rlhf.stages import evaluate, ppo
 
 
 def test_win_rate_counts_ties_as_half_and_brackets_the_rate() -> None:
     result = evaluation.win_rate([1, 2, 3, 5], [0, 2, 4, 1])  # win, tie, loss, win
-    assert result["win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
-    assert (result["wins"], result["ties"], result["losses"]) == (2, 1, 1)
-    assert result["ci_low"] <= result["win_rate"] <= result["ci_high"]
+    assert result.win_rate == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert (result.wins, result.ties, result.losses) == (2, 1, 1)
+    assert result.ci_low <= result.win_rate <= result.ci_high
     certain = evaluation.win_rate([1.0] * 50, [0.0] * 50)
-    assert certain["ci_low"] == certain["ci_high"] == 1.0
+    assert certain.ci_low == certain.ci_high == 1.0
     with pytest.raises(ValueError, match="paired"):
         evaluation.win_rate([1.0], [])
 
@@ -26,17 +27,17 @@ def test_win_rate_counts_ties_as_half_and_brackets_the_rate() -> None:
 def test_win_rate_interval_narrows_with_more_pairs() -> None:
     small = evaluation.win_rate([1, 0] * 10, [0, 1] * 10)
     large = evaluation.win_rate([1, 0] * 500, [0, 1] * 500)
-    assert large["ci_high"] - large["ci_low"] < small["ci_high"] - small["ci_low"]
+    assert large.ci_high - large.ci_low < small.ci_high - small.ci_low
 
 
 def test_reward_calibration_by_hand() -> None:
     # gaps 4, 4, -4: claimed P(chosen) = sigmoid(4) = .982 for two pairs (both right), .018 for one (wrong)
     result = evaluation.reward_calibration([4.0, 4.0, 0.0], [0.0, 0.0, 4.0], bins=5)
-    assert result["accuracy"] == pytest.approx(2 / 3)
-    assert result["mean_gap"] == pytest.approx(4 / 3)
+    assert result.accuracy == pytest.approx(2 / 3)
+    assert result.mean_gap == pytest.approx(4 / 3)
     p = 1 / (1 + math.exp(-4))
-    assert result["ece"] == pytest.approx(2 / 3 * (1 - p) + 1 / 3 * (1 - p))
-    assert [b["pairs"] for b in result["bins"]] == [1, 2]
+    assert result.ece == pytest.approx(2 / 3 * (1 - p) + 1 / 3 * (1 - p))
+    assert [b.pairs for b in result.bins] == [1, 2]
 
 
 def test_summary_and_paired_win_rates() -> None:
@@ -66,12 +67,18 @@ def test_summary_and_paired_win_rates() -> None:
                 "kl": 0.5,
             }
         )
-    summary = evaluation.summarize(samples)
-    assert summary["ppo"]["eos_rate"] == pytest.approx(2 / 3) and summary["kl_ppo_to_sft"] == pytest.approx(0.5)
-    assert summary["prompts"] == 3 and summary["seeds"] == [0]
-    wins = evaluation.paired_win_rates(samples)
-    assert wins["reward"]["win_rate"] == 1.0
-    assert wins["gold"]["win_rate"] == pytest.approx((0.5 + 1 + 1) / 3)
+    summary = evaluation.compare(samples)
+    assert summary.ppo.eos_rate == pytest.approx(2 / 3) and summary.kl_ppo_to_sft == pytest.approx(0.5)
+    assert summary.prompts == 3 and summary.seeds == [0]
+    assert summary.sft.gold == 0.0 and summary.ppo.gold == pytest.approx(2 / 3)
+    assert summary.win_rate["reward"].win_rate == 1.0
+    assert summary.win_rate["gold"].win_rate == pytest.approx((0.5 + 1 + 1) / 3)
+    assert (
+        EvalResult.from_json(
+            EvalResult(**vars(summary), output_dir="o", ppo_dir="p", prompts_dataset="d").to_json()
+        ).win_rate
+        == summary.win_rate
+    )
 
 
 def test_rouge_through_evaluate_offline() -> None:
@@ -82,8 +89,8 @@ def test_rouge_through_evaluate_offline() -> None:
 def test_eval_stage_on_a_small_ppo_run(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
     ppo_dir = tmp_path / "ppo"
     ppo.main(ppo_args(ppo_dir, tiny_sft_run, tiny_reward_run, "--steps", "2", "--eval_max_prompts", "0"))
-    assert "eval" not in runs.read_metrics(ppo_dir)  # 0 prompts: the stage skips its own comparison
-    metrics = evaluate.main(
+    assert PPOResult.read(ppo_dir).eval is None  # 0 prompts: the stage skips its own comparison
+    result = evaluate.main(
         [
             "--ppo_dir",
             str(ppo_dir),
@@ -100,8 +107,9 @@ def test_eval_stage_on_a_small_ppo_run(tiny_sft_run: Path, tiny_reward_run: Path
             "true",
         ]
     )
-    assert metrics["prompts"] == 12 and metrics["seeds"] == [0, 1]
-    assert metrics["win_rate"]["gold"]["pairs"] == 24 and metrics["win_rate"]["reward"]["pairs"] == 24
-    assert set(metrics["rouge"]) == {"sft", "ppo"}
-    assert metrics["reward_model"]["pairs"] == 40 and 0 <= metrics["reward_model"]["ece"] <= 1
+    assert result.prompts == 12 and result.seeds == [0, 1]
+    assert result.win_rate["gold"].pairs == 24 and result.win_rate["reward"].pairs == 24
+    assert result.rouge is not None and set(result.rouge) == {"sft", "ppo"}
+    assert result.reward_model is not None and result.reward_model.pairs == 40 and 0 <= result.reward_model.ece <= 1
+    assert EvalResult.read(tmp_path / "eval") == result  # metrics.json reads back as the result the stage returned
     assert len((tmp_path / "eval" / evaluate.SAMPLES_FILE).read_text().splitlines()) == 2 * 12 * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ from transformers import AutoModelForCausalLM
 
 from rlhf import merging, models, report, runs
 from rlhf.config import ModelArguments, from_options
+from rlhf.results import (
+    Calibration,
+    CalibrationBin,
+    Distribution,
+    EvalResult,
+    PairAccuracy,
+    PolicyScores,
+    RewardResult,
+    WinRate,
+)
 from rlhf.stages import export
 
 
@@ -20,9 +31,9 @@ def test_export_writes_adapter_merged_model_and_card(tiny_sft_run: Path, tmp_pat
     result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
     options = runs.read_config(tiny_sft_run)
     assert options["quantization"] == "4bit"  # the tiny recipe is QLoRA
-    assert result["merge_base"] == "dequantized"
-    assert result["kl_vs_trained"] < 1e-4 and result["argmax_agreement"] == 1.0, result
-    assert result["max_logit_diff_vs_base"] > 1e-2, result  # the adapter was merged
+    assert result.merge.merge_base == "dequantized"
+    assert result.merge.kl_vs_trained < 1e-4 and result.merge.argmax_agreement == 1.0, result
+    assert result.merge.max_logit_diff_vs_base > 1e-2, result  # the adapter was merged
 
     (model_args,) = from_options([ModelArguments], options)
     tokenizer = models.load_adapter_tokenizer(tmp_path / "adapter")
@@ -49,8 +60,8 @@ def test_export_adapter_names_a_base_that_loads_from_any_directory(
 def test_export_into_the_original_weights_reports_what_it_costs(tiny_sft_run: Path, tmp_path: Path) -> None:
     """The opt-out merge is another model for a 4-bit run: the check measures and reports it instead of passing."""
     result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path), "--merge_base", "original"])
-    assert result["merge_base"] == "original"
-    assert result["kl_vs_trained"] > 1e-3, result
+    assert result.merge.merge_base == "original"
+    assert result.merge.kl_vs_trained > 1e-3, result
 
 
 def test_export_refuses_a_merge_that_did_not_merge(
@@ -89,7 +100,16 @@ def _fake_run(root: Path, ci_low: float) -> None:
         root / "reward" / "log_history.jsonl",
         [{"step": s, "loss": 0.7 / s, "accuracy": 0.6 + s / 20} for s in range(1, 6)],
     )
-    (root / "reward" / "metrics.json").write_text(json.dumps({"eval": {"accuracy": 0.8, "pairs": 100}}))
+    spread = Distribution(mean=0.0, std=1.0, p10=-1.0, p50=0.0, p90=1.0)
+    RewardResult(
+        output_dir=str(root / "reward"),
+        train_loss=0.3,
+        train_rows=900,
+        global_steps=5,
+        world_size=1,
+        length_policy={},
+        eval=PairAccuracy(accuracy=0.8, pairs=100, mean_gap=1.0, chosen=spread, rejected=spread),
+    ).write(root / "reward")
     _write_jsonl(
         root / "ppo" / "metrics.jsonl",
         [
@@ -97,25 +117,25 @@ def _fake_run(root: Path, ci_low: float) -> None:
             for s in range(1, 6)
         ],
     )
-    stats = {
-        "gold": 0.4,
-        "gold_stderr": 0.05,
-        "reward": 1.0,
-        "reward_stderr": 0.1,
-        "length": 12.0,
-        "length_stderr": 0.5,
-        "eos_rate": 1.0,
-    }
-    win = {"win_rate": 0.76, "ci_low": ci_low, "ci_high": 0.8, "wins": 70, "ties": 40, "losses": 19, "pairs": 129}
-    evaluation = {
-        "sft": stats,
-        "ppo": {**stats, "gold": 1.3},
-        "kl_ppo_to_sft": 1.0,
-        "win_rate": {"gold": win, "reward": win},
-        "reward_model": {"accuracy": 0.8, "ece": 0.1, "bins": [{"claimed": 0.9, "observed": 0.95, "pairs": 10}]},
-    }
+    stats = PolicyScores(
+        gold=0.4, gold_stderr=0.05, reward=1.0, reward_stderr=0.1, length=12.0, length_stderr=0.5, eos_rate=1.0
+    )
+    win = WinRate(win_rate=0.76, ci_low=ci_low, ci_high=0.8, wins=70, ties=40, losses=19, pairs=129)
     (root / "eval").mkdir(parents=True)
-    (root / "eval" / "metrics.json").write_text(json.dumps(evaluation))
+    EvalResult(
+        output_dir=str(root / "eval"),
+        ppo_dir=str(root / "ppo"),
+        prompts_dataset="builtin:tiny/prompts",
+        sft=stats,
+        ppo=replace(stats, gold=1.3),
+        kl_ppo_to_sft=1.0,
+        prompts=129,
+        seeds=[0],
+        win_rate={"gold": win, "reward": win},
+        reward_model=Calibration(
+            accuracy=0.8, mean_gap=1.0, pairs=10, ece=0.1, bins=[CalibrationBin(0.8, 1.0, 10, 0.9, 0.95)]
+        ),
+    ).write(root / "eval")
     payload = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     _write_jsonl(
         root / "eval" / "samples.jsonl",

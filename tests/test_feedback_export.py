@@ -14,6 +14,7 @@ from feedback.records import Answer, Candidate, Item
 from feedback.store import Store
 from rlhf.core.rows import Source, validate
 from rlhf.data import load_split
+from rlhf.results import RewardResult
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 A, B, C = Candidate(1, "Sure! 3 plus 4 is 7."), Candidate(2, "3 plus 4 is 7."), Candidate(3, "Ugh. 3 plus 5 is 8.")
@@ -164,8 +165,6 @@ def test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward(tmp_pa
     assert (out / "train.jsonl").is_file() and (out / "test.jsonl").is_file()
     first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"prompt", "chosen", "rejected", "margin"}
-    from rlhf import runs
-
     run_dir = tmp_path / "reward"
     run_cli(
         "reward",
@@ -186,6 +185,6 @@ def test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward(tmp_pa
         "--disable_tqdm",
         "true",
     )
-    metrics = runs.read_metrics(run_dir)
-    assert metrics["global_steps"] == 3 and metrics["train_rows"] == sum(1 for _ in (out / "train.jsonl").open())
-    assert metrics["eval"]["pairs"] == sum(1 for _ in (out / "test.jsonl").open())
+    result = RewardResult.read(run_dir)
+    assert result.global_steps == 3 and result.train_rows == sum(1 for _ in (out / "train.jsonl").open())
+    assert result.eval is not None and result.eval.pairs == sum(1 for _ in (out / "test.jsonl").open())

@@ -9,7 +9,8 @@ import torch
 from conftest import RECIPES, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf import data, models, runs, sampling
+from rlhf import data, models, sampling
+from rlhf.results import EvalResult, PPOResult, RewardResult, SFTResult
 from rlhf.tiny import task
 
 
@@ -39,20 +40,21 @@ def test_readme_pipeline_on_the_tiny_default(tmp_path: Path) -> None:
     run_cli("pipeline", "--recipe", str(RECIPES / "tiny"), "--output_dir", str(out), "--disable_tqdm", "true")
     assert (out / "report.html").is_file()
 
-    sft = runs.read_metrics(out / "sft")
-    assert sft["eval_loss"] < sft["first_eval_loss"]
+    sft = SFTResult.read(out / "sft")
+    assert sft.eval_loss is not None and sft.first_eval_loss is not None and sft.eval_loss < sft.first_eval_loss
     # SFT shifts which kind of answer the model gives; the gold judge sees it (measured 0.15 -> 0.44)
     assert gold_score(str(out / "sft" / "merged")) > gold_score(models.resolve_model_path("builtin:tiny")) + 0.12
 
-    reward = runs.read_metrics(out / "reward")["eval"]
-    assert reward["accuracy"] > 0.68, reward  # chance 0.5; pairs from the simulated annotators, ~0.75 measured
-    assert reward["chosen"]["p50"] > reward["rejected"]["p50"]
+    reward = RewardResult.read(out / "reward").eval
+    assert reward is not None and reward.accuracy > 0.68, reward  # chance 0.5; simulated annotators' pairs, ~0.75
+    assert reward.chosen.p50 > reward.rejected.p50
 
     # the critic starts on the scale of its returns (-0.07 before its head was fitted, +0.02 measured)
-    assert runs.read_metrics(out / "ppo")["first_iteration"]["value/explained_variance"] >= 0
+    assert PPOResult.read(out / "ppo").first_iteration["value/explained_variance"] >= 0
 
-    evaluation = runs.read_metrics(out / "eval")
-    gold = evaluation["win_rate"]["gold"]
-    assert gold["ci_low"] > 0.5, gold  # PPO beats SFT on the gold judge, beyond the 95% interval
-    assert evaluation["ppo"]["gold"] > evaluation["sft"]["gold"] + 0.3, evaluation
-    assert evaluation["reward_model"]["accuracy"] > 0.68
+    evaluation = EvalResult.read(out / "eval")
+    gold = evaluation.win_rate["gold"]
+    assert gold.ci_low > 0.5, gold  # PPO beats SFT on the gold judge, beyond the 95% interval
+    assert evaluation.ppo.gold is not None and evaluation.sft.gold is not None
+    assert evaluation.ppo.gold > evaluation.sft.gold + 0.3, evaluation
+    assert evaluation.reward_model is not None and evaluation.reward_model.accuracy > 0.68

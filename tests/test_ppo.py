@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from rlhf.config import parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.results import PPOResult
 from rlhf.stages import ppo
 from rlhf.stages.reward import score_sequences
 
@@ -112,19 +114,18 @@ def test_the_critic_starts_on_the_scale_of_its_returns(
     trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run)
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "train")[0][:32]]
     torch.manual_seed(0)
-    rollout = trainer.sampler.generate(prompts)
-    trainer.sampler.score(rollout)
-    raw = rollout.values.clone()
-    targets = trainer.advantages(rollout)  # the first iteration maps the head onto the returns' scale
-    mask = rollout.mask
+    trajectory = trainer.sampler.score(trainer.sampler.generate(prompts))
+    raw = trajectory.values
+    targets = trainer.advantages(trajectory)  # the first iteration maps the head onto the returns' scale
+    mask = trajectory.samples.mask
     mean = lambda x: float(losses.masked_mean(x, mask))  # noqa: E731
-    spread = float(losses.masked_moments(targets["returns"], mask)[1].sqrt())
-    assert abs(mean(rollout.values) - mean(targets["returns"])) < 0.1 * spread
-    assert float(losses.masked_moments(rollout.values, mask)[1].sqrt()) <= 1.05 * spread
-    explained = losses.explained_variance(rollout.values, targets["returns"], mask)
-    assert explained >= max(0.0, losses.explained_variance(raw, targets["returns"], mask)), explained
+    spread = float(losses.masked_moments(targets.returns, mask)[1].sqrt())
+    assert abs(mean(targets.values) - mean(targets.returns)) < 0.1 * spread
+    assert float(losses.masked_moments(targets.values, mask)[1].sqrt()) <= 1.05 * spread
+    explained = losses.explained_variance(targets.values, targets.returns, mask)
+    assert explained >= max(0.0, losses.explained_variance(raw, targets.returns, mask)), explained
     # the head itself changed, so the next forward pass predicts on the new scale
-    assert torch.allclose(trainer.sampler.values(rollout), rollout.values, atol=1e-4)
+    assert torch.allclose(trainer.sampler.values(trajectory.samples), targets.values, atol=1e-4)
 
 
 def test_early_stopping_checks_before_the_step(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
@@ -149,16 +150,15 @@ def test_policy_starts_as_the_reference(trainer) -> None:
 def test_missing_eos_is_penalised(trainer) -> None:
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:4]]
     torch.manual_seed(0)
-    rollout = trainer.sampler.generate(prompts)
-    trainer.sampler.score(rollout)
-    rollout.ended = torch.tensor([True, False, True, False])
+    trajectory = trainer.sampler.score(trainer.sampler.generate(prompts))
+    ended = replace(trajectory.samples, ended=torch.tensor([True, False, True, False]))
     trainer.config.normalize_reward = False
     try:
-        shaped = trainer.advantages(rollout)["shaped_scores"]
+        shaped = trainer.advantages(replace(trajectory, samples=ended)).scores
     finally:
         trainer.config.normalize_reward = True
     penalty = trainer.config.missing_eos_penalty
-    assert (rollout.scores - shaped).tolist() == pytest.approx([0.0, penalty, 0.0, penalty], abs=1e-6)
+    assert (trajectory.scores - shaped).tolist() == pytest.approx([0.0, penalty, 0.0, penalty], abs=1e-6)
 
 
 def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
@@ -209,12 +209,10 @@ def test_ppo_stage_writes_a_plain_peft_policy_and_the_comparison(
     base = AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged")
     policy = PeftModel.from_pretrained(base, str(tmp_path))
     assert sum(p.abs().sum() for n, p in policy.named_parameters() if "lora_B" in n) > 0
-    metrics = runs.read_metrics(tmp_path)
-    evaluation = metrics["eval"]
-    assert evaluation["prompts"] == 16
-    for name in ("sft", "ppo"):
-        assert {"gold", "reward", "length", "eos_rate"} <= set(evaluation[name])
-    assert evaluation["kl_ppo_to_sft"] > 0
+    evaluation = PPOResult.read(tmp_path).eval
+    assert evaluation is not None and evaluation.prompts == 16
+    assert evaluation.sft.gold is not None and evaluation.ppo.gold is not None  # the task's gold judge scored both
+    assert evaluation.kl_ppo_to_sft > 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
     assert len((tmp_path / ppo.SAMPLES_FILE).read_text().splitlines()) == 32
     assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
@@ -282,9 +280,10 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_sft_run: Path, tiny_rew
             "gold/score",
         ):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), (x["step"], key)
-    ea, eb = runs.read_metrics(straight)["eval"], runs.read_metrics(killed)["eval"]
-    assert ea["ppo"]["gold"] == pytest.approx(eb["ppo"]["gold"], abs=1e-6)
-    assert ea["kl_ppo_to_sft"] == pytest.approx(eb["kl_ppo_to_sft"], rel=1e-4)
+    ea, eb = PPOResult.read(straight).eval, PPOResult.read(killed).eval
+    assert ea is not None and eb is not None
+    assert ea.ppo.gold == pytest.approx(eb.ppo.gold, abs=1e-6)
+    assert ea.kl_ppo_to_sft == pytest.approx(eb.kl_ppo_to_sft, rel=1e-4)
 
 
 @pytest.mark.slow

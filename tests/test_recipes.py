@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, run_cli
 
-from rlhf import runs
+from rlhf.results import PPOResult
 
 REAL = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name != "tiny")
 SWAP = {
@@ -81,4 +81,4 @@ def test_real_ppo_recipe_runs_two_iterations_on_the_tiny_model(
     )
     config = (tmp_path / "rlhf_config.yaml").read_text()
     assert "quantization: 4bit" in config and "optim: paged_adamw_8bit" in config
-    assert runs.read_metrics(tmp_path)["steps"] == 2
+    assert PPOResult.read(tmp_path).steps == 2

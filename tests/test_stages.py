@@ -14,8 +14,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf import models, runs
-from rlhf.config import ModelArguments, from_options, parse
+from rlhf.config import ModelArguments, StageConfig, from_options, parse
 from rlhf.core.errors import ConfigError, DataError
+from rlhf.results import RewardResult, SFTResult
 from rlhf.stages import reward, sft
 
 
@@ -75,10 +76,11 @@ def test_sft_run_writes_an_adapter_that_plain_peft_loads_with_the_same_logits(
         "rlhf_config.yaml",
     ):
         assert (tiny_sft_run / name).is_file(), name
-    metrics = runs.read_metrics(tiny_sft_run)
-    assert metrics["eval_loss"] < metrics["first_eval_loss"]  # eval_on_start gives the untrained loss
-    assert metrics["tokens_seen"] > 0 and metrics["loss_tokens_per_epoch"] > 0
-    assert metrics["length_policy"]["train"]["dropped"] == 0
+    result = SFTResult.read(tiny_sft_run)
+    assert result.eval_loss is not None and result.first_eval_loss is not None
+    assert result.eval_loss < result.first_eval_loss  # eval_on_start gives the untrained loss
+    assert result.tokens_seen and result.loss_tokens_per_epoch > 0
+    assert result.length_policy["train"].dropped == 0
 
     # the base as the run loaded it (4-bit for the QLoRA recipe), plus the adapter: the model as trained
     model = PeftModel.from_pretrained(_base_as_trained(tiny_sft_run, tiny_tokenizer), str(tiny_sft_run)).eval()
@@ -158,9 +160,9 @@ def test_sft_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
     run_cli("sft", *common, "--max_steps", "8", "--resume")
     history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 8
-    assert runs.read_metrics(tmp_path)["global_steps"] == 8
+    assert SFTResult.read(tmp_path).global_steps == 8
     with pytest.raises(ConfigError, match="no checkpoint"):
-        sft.train(*_parsed("sft", tmp_path / "fresh", "--resume", "--max_steps", "1"))
+        sft.run(StageConfig(*_parsed("sft", tmp_path / "fresh", "--resume", "--max_steps", "1")))
 
 
 def test_sft_reports_and_drops_overlong_rows(tmp_path: Path) -> None:
@@ -226,12 +228,12 @@ def test_sft_writes_tensorboard_logs_when_asked(tmp_path: Path) -> None:
 
 
 def test_reward_model_ranks_held_out_pairs_and_reports_distributions(tiny_reward_run: Path) -> None:
-    metrics = runs.read_metrics(tiny_reward_run)["eval"]
-    assert metrics["pairs"] == 600
+    held_out = RewardResult.read(tiny_reward_run).eval
+    assert held_out is not None and held_out.pairs == 600
     # chance is 0.5 (600 pairs: one standard error is 0.02); this shortened run reaches ~0.65, the full recipe ~0.8
-    assert metrics["accuracy"] > 0.6
-    assert metrics["chosen"]["mean"] > metrics["rejected"]["mean"]
-    assert {"mean", "std", "p10", "p50", "p90"} <= set(metrics["chosen"])
+    assert held_out.accuracy > 0.6
+    assert held_out.chosen.mean > held_out.rejected.mean
+    assert held_out.chosen.p10 <= held_out.chosen.p50 <= held_out.chosen.p90
 
 
 def test_reward_model_reloads_in_a_fresh_process_with_the_same_scores(tiny_reward_run: Path) -> None:

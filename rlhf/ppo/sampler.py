@@ -23,25 +23,37 @@ from rlhf.config import PPOConfig
 from rlhf.ppo.roles import POLICY, VALUE, SharedBase
 
 
-@dataclass
-class Rollout:
-    """One iteration's episodes and everything computed about them (tensors are B x R unless noted)."""
+@dataclass(frozen=True)
+class Samples:
+    """Sampled answers to a batch of prompts: what :meth:`PolicySampler.generate` returns.
 
-    prompts: list[Any]
-    query: torch.Tensor  # B x P, left-padded
-    query_mask: torch.Tensor  # B x P
-    response: torch.Tensor  # B x R, pad after EOS
-    mask: torch.Tensor  # B x R, float: 1 up to and including EOS
-    texts: list[str]
-    ended: torch.Tensor  # B, bool: the response stopped with EOS
-    logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None  # B, raw reward-model score (before the EOS penalty)
+    Frozen: each pass that follows adds its measurements in a new object (:class:`Trajectory`),
+    so what was sampled cannot be changed by what is computed from it.
+    """
+
+    prompts: list[Any]  # B prompts, as given (text or chat messages)
+    query: torch.Tensor  # B x P long, left-padded prompt tokens
+    query_mask: torch.Tensor  # B x P long
+    response: torch.Tensor  # B x R long, pad after EOS
+    mask: torch.Tensor  # B x R float: 1 up to and including EOS
+    texts: list[str]  # B decoded responses, EOS and padding removed
+    ended: torch.Tensor  # B bool: the response stopped with EOS
 
     @property
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and response as one batch: ids and attention mask, B x (P + R)."""
         return torch.cat([self.query, self.response], 1), torch.cat([self.query_mask, self.mask.long()], 1)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Samples measured by every role of the shared base: what PPO's losses read (:meth:`PolicySampler.score`)."""
+
+    samples: Samples
+    logprobs: torch.Tensor  # B x R float: the sampling policy's log-prob of each response token (0 past EOS)
+    ref_logprobs: torch.Tensor  # B x R float: the same under the reference (adapters disabled)
+    values: torch.Tensor  # B x R float: the critic's value before each response token
+    scores: torch.Tensor  # B float: raw reward-model score of prompt + response (before the EOS penalty)
 
 
 def chunks(n: int, size: int) -> list[slice]:
@@ -101,7 +113,7 @@ class PolicySampler:
             self.tokenizer.padding_side = side
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
-    def generate(self, prompts: Sequence[Any], reference: bool = False) -> Rollout:
+    def generate(self, prompts: Sequence[Any], reference: bool = False) -> Samples:
         """Sample responses (policy, or the SFT reference), cut at the first EOS."""
         roles = self.roles
         query, query_mask = self.encode_prompts(prompts)
@@ -118,23 +130,24 @@ class PolicySampler:
                 roles.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         response, mask, ended = sampling.cut_at_eos(response, self.eos_ids, self.tokenizer.pad_token_id)
         texts = sampling.decode(self.tokenizer, response, self.eos_ids, self.tokenizer.pad_token_id)
-        return Rollout(list(prompts), query, query_mask, response, mask, texts, ended)
+        return Samples(list(prompts), query, query_mask, response, mask, texts, ended)
 
     def response_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
         """Logits predicting each response token (B x R x V), at the sampling temperature."""
         hidden = self.roles.hidden_states(ids, mask)[:, prompt_length - 1 : -1]
         return self.roles.token_logits(hidden).float() / self.settings.temperature
 
-    def logprobs(self, rollout: Rollout, reference: bool = False) -> torch.Tensor:
-        ids, mask = rollout.sequences
+    def logprobs(self, samples: Samples, reference: bool = False) -> torch.Tensor:
+        """Log-prob of each sampled token under the policy (or the reference), B x R, 0 past EOS."""
+        ids, mask = samples.sequences
         out = []
         with self.scoring(), self.roles.reference() if reference else nullcontext():
             for part in chunks(len(ids), self.forward_batch_size):
-                logits = self.response_logits(ids[part], mask[part], rollout.query.shape[1])
-                out.append(selective_log_softmax(logits, rollout.response[part]))
-        return torch.cat(out) * rollout.mask
+                logits = self.response_logits(ids[part], mask[part], samples.query.shape[1])
+                out.append(selective_log_softmax(logits, samples.response[part]))
+        return torch.cat(out) * samples.mask
 
-    def kl_to_reference(self, rollout: Rollout) -> torch.Tensor:
+    def kl_to_reference(self, samples: Samples) -> torch.Tensor:
         """Exact KL(policy || reference) summed over each response's tokens (one value per answer).
 
         At every response position the full next-token distributions are compared (a sum over the
@@ -142,8 +155,8 @@ class PolicySampler:
         unbiased estimate of the sequence-level KL with far less variance than the sampled log-ratio,
         which goes negative on small evaluations.
         """
-        ids, mask = rollout.sequences
-        prompt_length = rollout.query.shape[1]
+        ids, mask = samples.sequences
+        prompt_length = samples.query.shape[1]
         out = []
         with self.scoring():
             for part in chunks(len(ids), self.forward_batch_size):
@@ -151,12 +164,13 @@ class PolicySampler:
                 with self.roles.reference():
                     reference = torch.log_softmax(self.response_logits(ids[part], mask[part], prompt_length), -1)
                 per_token = (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
-                out.append((per_token * rollout.mask[part]).sum(1))
+                out.append((per_token * samples.mask[part]).sum(1))
         return torch.cat(out)
 
-    def values(self, rollout: Rollout) -> torch.Tensor:
-        ids, mask = rollout.sequences
-        prompt_length = rollout.query.shape[1]
+    def values(self, samples: Samples) -> torch.Tensor:
+        """The critic's value before each response token, B x R, 0 past EOS."""
+        ids, mask = samples.sequences
+        prompt_length = samples.query.shape[1]
         out = []
         self.roles.use(VALUE)
         try:
@@ -166,7 +180,7 @@ class PolicySampler:
                     out.append(self.roles.values(hidden))
         finally:
             self.roles.use(POLICY)
-        return torch.cat(out) * rollout.mask
+        return torch.cat(out) * samples.mask
 
     def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
         """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""
@@ -182,8 +196,12 @@ class PolicySampler:
                 scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
         return torch.cat(scores)
 
-    def score(self, rollout: Rollout) -> None:
-        rollout.logprobs = self.logprobs(rollout)
-        rollout.ref_logprobs = self.logprobs(rollout, reference=True)
-        rollout.values = self.values(rollout)
-        rollout.scores = self.reward_scores(rollout.prompts, rollout.texts)
+    def score(self, samples: Samples) -> Trajectory:
+        """Every role's pass over the samples: policy and reference log-probs, values, reward-model scores."""
+        return Trajectory(
+            samples=samples,
+            logprobs=self.logprobs(samples),
+            ref_logprobs=self.logprobs(samples, reference=True),
+            values=self.values(samples),
+            scores=self.reward_scores(samples.prompts, samples.texts),
+        )

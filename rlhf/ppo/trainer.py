@@ -34,6 +34,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,24 @@ from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.sampler import PolicySampler, Rollout, chunks
+from rlhf.ppo.sampler import PolicySampler, Trajectory, chunks
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 STEP_METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What an update fits, computed from a trajectory by :meth:`PPOTrainer.advantages` (B x R unless noted)."""
+
+    values: torch.Tensor  # the critic's values at sampling time (on the returns' scale from the first iteration)
+    advantages: torch.Tensor  # GAE, whitened over the batch
+    returns: torch.Tensor  # advantages + values, before whitening: the critic's targets
+    kl: torch.Tensor  # per-token KL estimate to the reference (0 past EOS)
+    rewards: torch.Tensor  # per-token rewards: -kl_coef * kl, plus the score at the last token
+    scores: torch.Tensor  # B: reward-model scores after the missing-EOS penalty, normalisation and clipping
 
 
 def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
@@ -162,28 +175,28 @@ class PPOTrainer:
         self.roles.affine_value_head(slope, intercept)
         return (values * slope + intercept) * mask
 
-    def advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Normalised, KL-shaped rewards, GAE advantages (whitened) and returns of a scored rollout."""
+    def advantages(self, trajectory: Trajectory) -> Targets:
+        """Normalised, KL-shaped rewards, GAE advantages (whitened) and returns of a scored trajectory."""
         config = self.config
-        assert rollout.scores is not None and rollout.logprobs is not None
-        assert rollout.ref_logprobs is not None and rollout.values is not None
-        scores = rollout.scores - config.missing_eos_penalty * (~rollout.ended).float()
+        samples = trajectory.samples
+        scores = trajectory.scores - config.missing_eos_penalty * (~samples.ended).float()
         if config.normalize_reward:
             self.score_moments.update(scores, dist.all_sum)
             scores = self.score_moments.normalize(scores, config.reward_clip)
         elif config.reward_clip is not None:
             scores = scores.clamp(-config.reward_clip, config.reward_clip)
-        kl = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, config.kl_estimator) * rollout.mask
-        rewards = losses.token_rewards(scores, kl, rollout.mask, self.kl_controller.coef)
+        kl = losses.kl_estimate(trajectory.logprobs, trajectory.ref_logprobs, config.kl_estimator) * samples.mask
+        rewards = losses.token_rewards(scores, kl, samples.mask, self.kl_controller.coef)
         if config.whiten_rewards:
-            rewards = losses.whiten(rewards, rollout.mask, shift_mean=False, reduce=dist.all_sum)
+            rewards = losses.whiten(rewards, samples.mask, shift_mean=False, reduce=dist.all_sum)
+        values = trajectory.values
         if self.step == 0 and config.value_init == "reward":
-            rollout.values = self._calibrate_critic(rollout.values, rewards, rollout.mask)
-        advantages, returns = losses.gae(rewards, rollout.values, rollout.mask, config.gamma, config.lam)
-        advantages = losses.whiten(advantages, rollout.mask, reduce=dist.all_sum)
-        return {"advantages": advantages, "returns": returns, "kl": kl, "shaped_scores": scores, "rewards": rewards}
+            values = self._calibrate_critic(values, rewards, samples.mask)
+        advantages, returns = losses.gae(rewards, values, samples.mask, config.gamma, config.lam)
+        advantages = losses.whiten(advantages, samples.mask, reduce=dist.all_sum)
+        return Targets(values=values, advantages=advantages, returns=returns, kl=kl, rewards=rewards, scores=scores)
 
-    def update(self, rollout: Rollout, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, trajectory: Trajectory, targets: Targets) -> dict[str, float]:
         """PPO epochs over minibatches.
 
         Early stopping checks before stepping: a minibatch whose approximate KL to the rollout policy
@@ -192,9 +205,9 @@ class PPOTrainer:
         parameters, clipped separately, with Adam's per-parameter scaling, where a ``vf_coef`` would
         cancel out; ``value_learning_rate`` sets the critic's pace.
         """
-        config, roles = self.config, self.roles
-        ids, mask = rollout.sequences
-        prompt_length = rollout.query.shape[1]
+        config, roles, samples = self.config, self.roles, trajectory.samples
+        ids, mask = samples.sequences
+        prompt_length = samples.query.shape[1]
         micro = config.micro_batch_size or config.mini_batch_size
         stats: dict[str, list[float]] = {
             k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
@@ -207,7 +220,7 @@ class PPOTrainer:
             order = torch.randperm(len(ids))
             for mb in chunks(len(ids), config.mini_batch_size):
                 rows = order[mb]
-                tokens = rollout.mask[rows].sum().clamp(min=1)
+                tokens = samples.mask[rows].sum().clamp(min=1)
                 self.optimizer.zero_grad(set_to_none=True)
                 approx_kl = torch.zeros((), device=self.device)
                 # policy: forward and backward as a pair
@@ -216,14 +229,14 @@ class PPOTrainer:
                     r = rows[part]
                     with self.sampler.autocast():
                         logits = self.sampler.response_logits(ids[r], mask[r], prompt_length)
-                    new_logprobs = selective_log_softmax(logits, rollout.response[r])
+                    new_logprobs = selective_log_softmax(logits, samples.response[r])
                     loss, part_stats = losses.policy_loss(
-                        new_logprobs, rollout.logprobs[r], targets["advantages"][r], rollout.mask[r], config.cliprange
+                        new_logprobs, trajectory.logprobs[r], targets.advantages[r], samples.mask[r], config.cliprange
                     )
-                    weight = rollout.mask[r].sum() / tokens
+                    weight = samples.mask[r].sum() / tokens
                     (loss * weight).backward()
                     with torch.no_grad():
-                        entropy = losses.masked_mean(losses.entropy_from_logits(logits), rollout.mask[r])
+                        entropy = losses.masked_mean(losses.entropy_from_logits(logits), samples.mask[r])
                     approx_kl += part_stats["approx_kl"] * weight
                     for key, value in (
                         ("policy_loss", loss),
@@ -239,9 +252,9 @@ class PPOTrainer:
                         hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
                     new_values = roles.values(hidden)
                     vloss, part_stats = losses.value_loss(
-                        new_values, rollout.values[r], targets["returns"][r], rollout.mask[r], config.cliprange_value
+                        new_values, targets.values[r], targets.returns[r], samples.mask[r], config.cliprange_value
                     )
-                    weight = rollout.mask[r].sum() / tokens
+                    weight = samples.mask[r].sum() / tokens
                     (vloss * weight).backward()
                     stats["value_loss"].append(float(vloss.detach()))
                     stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
@@ -274,31 +287,32 @@ class PPOTrainer:
     # The loop
 
     def train_step(self) -> dict[str, float]:
+        """One iteration: rollout, every role's scoring pass, advantages, then epochs of minibatch updates."""
         started = time.perf_counter()
         prompts = self._next_prompts()
-        rollout = self.sampler.generate(prompts)
+        samples = self.sampler.generate(prompts)  # the policy adapter samples
         generated = time.perf_counter()
-        self.sampler.score(rollout)
+        trajectory = self.sampler.score(samples)  # policy, reference, value and reward passes, no grad
         scored = time.perf_counter()
-        targets = self.advantages(rollout)
-        update_stats = self.update(rollout, targets)
+        targets = self.advantages(trajectory)  # KL-shaped rewards, GAE
+        update_stats = self.update(trajectory, targets)  # policy then value, forward and backward per minibatch
         updated = time.perf_counter()
 
-        assert rollout.scores is not None and rollout.values is not None
-        seq_kl = targets["kl"].sum(1)
+        scores = trajectory.scores
+        seq_kl = targets.kl.sum(1)
         n = float(len(prompts))
         mean = lambda t: float(dist.all_sum(t.float().sum().reshape(1))[0]) / (n * dist.world_size())  # noqa: E731
-        tokens = float(dist.all_sum(rollout.mask.sum().reshape(1))[0])
+        tokens = float(dist.all_sum(samples.mask.sum().reshape(1))[0])
         metrics = {
             "step": self.step + 1,
-            "objective/score": mean(rollout.scores),
+            "objective/score": mean(scores),
             "objective/kl": mean(seq_kl),
             "objective/kl_coef": self.kl_controller.coef,
             "objective/non_score_reward": mean(-self.kl_controller.coef * seq_kl),
-            "objective/rlhf_reward": mean(rollout.scores - self.kl_controller.coef * seq_kl),
-            "value/explained_variance": losses.explained_variance(rollout.values, targets["returns"], rollout.mask),
-            "response/length": mean(rollout.mask.sum(1)),
-            "response/eos_rate": mean(rollout.ended),
+            "objective/rlhf_reward": mean(scores - self.kl_controller.coef * seq_kl),
+            "value/explained_variance": losses.explained_variance(targets.values, targets.returns, samples.mask),
+            "response/length": mean(samples.mask.sum(1)),
+            "response/eos_rate": mean(samples.ended),
             "time/generate": generated - started,
             "time/score": scored - generated,
             "time/update": updated - scored,
@@ -309,7 +323,7 @@ class PPOTrainer:
         }
         if self.judge is not None:
             metrics["gold/score"] = mean(
-                torch.tensor([self.judge(p, t) for p, t in zip(rollout.prompts, rollout.texts, strict=True)])
+                torch.tensor([self.judge(p, t) for p, t in zip(samples.prompts, samples.texts, strict=True)])
             )
         self.kl_controller.update(metrics["objective/kl"], int(n) * dist.world_size())
         self.scheduler.step()

@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -32,6 +31,7 @@ from rlhf.core.rows import validate
 from rlhf.ppo.roles import POLICY
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge
+from rlhf.results import Calibration, EvalResult
 from rlhf.stages import ppo
 
 DESCRIPTION = "Evaluate a PPO run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."
@@ -62,7 +62,7 @@ class EvalConfig:
 CONFIG_TYPES = [EvalConfig]
 
 
-def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int | None) -> dict[str, Any] | None:
+def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int | None) -> Calibration | None:
     loaded = data.load_split(dataset, "test")
     if loaded is None:
         return None
@@ -72,10 +72,10 @@ def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int |
     ids = [data.preference_ids(row, sampler.tokenizer) for row in rows]
     chosen = sampler.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
     rejected = sampler.score_token_ids([i["rejected_ids"] for i in ids]).tolist()
-    return {"dataset": dataset, **evaluation.reward_calibration(chosen, rejected)}
+    return evaluation.reward_calibration(chosen, rejected, dataset=dataset)
 
 
-def run(config: EvalConfig) -> dict[str, Any]:
+def run(config: EvalConfig) -> EvalResult:
     started = time.time()
     if not config.ppo_dir:
         raise ConfigError("ppo_dir: the run folder of `rlhf ppo` is required")
@@ -100,15 +100,9 @@ def run(config: EvalConfig) -> dict[str, Any]:
     prompts = [r["prompt"] for r in rows]
     samples = evaluation.sample_policies(sampler, prompts, config.seeds, judge, show_progress=not config.disable_tqdm)
 
-    metrics: dict[str, Any] = {
-        "stage": "eval",
-        "ppo_dir": str(ppo_dir),
-        "prompts_dataset": prompt_set,
-        **evaluation.summarize(samples),
-        "win_rate": evaluation.paired_win_rates(samples),
-    }
+    rouge = None
     if "reference" in rows[0]:
-        metrics["rouge"] = {
+        rouge = {
             policy: evaluation.rouge(
                 [s["response"] for s in samples if s["policy"] == policy],
                 [rows[s["prompt_index"]]["reference"] for s in samples if s["policy"] == policy],
@@ -117,18 +111,25 @@ def run(config: EvalConfig) -> dict[str, Any]:
         }
     reward_options = runs.read_config(ppo_config.reward_model_path)
     preferences = config.preferences or reward_options.get("dataset_name")
-    if preferences:
-        metrics["reward_model"] = _reward_model_metrics(sampler, preferences, config.max_pairs)
-    metrics["runtime_seconds"] = round(time.time() - started, 1)
-
+    comparison = evaluation.compare(samples)
+    result = EvalResult(
+        **vars(comparison),  # the comparison's fields, flat, beside where it was run
+        output_dir=str(output_dir),
+        ppo_dir=str(ppo_dir),
+        prompts_dataset=prompt_set,
+        rouge=rouge,
+        reward_model=_reward_model_metrics(sampler, preferences, config.max_pairs) if preferences else None,
+        runtime_seconds=round(time.time() - started, 1),
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_metrics(output_dir, metrics)
+    result.write(output_dir)
     with (output_dir / SAMPLES_FILE).open("w") as handle:
         for sample in samples:
             handle.write(json.dumps(sample) + "\n")
-    return metrics
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> EvalResult:
+    """``rlhf eval``: parse the flags, then :func:`run`."""
     (config,) = parse(CONFIG_TYPES, argv, prog="rlhf eval", description=DESCRIPTION)
     return run(config)

@@ -30,6 +30,7 @@ import yaml
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.core.errors import ConfigError
+from rlhf.results import METRICS_FILE, EvalResult, Evaluation, ExportResult, MergeCheck, PPOResult, Result, read_stage
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,12 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 def model_card(
     run_dir: Path,
     options: dict[str, Any],
-    metrics: dict[str, Any],
-    evaluation: dict[str, Any] | None,
-    check: merging.MergeCheck,
+    trained: Result | None,
+    evaluation: Evaluation | None,
+    check: MergeCheck,
 ) -> str:
     """The export's README.md: what the model is, how it was made, and how well it did."""
-    stage = metrics.get("stage", "?")
+    stage = trained.stage if trained is not None else "?"
     base = options.get("model_name_or_path")
     setup = ", ".join(f"{key}: {options.get(key)}" for key in ("quantization", "lora_r", "lora_alpha"))
     reward = f" Reward model: `{options['reward_model_path']}`." if options.get("reward_model_path") else ""
@@ -111,30 +112,29 @@ def model_card(
         f"token, same greedy token at {check.argmax_agreement:.1%} of {check.tokens} positions.",
         "",
     ]
-    source = evaluation or metrics.get("eval")
-    if source and "sft" in source and "ppo" in source:
+    source = evaluation or (trained.eval if isinstance(trained, PPOResult) else None)
+    if source is not None:
         rows = [("policy", "gold score", "reward-model score", "length", "EOS rate")]
-        for policy in ("sft", "ppo"):
-            s = source[policy]
-            gold = f"{s['gold']:.3f} ± {s['gold_stderr']:.3f}" if "gold" in s else "n/a"
-            score = f"{s['reward']:.3f} ± {s['reward_stderr']:.3f}"
-            rows.append((policy.upper(), gold, score, f"{s['length']:.1f}", f"{s['eos_rate']:.2f}"))
-        kl = source.get("kl_ppo_to_sft", 0.0)
+        for name, s in (("SFT", source.sft), ("PPO", source.ppo)):
+            gold = f"{s.gold:.3f} ± {s.gold_stderr:.3f}" if s.gold is not None and s.gold_stderr is not None else "n/a"
+            score = f"{s.reward:.3f} ± {s.reward_stderr:.3f}"
+            rows.append((name, gold, score, f"{s.length:.1f}", f"{s.eos_rate:.2f}"))
         lines += ["## Evaluation (held-out prompts)", "", _table(rows), ""]
         lines.append(
-            f"Prompts: {source.get('prompts')}, seeds: {source.get('seeds')}, KL(PPO || SFT): {kl:.3f} nats/answer."
+            f"Prompts: {source.prompts}, seeds: {source.seeds}, KL(PPO || SFT): {source.kl_ppo_to_sft:.3f} nats/answer."
         )
-        for judge, w in source.get("win_rate", {}).items():
-            interval = f"95% CI {w['ci_low']:.1%}-{w['ci_high']:.1%}"
-            lines.append(f"PPO beats SFT by the {judge} judge {w['win_rate']:.1%} of the time ({interval}).")
+        for judge, w in source.win_rate.items():
+            interval = f"95% CI {w.ci_low:.1%}-{w.ci_high:.1%}"
+            lines.append(f"PPO beats SFT by the {judge} judge {w.win_rate:.1%} of the time ({interval}).")
         lines.append("")
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    summary = trained.numbers() if trained is not None else {}
     lines += ["## Training metrics", "", "```json", json.dumps(summary, indent=2, sort_keys=True), "```", ""]
     lines += ["## Recipe (resolved config)", "", "```yaml", yaml.safe_dump(options, sort_keys=True).strip(), "```", ""]
     return "\n".join(lines)
 
 
-def run(config: ExportConfig) -> dict[str, Any]:
+def run(config: ExportConfig) -> ExportResult:
+    """Copy the adapter, merge it, check the merge against the trained model, write the model card."""
     started = time.time()
     if not config.run_dir:
         raise ConfigError("run_dir: the run folder of `rlhf sft` or `rlhf ppo` is required")
@@ -143,8 +143,8 @@ def run(config: ExportConfig) -> dict[str, Any]:
         raise ConfigError(f"{run_dir}: no adapter (adapter_model.safetensors) to export")
     out = Path(config.output_dir) if config.output_dir else run_dir.parent / "export"
     options = runs.read_config(run_dir)
-    metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS_FILE).exists() else {}
-    evaluation = runs.read_metrics(config.eval_dir) if config.eval_dir else None
+    trained = read_stage(run_dir) if (run_dir / METRICS_FILE).exists() else None
+    evaluation = EvalResult.read(config.eval_dir) if config.eval_dir else None
 
     adapter_dir, merged_dir = out / "adapter", out / "merged"
     adapter_dir.mkdir(parents=True, exist_ok=True)
@@ -156,20 +156,19 @@ def run(config: ExportConfig) -> dict[str, Any]:
     check = merging.merge_and_verify(
         model_args, adapter_dir, merged_dir, config.merged_dtype, config.merge_base, config.max_kl
     )
-    card = model_card(run_dir, options, metrics, evaluation, check)
+    card = model_card(run_dir, options, trained, evaluation, check)
     (out / "README.md").write_text(card)
     (merged_dir / "README.md").write_text(card)
-    result = {
-        "stage": "export",
-        "run_dir": str(run_dir),
-        "base": model_args.model_name_or_path,
-        "merged_dtype": config.merged_dtype,
-        **check.as_dict(),
-    }
-    if config.push_to_hub:
-        result["pushed_to"] = push(merged_dir, config.push_to_hub)
-    result["runtime_seconds"] = round(time.time() - started, 1)
-    runs.write_metrics(out, result)
+    result = ExportResult(
+        output_dir=str(out),
+        run_dir=str(run_dir),
+        base=model_args.model_name_or_path,
+        merged_dtype=config.merged_dtype,
+        merge=check,
+        pushed_to=push(merged_dir, config.push_to_hub) if config.push_to_hub else None,
+        runtime_seconds=round(time.time() - started, 1),
+    )
+    result.write(out)
     return result
 
 
@@ -186,6 +185,7 @@ def push(folder: Path, repo_id: str) -> str:
     return repo_id
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> ExportResult:
+    """``rlhf export``: parse the flags, then :func:`run`."""
     (config,) = parse(CONFIG_TYPES, argv, prog="rlhf export", description=DESCRIPTION)
     return run(config)

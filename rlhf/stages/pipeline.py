@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from feedback import export as feedback_export
 from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, runs
-from rlhf.config import parse
+from rlhf.config import StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo.trainer import load_judge
 from rlhf.report import build_report
@@ -103,14 +103,14 @@ class Pipeline:
             raise ConfigError("recipe and output_dir are required")
         self.config = config
         self.recipe = Path(config.recipe)
-        self.overrides = {stage: list((overrides or {}).get(stage, [])) for stage in STAGE_MODULES}
-        self.parsed: dict[str, tuple[Any, ...]] = {}
+        self.configs: dict[str, StageConfig[Any]] = {}
         for stage, module in STAGE_MODULES.items():
             if not (self.recipe / f"{stage}.yaml").is_file():
                 raise ConfigError(f"{self.recipe}: no {stage}.yaml")
             # every recipe with its overrides parsed once, up front: a bad option fails now, not an hour in
-            self.parsed[stage] = parse(
-                module.CONFIG_TYPES, self._recipe_args(stage), prog=f"rlhf pipeline --{stage}.*", description=""
+            argv = ["--config", str(self.recipe / f"{stage}.yaml"), *(overrides or {}).get(stage, [])]
+            self.configs[stage] = StageConfig(
+                *parse(module.CONFIG_TYPES, argv, prog=f"rlhf pipeline --{stage}.*", description="")
             )
         self.out = Path(config.output_dir)
         self.db = config.db or f"sqlite:///{(self.out / 'feedback.db').resolve()}"
@@ -162,23 +162,25 @@ class Pipeline:
                 break
         return summary
 
-    def _recipe_args(self, stage: str) -> list[str]:
-        return ["--config", str(self.recipe / f"{stage}.yaml"), *self.overrides[stage]]
-
-    def _stage_args(self, stage: str, out: Path, *paths: str) -> list[str]:
-        """The stage's command line: its recipe, the user's overrides, then the pipeline's paths."""
-        args = [*self._recipe_args(stage), "--output_dir", str(out), *paths]
+    def _stage_config(self, stage: str, out: Path) -> StageConfig[Any]:
+        """The stage's parsed recipe, writing into ``out``, resuming there if a kill left a checkpoint."""
+        config = self.configs[stage]
+        config.training.output_dir = str(out)
+        config.training.resume = runs.last_checkpoint(out) is not None
         if self.config.disable_tqdm:
-            args += ["--disable_tqdm", "true"]
-        if any(out.glob("checkpoint-*")):
-            args.append("--resume")  # killed part-way: continue from its last checkpoint
-        return args
+            config.training.disable_tqdm = True
+        return config
+
+    def _sft_model(self) -> str:
+        return str(self.folder("sft") / sft.MERGED_DIR)
 
     # -- stages ---------------------------------------------------------------------------------
 
     def sft(self, out: Path) -> dict[str, Any]:
-        metrics = sft.main(self._stage_args("sft", out, "--merge_adapter", "true"))
-        return {"eval_loss": metrics.get("eval_loss")}
+        config = self._stage_config("sft", out)
+        config.training.merge_adapter = True  # the next stages start from the merged SFT model
+        result = sft.run(config)
+        return {"eval_loss": result.eval_loss}
 
     def _store(self) -> Any:
         return Store.create(self.db)
@@ -200,10 +202,10 @@ class Pipeline:
             seed=self.config.seed,
         )
         # the SFT model as the reward and PPO stages load it (4-bit for QLoRA): the policy annotators see
-        quantization = self.parsed["ppo"][0].quantization
+        quantization = self.configs["ppo"].model.quantization
         report = candidates.generate(
             store,
-            str(self.folder("sft") / "merged"),
+            self._sft_model(),
             prompts_path=str(prompts_file),
             settings=settings,
             batch_size=64,
@@ -286,50 +288,44 @@ class Pipeline:
         return {"rows": report.rows, "answers": report.answers}
 
     def reward(self, out: Path) -> dict[str, Any]:
-        metrics = reward.main(
-            self._stage_args(
-                "reward",
-                out,
-                "--model_name_or_path",
-                str(self.folder("sft") / "merged"),
-                "--dataset_name",
-                str(self.folder("preferences")),
-            )
-        )
-        return {"accuracy": metrics.get("eval", {}).get("accuracy")}
+        config = self._stage_config("reward", out)
+        config.model.model_name_or_path = self._sft_model()
+        config.data.dataset_name = str(self.folder("preferences"))
+        result = reward.run(config)
+        return {"accuracy": result.eval.accuracy if result.eval is not None else None}
 
     def ppo(self, out: Path) -> dict[str, Any]:
-        metrics = ppo.main(
-            self._stage_args(
-                "ppo",
-                out,
-                "--model_name_or_path",
-                str(self.folder("sft") / "merged"),
-                "--reward_model_path",
-                str(self.folder("reward")),
-                "--eval_max_prompts",
-                "0",
-            )
-        )
-        return {"steps": metrics.get("steps")}
+        config = self._stage_config("ppo", out)
+        config.model.model_name_or_path = self._sft_model()
+        config.training.reward_model_path = str(self.folder("reward"))
+        config.training.eval_max_prompts = 0  # the eval stage compares the policies, on more seeds
+        result = ppo.run(config)
+        return {"steps": result.steps}
 
     def eval(self, out: Path) -> dict[str, Any]:
-        args = [
-            "--ppo_dir",
-            str(self.folder("ppo")),
-            "--output_dir",
-            str(out),
-            "--seeds",
-            *map(str, self.config.eval_seeds),
-        ]
-        metrics = evaluate.main(args + (["--disable_tqdm", "true"] if self.config.disable_tqdm else []))
-        return {"win_rate": metrics.get("win_rate"), "kl_ppo_to_sft": metrics.get("kl_ppo_to_sft")}
+        result = evaluate.run(
+            evaluate.EvalConfig(
+                ppo_dir=str(self.folder("ppo")),
+                output_dir=str(out),
+                seeds=list(self.config.eval_seeds),
+                disable_tqdm=self.config.disable_tqdm,
+            )
+        )
+        return {
+            "win_rate": {judge: asdict(w) for judge, w in result.win_rate.items()},
+            "kl_ppo_to_sft": result.kl_ppo_to_sft,
+        }
 
     def export(self, out: Path) -> dict[str, Any]:
-        metrics = export.main(
-            ["--run_dir", str(self.folder("ppo")), "--output_dir", str(out), "--eval_dir", str(self.folder("eval"))]
+        result = export.run(
+            export.ExportConfig(run_dir=str(self.folder("ppo")), output_dir=str(out), eval_dir=str(self.folder("eval")))
         )
-        return {key: metrics[key] for key in ("merge_base", "kl_vs_trained", "argmax_agreement")}
+        check = result.merge
+        return {
+            "merge_base": check.merge_base,
+            "kl_vs_trained": check.kl_vs_trained,
+            "argmax_agreement": check.argmax_agreement,
+        }
 
     def report(self, out: Path) -> dict[str, Any]:
         path = build_report(self.out)

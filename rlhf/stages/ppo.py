@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf import data, evaluation, models, runs
-from rlhf.config import DataArguments, ModelArguments, PPOConfig, parse
+from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
+from rlhf.results import PPOResult
 
 logger = logging.getLogger(__name__)
 
@@ -142,50 +142,59 @@ def _write_outputs(trainer: PPOTrainer, output_dir: Path) -> None:
     trainer.tokenizer.save_pretrained(str(output_dir))
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> dict[str, Any]:
+def run(config: StageConfig[PPOConfig]) -> PPOResult:
+    """Run the PPO stage; the result is also written to ``output_dir/metrics.json``."""
+    model_args, data_args, options = config.model, config.data, config.training
     started = time.time()
     dist.init_from_env()
-    output_dir = Path(config.output_dir)
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if config.resume and checkpoint is None:
-        raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir} to resume from")
-    trainer = build(model_args, data_args, config)
+    output_dir = Path(options.output_dir)
+    checkpoint = runs.start("ppo", options.output_dir, options.resume)
+    trainer = build(model_args, data_args, options)
     if dist.rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        runs.record_config("ppo", str(output_dir), model_args, data_args, config)
-        if not config.resume and (output_dir / STEP_METRICS_FILE).exists():
+        runs.record_config("ppo", str(output_dir), model_args, data_args, options)
+        if checkpoint is None and (output_dir / STEP_METRICS_FILE).exists():
             (output_dir / STEP_METRICS_FILE).unlink()
-    if config.resume:
+    if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
         trainer.load_checkpoint(checkpoint)
     history = trainer.train()
 
-    metrics: dict[str, Any] = {"stage": "ppo", "steps": trainer.step}
+    final: dict[str, float] = {}
+    first_iteration: dict[str, float] = {}
     if history:
         last = history[-10:]
-        metrics["final"] = {key: float(np.mean([h[key] for h in last])) for key in last[0] if key != "step"}
+        final = {key: float(np.mean([h[key] for h in last])) for key in last[0] if key != "step"}
         # how well the critic starts: >= 0 once its head is on the scale of the returns
-        metrics["first_iteration"] = {
+        first_iteration = {
             key: history[0][key]
             for key in ("value/explained_variance", "loss/value_loss", "loss/value_clipfrac", "objective/score")
             if key in history[0]
         }
     samples: list[dict[str, Any]] = []
+    comparison = None
     if trainer.eval_prompts is not None and len(trainer.eval_prompts) > 0:
         prompts = [row["prompt"] for row in trainer.eval_prompts]
-        samples = evaluation.sample_policies(trainer.sampler, prompts, config.eval_seeds, trainer.judge)
-        metrics["eval"] = {**evaluation.summarize(samples), "win_rate": evaluation.paired_win_rates(samples)}
+        samples = evaluation.sample_policies(trainer.sampler, prompts, options.eval_seeds, trainer.judge)
+        comparison = evaluation.compare(samples)
+    result = PPOResult(
+        output_dir=str(output_dir),
+        steps=trainer.step,
+        final=final,
+        first_iteration=first_iteration,
+        eval=comparison,
+        runtime_seconds=round(time.time() - started, 1),
+    )
     if dist.rank() == 0:
         with (output_dir / SAMPLES_FILE).open("w") as handle:
             for sample in samples:
                 handle.write(json.dumps(sample) + "\n")
         _write_outputs(trainer, output_dir)
-        metrics["runtime_seconds"] = round(time.time() - started, 1)
-        runs.write_metrics(output_dir, metrics)
+        result.write(output_dir)
     dist.barrier()
-    return metrics
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, config = parse(CONFIG_TYPES, argv, prog="rlhf ppo", description=DESCRIPTION)
-    return train(model_args, data_args, config)
+def main(argv: Sequence[str] | None = None) -> PPOResult:
+    """``rlhf ppo``: parse the recipe and flags, then :func:`run`."""
+    return run(StageConfig(*parse(CONFIG_TYPES, argv, prog="rlhf ppo", description=DESCRIPTION)))

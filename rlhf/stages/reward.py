@@ -25,8 +25,9 @@ from transformers import PreTrainedModel
 from trl import RewardTrainer
 
 from rlhf import data, models, runs
-from rlhf.config import DataArguments, ModelArguments, RewardConfig, parse
+from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
+from rlhf.results import Distribution, LengthReport, PairAccuracy, RewardResult
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."
@@ -52,36 +53,36 @@ def score_sequences(
     return scores
 
 
-def _distribution(values: list[float]) -> dict[str, float]:
+def _distribution(values: list[float]) -> Distribution:
     ordered = sorted(values)
 
     def quantile(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values),
-        "p10": quantile(0.1),
-        "p50": quantile(0.5),
-        "p90": quantile(0.9),
-    }
+    return Distribution(
+        mean=statistics.fmean(values),
+        std=statistics.pstdev(values),
+        p10=quantile(0.1),
+        p50=quantile(0.5),
+        p90=quantile(0.9),
+    )
 
 
 def evaluate_pairs(
     model: PreTrainedModel, pairs: Dataset, pad_token_id: int, batch_size: int
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+) -> tuple[PairAccuracy, list[dict[str, float]]]:
     """Held-out pairwise accuracy and the reward distributions of chosen and rejected answers."""
     chosen = score_sequences(model, pairs["chosen_ids"], pad_token_id, batch_size)
     rejected = score_sequences(model, pairs["rejected_ids"], pad_token_id, batch_size)
     gaps = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    metrics = {
-        "accuracy": sum(g > 0 for g in gaps) / len(gaps),
-        "pairs": len(gaps),
-        "mean_gap": statistics.fmean(gaps),
-        "chosen": _distribution(chosen),
-        "rejected": _distribution(rejected),
-    }
-    return metrics, [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected, strict=True)]
+    accuracy = PairAccuracy(
+        accuracy=sum(g > 0 for g in gaps) / len(gaps),
+        pairs=len(gaps),
+        mean_gap=statistics.fmean(gaps),
+        chosen=_distribution(chosen),
+        rejected=_distribution(rejected),
+    )
+    return accuracy, [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected, strict=True)]
 
 
 def _tokenize(dataset: Dataset, tokenizer: Any, name: str) -> Dataset:
@@ -95,7 +96,7 @@ def _tokenize(dataset: Dataset, tokenizer: Any, name: str) -> Dataset:
 
 def build(
     model_args: ModelArguments, data_args: DataArguments, config: RewardConfig
-) -> tuple[RewardTrainer, dict[str, data.LengthReport]]:
+) -> tuple[RewardTrainer, dict[str, LengthReport]]:
     """The reward trainer for a parsed config (tokenized, length-checked pairs), and the length reports."""
     if data_args.overlong == "truncate":
         raise ConfigError("overlong: truncate would cut off the token the reward is read at; use drop or error")
@@ -104,7 +105,7 @@ def build(
     models.resolve_dtypes(model_args, config)
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     train_rows, eval_rows = data.load_splits(data_args, "preference", seed=config.seed)
-    reports: dict[str, data.LengthReport] = {}
+    reports: dict[str, LengthReport] = {}
     splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
     for name, rows in splits.items():
         if rows is not None:
@@ -131,44 +132,45 @@ def build(
     return trainer, reports
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, config: RewardConfig) -> dict[str, Any]:
-    """Run the reward stage; returns the metrics it also writes to ``output_dir/metrics.json``."""
+def run(config: StageConfig[RewardConfig]) -> RewardResult:
+    """Run the reward stage; the result is also written to ``output_dir/metrics.json``."""
+    model_args, data_args, options = config.model, config.data, config.training
     started = time.time()
-    checkpoint = runs.start("reward", config.output_dir, config.resume)
-    trainer, reports = build(model_args, data_args, config)
-    runs.record_config("reward", config.output_dir, model_args, data_args, config)
+    checkpoint = runs.start("reward", options.output_dir, options.resume)
+    trainer, reports = build(model_args, data_args, options)
+    runs.record_config("reward", options.output_dir, model_args, data_args, options)
     train_set, eval_set, tokenizer = trainer.train_dataset, trainer.eval_dataset, trainer.processing_class
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(options.output_dir)
 
-    metrics: dict[str, Any] = {
-        "stage": "reward",
-        "train_loss": result.training_loss,
-        "train_rows": len(train_set),
-        "length_policy": {name: vars(report) for name, report in reports.items()},
-        "global_steps": trainer.state.global_step,
-        "world_size": trainer.args.world_size,
-        **runs.summarize_history(trainer.state.log_history),
-    }
     train_accuracy = [h["accuracy"] for h in trainer.state.log_history if "accuracy" in h]
-    if train_accuracy:
-        metrics["final_train_accuracy"] = train_accuracy[-1]
-    if eval_set is not None:
-        held_out, scores = evaluate_pairs(
-            trainer.model, eval_set, tokenizer.pad_token_id, config.per_device_eval_batch_size
-        )
-        metrics["eval"] = held_out
+    held_out, scores = (
+        evaluate_pairs(trainer.model, eval_set, tokenizer.pad_token_id, options.per_device_eval_batch_size)
+        if eval_set is not None
+        else (None, [])
+    )
+    result = RewardResult(
+        output_dir=options.output_dir,
+        train_loss=trained.training_loss,
+        train_rows=len(train_set),
+        length_policy=reports,
+        global_steps=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        **runs.summarize_history(trainer.state.log_history),
+        final_train_accuracy=train_accuracy[-1] if train_accuracy else None,
+        eval=held_out,
+        runtime_seconds=round(time.time() - started, 1),
+    )
     if trainer.is_world_process_zero():
-        runs.write_history(config.output_dir, trainer.state.log_history)
+        runs.write_history(options.output_dir, trainer.state.log_history)
         if eval_set is not None:
-            with (Path(config.output_dir) / SCORES_FILE).open("w") as handle:
+            with (Path(options.output_dir) / SCORES_FILE).open("w") as handle:
                 for row in scores:
                     handle.write(json.dumps(row) + "\n")
-        metrics["runtime_seconds"] = round(time.time() - started, 1)
-        runs.write_metrics(config.output_dir, metrics)
-    return metrics
+        result.write(options.output_dir)
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, config = parse(CONFIG_TYPES, argv, prog="rlhf reward", description=DESCRIPTION)
-    return train(model_args, data_args, config)
+def main(argv: Sequence[str] | None = None) -> RewardResult:
+    """``rlhf reward``: parse the recipe and flags, then :func:`run`."""
+    return run(StageConfig(*parse(CONFIG_TYPES, argv, prog="rlhf reward", description=DESCRIPTION)))

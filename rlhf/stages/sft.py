@@ -19,8 +19,9 @@ from typing import Any
 from trl import SFTTrainer
 
 from rlhf import data, merging, models, runs
-from rlhf.config import DataArguments, ModelArguments, SFTConfig, parse
+from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
+from rlhf.results import LengthReport, SFTResult
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class _SFTTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, overlong: str, **kwargs: Any) -> None:
         self.overlong = overlong
-        self.length_reports: dict[str, data.LengthReport] = {}
+        self.length_reports: dict[str, LengthReport] = {}
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):  # type: ignore[override]
@@ -79,49 +80,52 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
     return trainer
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, config: SFTConfig) -> dict[str, Any]:
-    """Run the SFT stage; returns the metrics it also writes to ``output_dir/metrics.json``."""
+def run(config: StageConfig[SFTConfig]) -> SFTResult:
+    """Run the SFT stage; the result is also written to ``output_dir/metrics.json``."""
+    model_args, data_args, options = config.model, config.data, config.training
     started = time.time()
-    checkpoint = runs.start("sft", config.output_dir, config.resume)
-    trainer = build(model_args, data_args, config)
-    runs.record_config("sft", config.output_dir, model_args, data_args, config)
+    checkpoint = runs.start("sft", options.output_dir, options.resume)
+    trainer = build(model_args, data_args, options)
+    runs.record_config("sft", options.output_dir, model_args, data_args, options)
     eval_set = trainer.eval_dataset
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    final_eval = trainer.evaluate() if eval_set is not None else {}
-    trainer.save_model(config.output_dir)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
+    if eval_set is not None:
+        trainer.evaluate()  # logged: the history's last eval_loss is the final model's
+    trainer.save_model(options.output_dir)
 
-    metrics: dict[str, Any] = {
-        "stage": "sft",
-        "train_loss": result.training_loss,
-        "eval_loss": final_eval.get("eval_loss"),
-        "train_rows": len(trainer.train_dataset),
-        "eval_rows": len(trainer.eval_dataset) if eval_set is not None else 0,
-        "loss_tokens_per_epoch": sum(
+    merged, check = None, None
+    if trainer.is_world_process_zero():
+        runs.write_history(options.output_dir, trainer.state.log_history)
+        if options.merge_adapter:
+            if not model_args.use_peft:
+                raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
+            merged = Path(options.output_dir) / MERGED_DIR
+            check = merging.merge_and_verify(
+                model_args, options.output_dir, merged, options.merged_dtype, options.merge_base
+            )
+    result = SFTResult(
+        output_dir=options.output_dir,
+        train_loss=trained.training_loss,
+        train_rows=len(trainer.train_dataset),
+        eval_rows=len(trainer.eval_dataset) if eval_set is not None else 0,
+        loss_tokens_per_epoch=sum(
             sum(1 for label in row["labels"] if label != -100)
             for row in trainer.train_dataset.select_columns(["labels"])
         ),
-        "length_policy": {name: vars(report) for name, report in trainer.length_reports.items()},
-        "global_steps": trainer.state.global_step,
-        "world_size": trainer.args.world_size,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        length_policy=trainer.length_reports,
+        global_steps=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **runs.summarize_history(trainer.state.log_history),
-    }
+        merged_model=str(merged) if merged else None,
+        merge=check,
+        runtime_seconds=round(time.time() - started, 1),
+    )
     if trainer.is_world_process_zero():
-        runs.write_history(config.output_dir, trainer.state.log_history)
-        if config.merge_adapter:
-            if not model_args.use_peft:
-                raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
-            merged = Path(config.output_dir) / MERGED_DIR
-            check = merging.merge_and_verify(
-                model_args, config.output_dir, merged, config.merged_dtype, config.merge_base
-            )
-            metrics["merged_model"] = str(merged)
-            metrics["merge"] = check.as_dict()
-        metrics["runtime_seconds"] = round(time.time() - started, 1)
-        runs.write_metrics(config.output_dir, metrics)
-    return metrics
+        result.write(options.output_dir)
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    model_args, data_args, config = parse(CONFIG_TYPES, argv, prog="rlhf sft", description=DESCRIPTION)
-    return train(model_args, data_args, config)
+def main(argv: Sequence[str] | None = None) -> SFTResult:
+    """``rlhf sft``: parse the recipe and flags, then :func:`run`."""
+    return run(StageConfig(*parse(CONFIG_TYPES, argv, prog="rlhf sft", description=DESCRIPTION)))

@@ -1,0 +1,301 @@
+"""What each stage returns and writes to ``metrics.json``: typed results, read back typed.
+
+A stage's ``run(config)`` returns one of these frozen dataclasses, and ``metrics.json`` in its run
+folder is that result as JSON (:meth:`Result.write`). Whoever reads a stage's figures later (the
+pipeline, ``rlhf export``'s model card, ``rlhf report``, the tests) reads them back with
+:meth:`Result.read` into the same type, so a renamed or missing figure is a type error or a clear
+message naming the file, not a ``KeyError`` three modules away.
+
+Torch-free on purpose: the report and the pipeline's bookkeeping read results without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from rlhf.core.errors import ConfigError
+
+METRICS_FILE = "metrics.json"
+
+
+def clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite floats become null (a loss that diverged reads as missing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def _build(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as ``kind``: nested dataclasses, optionals, lists and dicts of them."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _build(inner, value, where)
+    if origin is dict:
+        _, item = typing.get_args(kind)
+        return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(kind, type) and is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected an object, found {value!r}")
+        hints = typing.get_type_hints(kind)
+        known = {f.name: f for f in fields(kind) if f.init}
+        missing = [name for name, f in known.items() if name not in value and _required(f)]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        # keys this version does not know (a newer run folder) are left out, not refused
+        return kind(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items() if k in known})
+    return value
+
+
+def _required(f: Field[Any]) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """A stage's result: written as its run folder's ``metrics.json``, read back as the same type."""
+
+    stage: str  # each stage's result sets its own name as the default
+
+    def to_json(self) -> dict[str, Any]:
+        return clean(asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "metrics") -> Self:
+        return _build(cls, data, where)  # type: ignore[no-any-return]
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / METRICS_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Self:
+        path = Path(folder) / METRICS_FILE
+        if not path.is_file():
+            raise ConfigError(f"{folder}: no {METRICS_FILE}; did the stage finish?")
+        return cls.from_json(json.loads(path.read_text()), str(path))
+
+    @classmethod
+    def read_if_present(cls, folder: str | Path) -> Self | None:
+        return cls.read(folder) if (Path(folder) / METRICS_FILE).is_file() else None
+
+    def numbers(self) -> dict[str, int | float]:
+        """The top-level figures (counts, losses, seconds): what a model card lists."""
+        values = self.to_json()
+        return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# -- pieces -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LengthReport:
+    """What the length policy did to one dataset."""
+
+    rows: int
+    overlong: int
+    dropped: int
+    truncated: int
+
+
+@dataclass(frozen=True)
+class MergeCheck:
+    """How well a merged checkpoint reproduces the model as trained (all KLs in nats per token)."""
+
+    merge_base: str
+    tokens: int
+    kl_vs_trained: float  # mean KL(trained || merged)
+    max_kl_vs_trained: float
+    argmax_agreement: float  # share of positions where both pick the same next token
+    max_logit_diff_vs_trained: float
+    max_logit_diff_vs_base: float  # > 0: the adapter changed the model
+    kl_requantized: float | None  # KL(trained || merged loaded again quantized), for quantized runs
+
+
+@dataclass(frozen=True)
+class Distribution:
+    mean: float
+    std: float
+    p10: float
+    p50: float
+    p90: float
+
+
+@dataclass(frozen=True)
+class PairAccuracy:
+    """A reward model on held-out pairs: how often it ranks the chosen answer higher, and its score spread."""
+
+    accuracy: float
+    pairs: int
+    mean_gap: float
+    chosen: Distribution
+    rejected: Distribution
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    low: float
+    high: float
+    pairs: int
+    claimed: float  # mean sigmoid(r_chosen - r_rejected) in the bin
+    observed: float  # share of those pairs the model ranks right
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Pairwise accuracy, score gap and expected calibration error of a reward model."""
+
+    accuracy: float
+    mean_gap: float
+    pairs: int
+    ece: float
+    bins: list[CalibrationBin]
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """How often one policy beats another on paired samples (ties count half), with a bootstrap interval."""
+
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    wins: float
+    ties: float
+    losses: float
+    pairs: float
+
+
+@dataclass(frozen=True)
+class PolicyScores:
+    """One policy's mean scores (with standard errors) on held-out prompts."""
+
+    reward: float
+    reward_stderr: float
+    length: float
+    length_stderr: float
+    eos_rate: float
+    gold: float | None = None  # the task's gold judge, where it has one
+    gold_stderr: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    """The SFT and PPO policies compared on the same held-out prompts and seeds."""
+
+    sft: PolicyScores
+    ppo: PolicyScores
+    kl_ppo_to_sft: float  # nats per answer, PPO's own answers
+    prompts: int
+    seeds: list[int]
+    win_rate: dict[str, WinRate]  # by judge: "reward", "gold"
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerResult(Result):
+    """What the stages built on a transformers ``Trainer`` (sft, reward) report."""
+
+    output_dir: str
+    train_loss: float
+    train_rows: int
+    global_steps: int
+    world_size: int
+    length_policy: dict[str, LengthReport]
+    first_train_loss: float | None = None
+    final_train_loss: float | None = None
+    first_eval_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_seen: int | None = None
+    runtime_seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTResult(TrainerResult):
+    stage: str = "sft"
+    eval_rows: int = 0
+    loss_tokens_per_epoch: int = 0
+    trainable_parameters: int = 0
+    merged_model: str | None = None  # output_dir/merged, when the recipe merges
+    merge: MergeCheck | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardResult(TrainerResult):
+    stage: str = "reward"
+    final_train_accuracy: float | None = None
+    eval: PairAccuracy | None = None  # held-out pairs, when the data has a test split
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOResult(Result):
+    stage: str = "ppo"
+    output_dir: str
+    steps: int
+    final: dict[str, float] = field(default_factory=dict)  # logged metrics, mean of the last 10 iterations
+    first_iteration: dict[str, float] = field(default_factory=dict)  # how well the critic starts
+    eval: Evaluation | None = None  # on the recipe's held-out prompts, unless eval_max_prompts is 0
+    runtime_seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult(Evaluation, Result):
+    stage: str = "eval"
+    output_dir: str
+    ppo_dir: str
+    prompts_dataset: str
+    rouge: dict[str, dict[str, float]] | None = None  # by policy, where the prompts have references
+    reward_model: Calibration | None = None  # on the reward model's held-out preference pairs
+    runtime_seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult(Result):
+    stage: str = "export"
+    output_dir: str
+    run_dir: str
+    base: str
+    merged_dtype: str
+    merge: MergeCheck
+    pushed_to: str | None = None
+    runtime_seconds: float = 0.0
+
+
+STAGE_RESULTS: dict[str, type[Result]] = {
+    "sft": SFTResult,
+    "reward": RewardResult,
+    "ppo": PPOResult,
+    "eval": EvalResult,
+    "export": ExportResult,
+}
+
+
+def read_stage(folder: str | Path) -> Result:
+    """Any stage's result, typed by the ``stage`` it records (``rlhf export`` takes SFT and PPO runs)."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no {METRICS_FILE}; did the stage finish?")
+    data = json.loads(path.read_text())
+    kind = STAGE_RESULTS.get(str(data.get("stage")))
+    if kind is None:
+        raise ConfigError(f"{path}: unknown stage {data.get('stage')!r}")
+    return kind.from_json(data, str(path))
