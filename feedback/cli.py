@@ -7,9 +7,14 @@
     rlhf feedback serve      --db URL [--host 127.0.0.1] [--port 8000]
     rlhf feedback progress | agreement | settings | sync   --db URL
     rlhf feedback export     --db URL --format pairs|kto|sft --out DIR [--aggregation majority|all]
+    rlhf feedback doctor     --db URL                      stored text UTF-8 cannot encode, by table/row/column
 
 ``--db`` takes a SQLAlchemy URL (``sqlite:///feedback.db``, ``postgresql://user@host/db``) or a
 file path (SQLite); it defaults to ``$RLHF_FEEDBACK_DB`` or ``feedback.db``.
+
+Options that become stored or sent text (names, model, project names...) are refused when UTF-8
+cannot encode them (undecodable command-line bytes arrive as lone surrogates); file and database
+paths go to the operating system as given, where such bytes are valid.
 """
 
 from __future__ import annotations
@@ -28,15 +33,21 @@ from typing import Any
 
 from feedback import agreement, export, importer, langsmith_sync
 from feedback.enums import Mode, Role
-from feedback.store import Store, StoreError, migrate, redact
-from rlhf.core.errors import USER_ERRORS
+from feedback.store import Store, StoreError, migrate, redact, unencodable
+from rlhf.core.errors import USER_ERRORS, DataError
 
 logger = logging.getLogger(__name__)
 
 
+PATH_OPTIONS = {"db", "file", "out", "prompts", "guidelines"}  # handed to the OS, not stored as text
+
+
 def _password(args: argparse.Namespace) -> str | None:
     if getattr(args, "password_stdin", False):
-        return sys.stdin.readline().rstrip("\n")
+        try:
+            return sys.stdin.readline().rstrip("\n")
+        except UnicodeDecodeError as error:
+            raise StoreError(f"--password-stdin: the password is not UTF-8 text ({error.reason})") from None
     if getattr(args, "password", False):
         first = getpass.getpass("password: ")
         if first != getpass.getpass("again: "):
@@ -62,14 +73,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # the web stack (uvicorn, FastAPI) only for the command that serves: the others start faster
     import uvicorn
 
-    from feedback.app import create_app
+    from feedback.app import LoginThrottle, create_app
 
     store = Store.create(args.db)
     if not any(a.is_admin for a in store.annotators()):
         logger.warning("no admin yet: rlhf feedback annotators add NAME --role admin --db %s", redact(args.db))
     client = None if args.no_sync else langsmith_sync.client_from_env()
     sync = langsmith_sync.LangSmithSync(store, client) if client is not None else None
-    app = create_app(store, max_body_bytes=args.max_body_bytes, on_answer=sync.notify if sync else None)
+    throttle = LoginThrottle(max_failures=args.login_failures, window_s=args.login_window_s)
+    app = create_app(
+        store, max_body_bytes=args.max_body_bytes, on_answer=sync.notify if sync else None, login_throttle=throttle
+    )
     if sync:
         sync.start()
         logger.info("LangSmith sync on (%s)", os.environ.get("LANGSMITH_ENDPOINT", "default endpoint"))
@@ -170,11 +184,26 @@ def cmd_agreement(args: argparse.Namespace) -> None:
 
 def cmd_settings(args: argparse.Namespace) -> None:
     store = Store(args.db)
-    guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else None
+    try:
+        guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else None
+    except UnicodeDecodeError as error:
+        raise DataError(f"--guidelines {args.guidelines}: byte {error.start} is not UTF-8 ({error.reason})") from None
     settings = store.update_settings(
         overlap=args.overlap, mode=args.mode, lease_minutes=args.lease_minutes, guidelines=guidelines
     )
     _print_json(asdict(settings))
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    problems = Store(args.db).encoding_problems()
+    for p in problems:
+        print(f"{p.table}\trow {p.row}\t{p.column}\t{p.problem}")
+    if problems:
+        raise StoreError(
+            f"{len(problems)} stored value(s) hold text UTF-8 cannot encode (listed above); the app serves "
+            "them escaped: correct or delete those rows"
+        )
+    print(f"{redact(args.db)}: every stored text encodes as UTF-8")
 
 
 def cmd_sync(args: argparse.Namespace) -> None:
@@ -183,7 +212,10 @@ def cmd_sync(args: argparse.Namespace) -> None:
         raise StoreError("LangSmith is not configured: set LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT)")
     store = Store(args.db)
     result = langsmith_sync.LangSmithSync(store, client).run_once()
-    print(f"sent {result.sent}, failed {result.failed}; now {asdict(store.sync_status())}")
+    print(
+        f"runs created {result.runs_created}, failed {result.runs_failed}; answers sent {result.sent}, "
+        f"failed {result.failed}; now {asdict(store.sync_status())}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +263,12 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     serve.add_argument("--no-sync", action="store_true", help="do not send answers to LangSmith even if configured")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--login-failures", type=int, default=5, help="failed logins per name or address before 429 (%(default)s)"
+    )
+    serve.add_argument(
+        "--login-window-s", type=float, default=300.0, help="seconds failed logins are counted (%(default)s)"
+    )
 
     people = command("annotators", cmd_annotators, "add and list annotators, issue tokens, set passwords")
     people.add_argument("action", choices=["add", "list", "token", "password", "deactivate", "activate"])
@@ -270,6 +308,7 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     settings.add_argument("--guidelines", help="a markdown file with the annotation guidelines")
 
     command("sync", cmd_sync, "send answers not yet in LangSmith (the server does this continuously)")
+    command("doctor", cmd_doctor, "list stored values whose text UTF-8 cannot encode (table, row, column)")
     for extension in extensions:
         extension(command)
     return parser
@@ -296,6 +335,10 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Extension] = ()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines narrate every schema check
     if args.command == "annotators" and args.action != "list" and not args.name:
         make_parser(extensions).error(f"annotators {args.action}: give the annotator's name")
+    for option, value in sorted(vars(args).items()):
+        problem = unencodable(value) if isinstance(value, str) and option not in PATH_OPTIONS else None
+        if problem is not None:
+            parser.error(f"{'--' + option.replace('_', '-') if option != 'name' else 'NAME'}: {problem}")
     try:
         args.handler(args)
     except (StoreError, *USER_ERRORS) as error:

@@ -22,6 +22,9 @@ are deterministic and stable: adding annotations later never moves a prompt to t
 Writers: ``train.jsonl``/``test.jsonl``, ``train.parquet``/``test.parquet``, and a
 ``datasets.save_to_disk`` folder ``hf/``; ``rlhf reward --dataset_name DIR`` reads the JSONL files,
 ``datasets.load_from_disk(DIR / "hf")`` the rest of the ecosystem. Optionally pushed to the hub.
+
+The files hold annotators' names and judgements: an export folder the export creates is 0700, and
+every file and folder it writes is made 0600 / 0700 (whatever the umask), as the SQLite database is.
 """
 
 from __future__ import annotations
@@ -267,6 +270,16 @@ def build(
     return splits
 
 
+def _private(paths: Iterable[Path]) -> None:
+    """Owner-only permissions on written files (0600) and folders (0700), recursively."""
+    for path in paths:
+        if path.is_dir():
+            path.chmod(0o700)
+            _private(path.iterdir())
+        else:
+            path.chmod(0o600)
+
+
 def export(
     store: Store | Sequence[Item],
     format: str,
@@ -292,7 +305,7 @@ def export(
     items = store if isinstance(store, Sequence) else store.records()
     splits = build(items, format, aggregation, test_fraction, seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     report = ExportReport(
         format=format,
         aggregation=aggregation,
@@ -310,4 +323,5 @@ def export(
         _datasets(splits).push_to_hub(push_to_hub, private=True, token=token)
         report.pushed_to = push_to_hub
     (out / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    _private([out / "export.json", *map(Path, report.files)])
     return report

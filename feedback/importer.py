@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from feedback.records import prompt_messages
-from feedback.store import ImportReport, Invalid, Store
+from feedback.store import ImportReport, Invalid, Store, unencodable
+from feedback.store.common import json_problem
 from rlhf.core.errors import DataError
 from rlhf.core.rows import Source, read_file, validate
 
@@ -42,7 +43,8 @@ MAX_CANDIDATES = 100
 
 
 def _text_problems(value: Any, where: str, limit: int, *, required: bool) -> list[str]:
-    """Type, length and NUL characters (PostgreSQL text cannot hold them) of one text field."""
+    """Type, length, NUL characters (PostgreSQL text cannot hold them) and code points UTF-8 cannot encode
+    (lone surrogates, e.g. a ``\\ud800`` escape in a JSON file) of one text field."""
     if value is None and not required:
         return []
     if not isinstance(value, str) or (required and not value.strip()):
@@ -51,7 +53,8 @@ def _text_problems(value: Any, where: str, limit: int, *, required: bool) -> lis
         return [f"{where}: {len(value)} characters, at most {limit}"]
     if "\x00" in value:
         return [f"{where}: contains a NUL (\\u0000) character"]
-    return []
+    problem = unencodable(value)
+    return [f"{where}: {problem} (a lone surrogate)"] if problem else []
 
 
 def _prompt_problems(prompt: Any, where: str) -> list[str]:
@@ -101,6 +104,8 @@ def _candidate_problems(candidate: Any, where: str) -> list[str]:
             problems.append(f"{where}.generation: expected an object of generation settings")
         elif "\\u0000" in json.dumps(generation, default=str):
             problems.append(f"{where}.generation: contains a NUL (\\u0000) character")
+        elif problem := json_problem(generation, f"{where}.generation"):
+            problems.append(f"{problem} (a lone surrogate)")
     return problems
 
 
@@ -144,7 +149,10 @@ def import_file(store: Store, path: str) -> ImportReport:
     """Import a JSONL/JSON/CSV/Parquet file of items (all or nothing)."""
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file")
-    rows, source = read_file(Path(path))
+    try:
+        rows, source = read_file(Path(path))
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: byte {error.start} is not UTF-8 ({error.reason}); save the file as UTF-8") from None
     if not rows:
         raise DataError(f"{path}: nothing to import")
     validate_rows(rows, source)

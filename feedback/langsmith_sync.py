@@ -22,6 +22,13 @@ but the edit no longer has (a thumb taken back, a ranking turned into thumbs) is
 LangSmith never keeps a score the annotator withdrew. The answers of one item share a
 ``feedback_group_id``. Candidates with no LangSmith run (generated locally, imported without a
 ``run_id``) have nothing to attach feedback to and are not sent.
+
+Candidates made by ``rlhf feedback generate --langsmith-project P`` get their run id when they are
+stored, and a row in the store's run outbox; each pass first creates those runs (:func:`run_for`:
+inputs the prompt, outputs the response, metadata model, adapter and generation settings) with
+the same backoff, then sends answers. Answers on an item whose runs are not all created wait, so
+feedback never names a run LangSmith lacks. The run id is fixed before the first attempt, so a
+create repeated after a crash is a 409 that the client treats as done: a run is never made twice.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from feedback.store import Store, SyncJob, utcnow
+from feedback.store import RunJob, Store, SyncJob, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +184,48 @@ def send(client: Any, spec: FeedbackSpec, create: bool) -> None:
         client.update_feedback(spec.feedback_id, **fields)  # sent before, not marked: make it current
 
 
+def run_for(job: RunJob) -> dict[str, Any]:
+    """The ``create_run`` arguments of a generated candidate (its id fixed: a repeat is a no-op 409)."""
+    return {
+        "name": "rlhf feedback generate",
+        "run_type": "llm",
+        "id": job.run_id,
+        "project_name": job.project,
+        "inputs": {"messages": job.messages},
+        "outputs": {"output": job.text},
+        "start_time": job.created_at,
+        "end_time": job.created_at,
+        "extra": {
+            "metadata": {
+                "ls_model_name": job.model,
+                "model": job.model,
+                "adapter": job.adapter,
+                "generation": job.generation,
+                "source": "rlhf-feedback",
+            }
+        },
+    }
+
+
 def backoff(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**attempts))
+
+
+def _retry_later(what: str, attempts: int, error: Exception) -> None:
+    logger.warning("LangSmith %s failed (attempt %d): %s", what, attempts + 1, error)
+
+
+def _described(error: Exception) -> str:
+    """The error as stored in the outbox (the admin's sync page shows the last one)."""
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass
 class SyncResult:
     sent: int = 0
     failed: int = 0
+    runs_created: int = 0
+    runs_failed: int = 0
 
 
 class LangSmithSync:
@@ -199,9 +240,30 @@ class LangSmithSync:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def create_runs(self, result: SyncResult, now: dt.datetime | None = None) -> None:
+        """Create the LangSmith runs of generated candidates that are due; failures are retried later.
+
+        The project's id is read back after the first run (LangSmith creates the project with it)
+        and stored on the candidate: feedback is sent with its run's session id.
+        """
+        sessions: dict[str, str] = {}
+        for job in self.store.pending_runs(limit=self.batch, now=now):
+            try:
+                self.client.create_run(**run_for(job))
+                if job.project not in sessions:
+                    sessions[job.project] = str(self.client.read_project(project_name=job.project).id)
+            except Exception as error:  # any failure: keep it in the outbox, try again later
+                _retry_later(f"run of candidate {job.candidate_id}", job.attempts, error)
+                self.store.mark_run_failed(job.candidate_id, _described(error), utcnow() + backoff(job.attempts))
+                result.runs_failed += 1
+                continue
+            self.store.mark_run_created(job.candidate_id, sessions[job.project])
+            result.runs_created += 1
+
     def run_once(self, now: dt.datetime | None = None) -> SyncResult:
-        """Send every answer that is due; failures are scheduled for a later attempt."""
+        """Create the runs, then send every answer that is due; failures are scheduled for a later attempt."""
         result = SyncResult()
+        self.create_runs(result, now)
         for job in self.store.pending_sync(limit=self.batch, now=now):
             try:
                 specs = feedback_for(job)
@@ -210,12 +272,8 @@ class LangSmithSync:
                 for feedback_id in withdrawn_for(job, specs):
                     withdraw(self.client, feedback_id)
             except Exception as error:  # any failure: keep it in the outbox, try again later
-                logger.warning(
-                    "LangSmith sync of answer %s failed (attempt %d): %s", job.submission_id, job.attempts + 1, error
-                )
-                self.store.mark_sync_failed(
-                    job.submission_id, f"{type(error).__name__}: {error}", utcnow() + backoff(job.attempts)
-                )
+                _retry_later(f"sync of answer {job.submission_id}", job.attempts, error)
+                self.store.mark_sync_failed(job.submission_id, _described(error), utcnow() + backoff(job.attempts))
                 result.failed += 1
                 continue
             self.store.mark_synced(job.submission_id, job.revision)

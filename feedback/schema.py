@@ -13,6 +13,11 @@ Design notes (why the tables look like this):
 * ``submissions.revision`` / ``synced_revision`` are the LangSmith outbox: a rating is committed
   first and sent later, and whatever was not sent (LangSmith down, server killed) is retried
   from here.
+* ``pending_runs`` is the outbox of LangSmith runs still to create: ``rlhf feedback generate
+  --langsmith-project`` gives each new candidate a run id at once (stored on the candidate, in the
+  same transaction as this row) and the sync creates the run later, so an outage delays runs
+  instead of losing them; answers on an item wait until all its runs exist. A created run's row
+  is deleted.
 * Tokens are stored as SHA-256 hashes (they are long random strings, so a fast hash is enough);
   passwords with scrypt.
 """
@@ -167,4 +172,14 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", JSON, nullable=False),
+)
+
+pending_runs = Table(
+    "pending_runs",
+    metadata,
+    Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+    Column("project", String(200), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    _now_column("retry_after", nullable=True),
 )

@@ -14,7 +14,10 @@ stored rankings incomplete, so such prompts are skipped and counted (``skipped_i
 candidate is stored with the model, the adapter and the generation settings that produced it.
 Identical samples of a prompt are stored once (two equal responses carry no preference), and empty
 ones are not stored. Each prompt's candidates are committed as soon as its batch is done, so an
-interrupted run keeps what it made.
+interrupted run keeps what it made. With ``langsmith_project`` each new candidate is also recorded as
+a LangSmith run in that project: the store gives it a run id in the same commit and the LangSmith
+sync creates the run (:mod:`feedback.langsmith_sync`), so ratings of it become feedback on that run,
+and an outage only delays the runs.
 """
 
 from __future__ import annotations
@@ -113,8 +116,12 @@ def generate(
     settings: GenerationSettings | None = None,
     batch_size: int = 8,
     quantization: str = "none",
+    langsmith_project: str | None = None,
 ) -> GenerateReport:
-    """Sample candidates for the prompts of a file (imported first) or, without one, every stored prompt."""
+    """Sample candidates for the prompts of a file (imported first) or, without one, every stored prompt.
+
+    ``langsmith_project`` records each new candidate as a LangSmith run there (created by the sync).
+    """
     settings = settings or GenerationSettings()
     if prompts_path:
         prompt_ids = importer.import_file(store, prompts_path).prompt_ids
@@ -142,7 +149,14 @@ def generate(
             if not unique:
                 continue
             try:
-                store.add_candidates(prompt_id, unique, model=model, adapter=adapter, generation=generation)
+                store.add_candidates(
+                    prompt_id,
+                    unique,
+                    model=model,
+                    adapter=adapter,
+                    generation=generation,
+                    langsmith_project=langsmith_project,
+                )
             except Conflict:  # handed out while we were sampling: leave it as the annotator saw it
                 report.skipped_in_use += 1
                 continue

@@ -12,11 +12,16 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-from feedback import cli
-from feedback.store import Store
+from feedback import cli, langsmith_sync
+from feedback.store import Store, StoreError
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    client = langsmith_sync.client_from_env() if args.langsmith_project else None
+    if args.langsmith_project and client is None:
+        raise StoreError(
+            "--langsmith-project: LangSmith is not configured; set LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT)"
+        )
     candidates = importlib.import_module("rlhf.candidates")  # torch and the model stack: only for this command
     settings = candidates.GenerationSettings(
         num_candidates=args.num_candidates,
@@ -26,19 +31,29 @@ def cmd_generate(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
+    store = Store(args.db)
     report = candidates.generate(
-        Store(args.db),
+        store,
         args.model,
         adapter=args.adapter,
         prompts_path=args.prompts,
         settings=settings,
         batch_size=args.batch_size,
         quantization=args.quantization,
+        langsmith_project=args.langsmith_project,
     )
     print(
         f"{report.prompts} prompts, {report.sampled} samples: {report.stored} stored, "
         f"{report.duplicates} duplicates and {report.empty} empty ones dropped"
     )
+    if client is not None:
+        # One pass now; whatever LangSmith did not take stays in the store for the next sync.
+        runs = langsmith_sync.SyncResult()
+        langsmith_sync.LangSmithSync(store, client).create_runs(runs)
+        print(
+            f"LangSmith project {args.langsmith_project!r}: {runs.runs_created} runs created, "
+            f"{store.sync_status().runs_pending} pending (rlhf feedback sync or serve creates them)"
+        )
 
 
 def add_generate(command: cli.CommandFactory) -> None:
@@ -54,6 +69,10 @@ def add_generate(command: cli.CommandFactory) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     gen.add_argument("--quantization", choices=["none", "4bit", "8bit"], default="none")
+    gen.add_argument(
+        "--langsmith-project",
+        help="record each new candidate as a LangSmith run in this project; ratings become feedback on it",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

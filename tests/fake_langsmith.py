@@ -1,10 +1,11 @@
 """A loopback HTTP server implementing the LangSmith paths the feedback module uses.
 
 GET /info, GET /sessions?name= (read_project), POST /runs/query (list_runs, one cursor page at a
-time), POST /feedback (create_feedback: 409 on a duplicate id, as LangSmith does), PATCH
-/feedback/{id} (update_feedback: 404 if unknown), DELETE /feedback/{id} (delete_feedback: 404 if unknown), GET
-/feedback. Every request must carry the
-API key in ``x-api-key``. ``down = True`` makes every call fail with 503, to test outages.
+time), POST /runs (create_run: kept in ``created_runs``, 409 on a duplicate id), POST /feedback
+(create_feedback: 409 on a duplicate id, as LangSmith does), PATCH /feedback/{id} (update_feedback:
+404 if unknown), DELETE /feedback/{id} (delete_feedback: 404 if unknown), GET /feedback. Every
+request must carry the API key in ``x-api-key``. ``down = True`` makes every call fail with 503, to
+test outages; ``up_for = N`` answers the next N calls and then goes down (an outage mid-pass).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class FakeLangSmith:
         self.page_size = page_size
         self.project_id = str(uuid.uuid4())
         self.feedback: dict[str, dict[str, Any]] = {}
+        self.created_runs: dict[str, dict[str, Any]] = {}
+        self.up_for: int | None = None
         self.requests: list[tuple[str, str]] = []
         self.down = False
         self.lock = threading.Lock()
@@ -66,6 +69,8 @@ class FakeLangSmith:
                 url = urlparse(self.path)
                 with fake.lock:
                     fake.requests.append((method, url.path))
+                    if fake.up_for is not None:
+                        fake.down, fake.up_for = fake.up_for <= 0, fake.up_for - 1
                 if fake.down:
                     self._send(503, {"detail": "down for maintenance"})
                     return
@@ -109,6 +114,14 @@ class FakeLangSmith:
 
             def POST_runs(self, url: Any) -> None:
                 body = self._body()
+                if url.path.rstrip("/") == "/runs":
+                    with fake.lock:
+                        if body["id"] in fake.created_runs:
+                            self._send(409, {"detail": "run already exists"})
+                            return
+                        fake.created_runs[body["id"]] = body
+                    self._send(200, {})
+                    return
                 start = int(body.get("cursor") or 0)
                 page = fake.runs[start : start + fake.page_size]
                 following = start + fake.page_size

@@ -17,11 +17,24 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from feedback.store import Store, normalize_url, redact
+from feedback.store import Store, accounts, normalize_url, redact
 from rlhf.tiny import task
 
 POSTGRES_URL = os.environ.get("RLHF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+FAST_SCRYPT = accounts.ScryptCost(n=2**12, r=8, p=1)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passwords hashed at a test cost: OWASP's default takes a few hundred ms per hash, by design.
+
+    In-process only: servers started as subprocesses (test_feedback_server, the browser test) hash
+    at the default cost.
+    """
+    monkeypatch.setattr(accounts, "COST", FAST_SCRYPT)
 
 
 @pytest.fixture(scope="session")

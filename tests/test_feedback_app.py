@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +15,7 @@ from fastapi.testclient import TestClient
 from feedback_fixtures import tiny_items
 
 from feedback import schema
-from feedback.app import create_app
+from feedback.app import LoginThrottle, create_app
 from feedback.store import Store, utcnow
 
 HUGE = 2**70  # past every integer column (PostgreSQL INTEGER and BIGINT)
@@ -77,6 +80,9 @@ def test_an_annotator_works_through_the_queue_and_a_retry_is_recorded_once(app_s
     mine = client.get("/api/answers", headers=headers).json()
     assert [a["id"] for a in mine] == ["client-id-0001"] and len(mine[0]["ranking"]) == len(item["candidates"])
     edit = {"thumbs": [{"candidate_id": item["candidates"][0]["id"], "up": True}], "comment": "ok"}
+    refused = client.put("/api/answers/client-id-0001", json=edit, headers=headers)  # ranking mode: ranks needed
+    assert refused.status_code == 422 and "ranking mode" in refused.json()["detail"]
+    edit["ranking"] = answer_for(item)["ranking"]
     assert client.put("/api/answers/client-id-0001", json=edit, headers=headers).json()["revision"] == 2
     revisit = client.get(f"/api/items/{item['prompt_id']}", headers=headers).json()
     assert revisit["answer"]["comment"] == "ok"
@@ -91,8 +97,9 @@ def test_an_edit_based_on_a_stale_revision_is_a_conflict(app_store) -> None:
     client.post("/api/answers", json=answer_for(item), headers=headers)
     first_id = item["candidates"][0]["id"]
     # Two tabs loaded revision 1; the first edit wins, the second must not overwrite it.
-    tab_a = {"thumbs": [{"candidate_id": first_id, "up": True}], "revision": 1}
-    tab_b = {"thumbs": [{"candidate_id": first_id, "up": False}], "revision": 1}
+    ties = [{"candidate_id": c["id"], "rank": 1} for c in item["candidates"]]  # the mode asks for a ranking
+    tab_a = {"ranking": ties, "thumbs": [{"candidate_id": first_id, "up": True}], "revision": 1}
+    tab_b = {"ranking": ties, "thumbs": [{"candidate_id": first_id, "up": False}], "revision": 1}
     assert client.put("/api/answers/client-id-0001", json=tab_a, headers=headers).json()["revision"] == 2
     stale = client.put("/api/answers/client-id-0001", json=tab_b, headers=headers)
     assert stale.status_code == 409 and "revision 1, it is now at revision 2" in stale.json()["detail"]
@@ -217,8 +224,8 @@ def _bad_requests(tokens: dict[str, str], item: dict[str, Any], own_answer: str)
             "POST",
             "/api/answers",
             {"json": {**good, "prompt_id": 999}, "headers": ann},
-            404,
-            "no prompt 999",
+            403,  # the same answer as for an item that exists but is not yours: nothing about it leaks
+            "prompt 999 was not handed to you",
         ),
         (
             "unknown candidate",
@@ -458,3 +465,196 @@ def test_pages_are_served_with_a_strict_content_security_policy(app_store) -> No
     assert "<script>" not in page.replace('<script src="/static/common.js" defer></script>', "").replace(
         '<script src="/static/app.js" defer></script>', ""
     )  # no inline script: the CSP would block it
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardening: unencodable text, mode and completeness, headers, sessions, login throttling
+
+
+def _raw_json(method: str, path: str, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """Request kwargs whose body holds ``\\ud800`` escapes (json.dumps writes lone surrogates as escapes)."""
+    return {
+        "method": method,
+        "url": path,
+        "content": json.dumps(body).encode(),
+        "headers": {**headers, "Content-Type": "application/json"},
+    }
+
+
+def test_unencodable_text_is_a_422_in_every_body_and_stores_nothing(app_store) -> None:
+    client, store, tokens = app_store
+    ann, admin = auth(tokens["ann"]), auth(tokens["admin"])
+    item = client.get("/api/items/next", headers=ann).json()["item"]
+    own = client.post("/api/answers", json=answer_for(item), headers=ann).json()["id"]
+    bad = "bad \ud800 text"
+    requests = [
+        ("POST", "/api/login", {"name": bad, "password": "admin-password"}, {}, "name"),
+        ("POST", "/api/login", {"name": "root", "password": bad}, {}, "password"),
+        ("POST", "/api/login", {"token": bad}, {}, "token"),
+        ("POST", "/api/answers", {**answer_for(item, "client-id-0009"), "comment": bad}, ann, "comment"),
+        ("POST", "/api/answers", {**answer_for(item, "client-id-0009"), "correction": bad}, ann, "correction"),
+        ("POST", "/api/answers", {**answer_for(item, "client-\ud800-9"), "comment": "fine"}, ann, "client_id"),
+        ("PUT", f"/api/answers/{own}", {"ranking": answer_for(item)["ranking"], "comment": bad}, ann, "comment"),
+        ("PUT", "/api/admin/settings", {"guidelines": bad}, admin, "guidelines"),
+        ("POST", "/api/admin/annotators", {"name": bad}, admin, "name"),
+        ("POST", "/api/admin/annotators", {"name": "newbie", "password": bad}, admin, "password"),
+        ("POST", "/api/admin/import", {"rows": [{"prompt": "q", "candidates": [bad]}]}, admin, "'candidates'[0]"),
+        ("POST", "/api/admin/import", {"rows": [{"prompt": bad}]}, admin, "'prompt'"),
+    ]
+    before = snapshot(store)
+    for method, path, body, headers, field in requests:
+        response = client.request(**_raw_json(method, path, body, headers))
+        assert response.status_code == 422, (path, field, response.text)
+        detail = response.json()["detail"]
+        # the client_id pattern refuses it first, in pydantic's words ("unable to parse ... as a unicode string")
+        assert field in detail and ("U+D800" in detail or "unicode string" in detail), (path, detail)
+        assert snapshot(store) == before, (path, field)
+
+
+def test_rows_stored_with_unencodable_text_are_served_escaped_and_reported(app_store, caplog) -> None:
+    client, store, tokens = app_store
+    with store.engine.begin() as connection:  # as stored before the checks: JSON columns kept the escapes
+        connection.execute(sa.insert(schema.settings).values(key="guidelines", value="Be kind \ud800"))
+        connection.execute(
+            sa.update(schema.prompts)
+            .where(schema.prompts.c.id == 1)
+            .values(messages=[{"role": "user", "content": "What \udfff?"}])
+        )
+    assert [(p.table, p.row, p.column) for p in store.encoding_problems()] == [
+        ("prompts", "1", "messages"),
+        ("settings", "guidelines", "value"),
+    ]
+    ann, admin = auth(tokens["ann"]), auth(tokens["admin"])
+    caplog.set_level("WARNING", logger="feedback.store.common")
+    assert client.get("/api/guidelines", headers=ann).json()["markdown"] == "Be kind \\ud800"
+    assert client.get("/api/admin/settings", headers=admin).json()["guidelines"] == "Be kind \\ud800"
+    item = client.get("/api/items/next", headers=ann).json()["item"]
+    assert item["messages"] == [{"role": "user", "content": "What \\udfff?"}]
+    assert client.post("/api/answers", json=answer_for(item), headers=ann).status_code == 201
+    export = client.get("/api/admin/export", params={"format": "pairs", "test_fraction": 0.0}, headers=admin)
+    assert export.status_code == 200 and export.headers["Cache-Control"] == "no-store"
+    with zipfile.ZipFile(io.BytesIO(export.content)) as archive:
+        assert "What \\\\udfff?" in archive.read("train.jsonl").decode()
+    assert "served escaped" in caplog.text and "U+DFFF" in caplog.text
+
+
+def test_the_api_holds_answers_to_the_mode_and_says_nothing_about_items_not_held(app_store) -> None:
+    client, store, tokens = app_store
+    ann = auth(tokens["ann"])
+    item = client.get("/api/items/next", headers=ann).json()["item"]
+    ids = [c["id"] for c in item["candidates"]]
+    ranking = answer_for(item, "client-id-0100")
+    thumbs = [{"candidate_id": c, "up": i == 0} for i, c in enumerate(ids)]
+    contradicting = [{"candidate_id": c, "up": i != 0} for i, c in enumerate(ids)]  # the best is thumbs down
+    other = store.records()[1]  # an item not handed to ann
+    other_ids = [c.id for c in other.candidates]
+    refused = [
+        ({"client_id": "client-id-0100", "prompt_id": item["prompt_id"], "thumbs": thumbs}, 422, "ranking mode"),
+        ({**ranking, "ranking": ranking["ranking"][:-1]}, 422, "every response must be ranked"),
+        ({**ranking, "thumbs": contradicting}, 422, "thumbs contradict the ranking"),
+        ({**ranking, "prompt_id": True}, 422, "prompt_id"),
+        ({**ranking, "ranking": [{**r, "rank": True} for r in ranking["ranking"]]}, 422, "rank"),
+        ({**ranking, "thumbs": [{"candidate_id": ids[0], "up": 1}]}, 422, "up"),
+        (
+            {"client_id": "client-id-0101", "prompt_id": other.prompt_id, "ranking": [{"candidate_id": 1, "rank": 1}]},
+            403,
+            "was not handed to you",
+        ),
+        ({"client_id": "client-id-0102", "prompt_id": 999, "thumbs": []}, 403, "was not handed to you"),
+    ]
+    before = snapshot(store)
+    for body, status, words in refused:
+        response = client.post("/api/answers", json=body, headers=ann)
+        assert response.status_code == status and words in response.json()["detail"], (body, response.text)
+        if status == 403:
+            assert not any(str(c) in response.json()["detail"].replace(str(other.prompt_id), "") for c in other_ids)
+        assert snapshot(store) == before
+    assert client.post("/api/answers", json={**ranking, "thumbs": thumbs}, headers=ann).status_code == 201
+    admin = auth(tokens["admin"])
+    for bad in ({"overlap": True}, {"lease_minutes": True}, {"overlap": "2"}):
+        assert client.put("/api/admin/settings", json=bad, headers=admin).status_code == 422, bad
+    store.update_settings(mode="thumbs")
+    follow = client.get("/api/items/next", headers=ann).json()["item"]
+    partial = {"client_id": "client-id-0200", "prompt_id": follow["prompt_id"], "thumbs": thumbs[:0]}
+    partial["thumbs"] = [{"candidate_id": follow["candidates"][0]["id"], "up": True}]
+    response = client.post("/api/answers", json=partial, headers=ann)
+    assert response.status_code == 422 and "thumbs mode: give every response a thumb" in response.json()["detail"]
+    partial["thumbs"] = [{"candidate_id": c["id"], "up": True} for c in follow["candidates"]]
+    assert client.post("/api/answers", json=partial, headers=ann).status_code == 201
+
+
+def test_tokens_personal_data_and_exports_are_not_cached_and_every_response_is_secured(app_store) -> None:
+    client, _, tokens = app_store
+    admin = auth(tokens["admin"])
+    responses = [
+        client.post("/api/login", json={"name": "root", "password": "admin-password"}),
+        client.get("/api/me", headers=admin),
+        client.get("/api/admin/annotators", headers=admin),
+        client.get("/api/admin/export", params={"format": "pairs"}, headers=admin),
+        client.post("/api/answers", content=b"{" + b" " * 5000 + b"}", headers=admin),  # the early 413
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 413]
+    for response in responses:
+        assert response.headers["Cache-Control"] == "no-store", response.request.url
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" not in client.get("/").headers.get("Cache-Control", "")
+
+
+def test_sessions_end_when_credentials_change_and_logout_refuses_an_api_token(app_store) -> None:
+    client, store, tokens = app_store
+
+    def session() -> dict[str, str]:
+        return auth(client.post("/api/login", json={"name": "root", "password": "admin-password"}).json()["token"])
+
+    for change in (
+        lambda: store.set_password("root", "admin-password"),
+        lambda: store.new_token("root", revoke_old=False),
+        lambda: (store.set_active("root", False), store.set_active("root", True)),
+    ):
+        opened = session()
+        assert client.get("/api/me", headers=opened).status_code == 200
+        change()
+        assert client.get("/api/me", headers=opened).status_code == 401
+    api = auth(tokens["ann"])
+    response = client.post("/api/logout", headers=api)
+    assert response.status_code == 422 and "API token" in response.json()["detail"]
+    assert client.get("/api/me", headers=api).status_code == 200  # the refusal did not pretend
+    opened = session()
+    assert client.post("/api/logout", headers=opened).status_code == 200
+    assert client.get("/api/me", headers=opened).status_code == 401
+
+
+def test_failed_logins_are_throttled_per_address_with_retry_after(db_url: str) -> None:
+    store = Store.create(db_url)
+    store.add_annotator("root", "admin", password="admin-password")
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=3, window_s=60, clock=lambda: now[0])
+    with TestClient(create_app(store, login_throttle=throttle)) as client:
+
+        def login(name: str, password: str = "wrong-password") -> Any:
+            return client.post("/api/login", json={"name": name, "password": password})
+
+        assert [login(name).status_code for name in ("root", "nobody", "someone")] == [401, 401, 401]
+        refused = login("root", "admin-password")  # the right password, but this address is locked out
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
+        assert "too many failed logins" in refused.json()["detail"]
+        now[0] += 30
+        assert login("another").headers["Retry-After"] == "30"
+        now[0] += 31
+        assert login("root", "admin-password").status_code == 200
+    store.close()
+
+
+def test_the_throttle_counts_a_name_across_addresses_and_a_success_clears_it() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(max_failures=2, window_s=10, clock=lambda: now[0])
+    throttle.failed("Alice", "10.0.0.1")
+    throttle.failed("alice ", "10.0.0.2")
+    assert throttle.retry_after("alice", "10.0.0.3") == 10  # the name is locked whatever the address
+    assert throttle.retry_after("bob", "10.0.0.3") is None
+    throttle.succeeded("alice")
+    assert throttle.retry_after("alice", "10.0.0.3") is None
+    now[0] += 5
+    throttle.failed("carol", "10.0.0.1")
+    assert throttle.retry_after("dave", "10.0.0.1") == 5  # the address's first failure leaves the window at 10

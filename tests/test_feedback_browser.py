@@ -107,9 +107,12 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
         up = {text: text != "Ugh. 3 plus 5 is 8." for text in texts}
         for text in texts:  # focus starts on the first response; each choice moves to the next
             body.send_keys("1" if up[text] else "2")
-        store.update_settings(mode="ranking")  # the next item is asked as a ranking
         body.send_keys(Keys.ENTER)
         wait_for(lambda: len(store.submission_ids()) == 1)
+        # The API holds answers to the project's current mode: switch once the thumbs are in, and
+        # reload, so the next item (already handed out) is asked as a ranking.
+        store.update_settings(mode="ranking")
+        browser.refresh()
         [first] = [i for i in store.records() if i.answers]
         by_text = {c.text: c.id for c in first.candidates}
         assert first.answers[0].thumbs == {by_text[t]: v for t, v in up.items()}

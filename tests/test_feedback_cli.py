@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import run_cli
 
+from feedback import schema
 from feedback.store import Store
 from rlhf import candidates
 from rlhf.core.errors import DataError
@@ -221,6 +224,14 @@ GOOD_ROW = {"id": "ok-1", "prompt": "What is 1 plus 1?", "candidates": ["2."]}
             "'candidates'[0].generation: contains a NUL",
         ),
         ({"prompt": "q", "candidates": ["a"] * 101}, "'candidates': expected a list of at most 100"),
+        ({"id": "q\ud800", "prompt": "q"}, "'id': holds U+D800 at character 1, which UTF-8 cannot encode"),
+        ({"prompt": [{"role": "user", "content": "\udfff"}]}, "'prompt'[0].content: holds U+DFFF"),
+        ({"prompt": "q", "candidates": ["ok", "bad \ud800"]}, "'candidates'[1]: holds U+D800 at character 4"),
+        ({"prompt": "q", "candidates": [{"text": "a", "adapter": "\ud800"}]}, "'candidates'[0].adapter: holds U+D800"),
+        (
+            {"prompt": "q", "candidates": [{"text": "a", "generation": {"stop": ["\ud800"]}}]},
+            "'candidates'[0].generation.stop[0]: holds U+D800",
+        ),
     ],
 )
 def test_import_checks_types_and_lengths_per_row_on_both_backends(store: Store, tmp_path: Path, row, field) -> None:
@@ -234,3 +245,57 @@ def test_import_checks_types_and_lengths_per_row_on_both_backends(store: Store, 
         importer.import_file(store, str(path))
     assert "items.jsonl: line 2: " + field in str(error.value)
     assert store.records() == []  # all or nothing: the good first row is not stored either
+
+
+def test_commands_refuse_unencodable_options_and_files_naming_them(tmp_path: Path, capsys, monkeypatch) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    refused = [
+        (["annotators", "add", "bad\udcff"], "NAME: holds U+DCFF at character 3"),
+        (["generate", "--model", "m\udcff", "--prompts", "p.jsonl"], "--model: holds U+DCFF"),
+        (["generate", "--model", "m", "--langsmith-project", "\udcff"], "--langsmith-project: holds U+DCFF"),
+        (["import", "--langsmith-project", "p\udcff"], "--langsmith-project: holds U+DCFF"),
+        (
+            [
+                "import",
+                "--file",
+                str(_write(tmp_path / "items.jsonl", [GOOD_ROW, {"prompt": "q", "candidates": ["\ud800"]}])),
+            ],
+            "items.jsonl: line 2: 'candidates'[0]: holds U+D800",
+        ),
+    ]
+    bad_bytes = tmp_path / "g.md"
+    bad_bytes.write_bytes(b"# Rules \xff\n")
+    refused.append((["settings", "--guidelines", str(bad_bytes)], "g.md: byte 8 is not UTF-8"))
+    for argv, message in refused:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli("feedback", *argv, "--db", db)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert Store(db).records() == [] and Store(db).annotators() == []
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    with pytest.raises(SystemExit):
+        run_cli("feedback", "annotators", "add", "bob", "--password-stdin", "--db", db)
+    assert "password: at least 8 characters" in capsys.readouterr().err
+
+
+def test_doctor_lists_stored_rows_whose_text_utf8_cannot_encode(store: Store, capsys) -> None:
+    [pid] = store.add_prompts(["What is 2 plus 2?"])
+    store.add_candidates(pid, ["4.", "Four."])
+    run_cli("feedback", "doctor", "--db", store.url)
+    assert "every stored text encodes as UTF-8" in capsys.readouterr().out
+    with store.engine.begin() as connection:  # as rows stored before the checks existed
+        connection.execute(sa.insert(schema.settings).values(key="guidelines", value="\ud800"))
+        connection.execute(
+            sa.update(schema.candidates).where(schema.candidates.c.id == 2).values(generation={"k": "\udc00"})
+        )
+        if store.backend == "sqlite":  # bytes another tool wrote: not UTF-8 at all
+            connection.exec_driver_sql("UPDATE candidates SET text = CAST(x'4f6bff' AS TEXT) WHERE id = 1")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("feedback", "doctor", "--db", store.url)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and f"{3 if store.backend == 'sqlite' else 2} stored value(s)" in err
+    assert "candidates\trow 2\tgeneration\tvalue.k: holds U+DC00" in out
+    assert "settings\trow guidelines\tvalue\tvalue: holds U+D800" in out
+    if store.backend == "sqlite":
+        assert "candidates\trow 1\ttext\tbyte 2 is not UTF-8" in out

@@ -6,9 +6,11 @@ import datetime as dt
 import uuid
 
 import pytest
+import sqlalchemy as sa
+from conftest import run_cli
 from fake_langsmith import API_KEY, FakeLangSmith, run
 
-from feedback import importer, langsmith_sync
+from feedback import importer, langsmith_sync, schema
 from feedback.store import Store, utcnow
 
 QUESTION = "What is 3 plus 4?"
@@ -191,3 +193,85 @@ def test_candidates_without_a_run_are_not_sent(tmp_path, langsmith) -> None:
     store.add_annotator("ann")
     store.submit_rating(store.annotator("ann").id, pid, {ids[0]: True}, client_id="answer-0004")
     assert store.sync_status().pending == 0 and store.pending_sync() == []
+
+
+GENERATION = {"num_candidates": 3, "temperature": 1.0, "max_new_tokens": 8}
+
+
+def test_generated_candidates_become_runs_created_through_an_outage_and_ratings_their_feedback(
+    langsmith, db_url
+) -> None:
+    store = Store.create(db_url)
+    client = langsmith_sync.client_from_env()
+    [pid] = store.add_prompts(["What is 2 plus 2?"])
+    ids = store.add_candidates(
+        pid,
+        ["4.", "Four!", "5."],
+        model="builtin:tiny",
+        adapter="runs/sft",
+        generation=GENERATION,
+        langsmith_project="gen",
+    )
+    store.add_candidates(pid, ["4."], langsmith_project="gen")  # stored before: keeps its run, nothing new to create
+    assert store.sync_status().runs_pending == 3
+    store.add_annotator("ann")
+    ann = store.annotator("ann")
+    assert store.next_item(ann.id).prompt_id == pid
+    store.submit_ranking(ann.id, pid, {ids[0]: 1, ids[1]: 1, ids[2]: 2}, client_id="answer-gen-1")
+    sync = langsmith_sync.LangSmithSync(store, client)
+    langsmith.up_for = 2  # LangSmith takes the first run (and names its project), then goes down mid-pass
+    first = sync.run_once()
+    assert (first.runs_created, first.runs_failed, first.sent) == (1, 2, 0)  # the answer waits for its runs
+    assert store.sync_status().runs_pending == 2 and store.sync_status().pending == 1
+    langsmith.up_for, langsmith.down = None, False
+    assert sync.run_once().runs_created == 0  # backing off: not due yet
+    later = sync.run_once(now=utcnow() + dt.timedelta(minutes=10))
+    assert (later.runs_created, later.sent) == (2, 1)
+    with store.engine.connect() as connection:
+        runs = dict(connection.exec_driver_sql("SELECT id, langsmith_run_id FROM candidates").all())
+    assert set(langsmith.created_runs) == {runs[i] for i in ids}  # each run once, under the id stored
+    run = langsmith.created_runs[runs[ids[2]]]
+    assert run["session_name"] == "gen" and run["inputs"] == {
+        "messages": [{"role": "user", "content": "What is 2 plus 2?"}]
+    }
+    assert run["outputs"] == {"output": "5."} and run["run_type"] == "llm"
+    assert run["extra"]["metadata"] | {"generation": GENERATION} == run["extra"]["metadata"]
+    assert run["extra"]["metadata"]["model"] == "builtin:tiny" and run["extra"]["metadata"]["adapter"] == "runs/sft"
+    assert sorted((f["run_id"], f["value"]) for f in langsmith.feedback.values()) == sorted(
+        [(runs[ids[0]], 1), (runs[ids[1]], 1), (runs[ids[2]], 2)]
+    )
+    # A crash after LangSmith created a run but before the store marked it: the repeat is a 409, not a second run.
+    with store.engine.begin() as connection:
+        connection.execute(sa.insert(schema.pending_runs).values(candidate_id=ids[0], project="gen", attempts=0))
+    assert sync.run_once().runs_created == 1 and len(langsmith.created_runs) == 3
+    store.edit(ann.id, "answer-gen-1", thumbs={ids[0]: True, ids[1]: True, ids[2]: False})  # withdraws the ranks
+    assert sync.run_once().sent == 1
+    assert sorted(f["key"] for f in langsmith.feedback.values()) == ["thumbs"] * 3
+    assert {f["session_id"] for f in langsmith.feedback.values()} == {langsmith.project_id}
+    store.close()
+
+
+def test_generate_records_runs_in_the_named_project_and_the_sync_creates_them_after_an_outage(
+    tmp_path, langsmith, monkeypatch, capsys
+) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 3 plus 4?"}\n')
+    run_cli("feedback", "migrate", "--db", db)
+    monkeypatch.setattr(langsmith_sync, "FIRST_BACKOFF_S", 0.0)  # retry at once: the test does not wait
+    langsmith.down = True
+    args = ["--db", db, "--model", "builtin:tiny", "--prompts", str(prompts), "--max-new-tokens", "8"]
+    run_cli("feedback", "generate", *args, "--num-candidates", "2", "--langsmith-project", "tiny-gen")
+    assert "0 runs created" in capsys.readouterr().out and langsmith.created_runs == {}
+    store = Store(db)
+    stored = store.sync_status().runs_pending
+    assert stored >= 1
+    langsmith.down = False
+    run_cli("feedback", "sync", "--db", db)
+    assert f"runs created {stored}" in capsys.readouterr().out and store.sync_status().runs_pending == 0
+    [item] = store.records()
+    texts = {run["outputs"]["output"] for run in langsmith.created_runs.values()}
+    assert texts == {c.text for c in item.candidates} and len(langsmith.created_runs) == stored
+    metadata = next(iter(langsmith.created_runs.values()))["extra"]["metadata"]
+    assert metadata["model"] == "builtin:tiny" and metadata["generation"]["max_new_tokens"] == 8
+    store.close()

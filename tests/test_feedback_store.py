@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import statistics
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +21,7 @@ from feedback.store import (
     Store,
     StoreError,
     Unauthorized,
+    accounts,
     make_engine,
     migrate,
 )
@@ -36,7 +40,7 @@ def test_migrations_build_exactly_the_declared_schema_and_downgrade(db_url: str)
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert migrate(db_url) == "0001"
+    assert migrate(db_url) == "0002"
     engine = make_engine(db_url)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), schema.metadata)
@@ -364,3 +368,98 @@ def test_a_late_answer_to_an_item_completed_by_others_is_refused(store: Store) -
         store.submit_ranking(late.id, pid, ranks, client_id="late-answer-1", require_assignment=True)
     assert (store.records(), store.submission_ids()) == before
     assert store.next_item(late.id) is None
+
+
+BAD = "x \ud800 y"
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("name", lambda s, ids: s.add_annotator(BAD)),
+        ("password", lambda s, ids: s.add_annotator("bob", password=BAD + "-long")),
+        ("password", lambda s, ids: s.set_password("ann", BAD + "-long")),
+        ("name", lambda s, ids: s.login(BAD, "password-1")),
+        ("password", lambda s, ids: s.login("ann", BAD)),
+        ("token", lambda s, ids: s.authenticate(BAD)),
+        ("token", lambda s, ids: s.logout(BAD)),
+        ("name", lambda s, ids: s.new_token(BAD)),
+        ("guidelines", lambda s, ids: s.update_settings(guidelines=BAD)),
+        ("prompt[0].content", lambda s, ids: s.add_prompts([BAD])),
+        ("id", lambda s, ids: s.add_prompts(["fine"], external_ids=[BAD])),
+        ("response.text", lambda s, ids: s.add_candidates(ids[0], ["new one", BAD])),
+        ("response.model", lambda s, ids: s.add_candidates(ids[0], ["new one"], model=BAD)),
+        ("response.generation.stop[0]", lambda s, ids: s.add_candidates(ids[0], ["ok"], generation={"stop": [BAD]})),
+        ("langsmith project", lambda s, ids: s.add_candidates(ids[0], ["new"], langsmith_project=BAD)),
+        ("comment", lambda s, ids: s.submit_ranking(ids[1], ids[0], ids[2], client_id="client-01", comment=BAD)),
+        ("correction", lambda s, ids: s.submit_rating(ids[1], ids[0], {}, client_id="client-01", correction=BAD)),
+        ("client_id", lambda s, ids: s.submit_ranking(ids[1], ids[0], ids[2], client_id=BAD)),
+        ("answer id", lambda s, ids: s.edit(ids[1], BAD, ranks=ids[2])),
+    ],
+)
+def test_every_store_entry_point_refuses_text_utf8_cannot_encode(store: Store, name, call) -> None:
+    """Refused before anything is stored, alike on both backends (SQLite and psycopg would fail differently)."""
+    (pid, cids), *_ = _ids(store)
+    store.add_annotator("ann", password="password-1")
+    state = (store.records, store.annotators, store.settings, store.submission_ids, store.sync_status)
+    before = [read() for read in state]
+    with pytest.raises(Invalid, match=re.escape(f"{name}: holds U+D800 at character 2, which UTF-8 cannot encode")):
+        call(store, (pid, store.annotator("ann").id, {c: 1 for c in cids}))
+    assert [read() for read in state] == before
+
+
+def test_passwords_are_scrypt_at_owasp_cost_and_older_hashes_are_upgraded_at_login(store: Store, monkeypatch) -> None:
+    assert accounts.ScryptCost() == accounts.ScryptCost(n=2**17, r=8, p=1)  # the default, OWASP's
+    monkeypatch.setattr(accounts, "COST", accounts.ScryptCost())
+    start = time.perf_counter()
+    owasp = accounts.hash_password("correct horse")
+    print(f"scrypt at OWASP cost: {time.perf_counter() - start:.3f} s")
+    assert owasp.startswith("scrypt$131072$8$1$") and accounts.verify_password("correct horse", owasp)
+    monkeypatch.setattr(accounts, "COST", accounts.ScryptCost(n=2**10))
+    store.add_annotator("alice", password="correct horse")
+    monkeypatch.setattr(accounts, "COST", accounts.ScryptCost(n=2**11))
+    store.login("alice", "correct horse")
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.select(schema.annotators.c.password_hash)).scalar_one()
+    assert stored.startswith("scrypt$2048$8$1$")  # rehashed at the current cost on a successful login
+    assert store.login("alice", "correct horse")[1].name == "alice"
+    for short in ("", "seven77"):
+        with pytest.raises(Invalid, match="password: at least 8 characters"):
+            store.add_annotator("bob", password=short)
+        with pytest.raises(Invalid, match="password: at least 8 characters"):
+            store.set_password("alice", short)
+
+
+def test_an_unknown_name_costs_what_a_known_one_does(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(accounts, "COST", accounts.ScryptCost(n=2**14))  # the hash dominates, as in production
+    store.add_annotator("alice", password="correct horse")
+    store.add_annotator("nopass")
+    timings: dict[str, list[float]] = {"alice": [], "nobody": [], "nopass": []}
+    for _ in range(7):
+        for name, runs in timings.items():
+            start = time.perf_counter()
+            with pytest.raises(Unauthorized, match="wrong name or password"):
+                store.login(name, "wrong password")
+            runs.append(time.perf_counter() - start)
+    medians = {name: statistics.median(runs) for name, runs in timings.items()}
+    print(f"login medians: {medians}")
+    assert 0.7 < medians["nobody"] / medians["alice"] < 1.4, medians
+    assert 0.7 < medians["nopass"] / medians["alice"] < 1.4, medians
+
+
+def test_a_new_sqlite_database_and_exports_are_private_to_their_owner(tmp_path) -> None:
+    from feedback import export
+
+    store = Store.create(str(tmp_path / "f.db"))
+    store.add_annotator("ann")
+    files = sorted(tmp_path.iterdir())
+    assert [p.name for p in files] == ["f.db", "f.db-shm", "f.db-wal"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files), [oct(p.stat().st_mode) for p in files]
+    _ids(store)
+    annotate_all(store, store.annotator("ann").id)
+    export.export(store, "pairs", tmp_path / "out", writers=["jsonl", "disk"], test_fraction=0.0)
+    written = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    assert len(written) > 4
+    for path in written:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    store.close()

@@ -13,12 +13,14 @@ in its thread pool and the store's blocking database calls never stall the event
 
 Bad input is always a 4xx with a message a person can act on, never a 500, and changes nothing:
 invalid JSON is 400, a body over the size limit 413, schema errors 422 naming the field (ids past
-the database's 32-bit integers and text holding NUL characters included: PostgreSQL cannot store
-them, so they are refused before they reach it, alike on both backends), unknown ids 404 (another
-annotator's answer is reported as not found too), a missing or bad token 401, the wrong role 403,
-409 for a client id reused with another body, a second answer to an item, an edit based on a stale
-revision, a late answer to an item others completed meanwhile, or a constraint a concurrent request
-hit first; a busy database 503 (:mod:`feedback.app.errors`).
+the database's 32-bit integers, booleans as ids or counts, text holding NUL characters or code
+points UTF-8 cannot encode included: they are refused before they reach the database, alike on both
+backends), unknown ids 404 (another annotator's answer is reported as not found too), a missing or
+bad token 401, the wrong role 403, too many failed logins 429 with ``Retry-After``, 409 for a client
+id reused with another body, a second answer to an item, an edit based on a stale revision, a late
+answer to an item others completed meanwhile, or a constraint a concurrent request hit first; a busy
+database 503 (:mod:`feedback.app.errors`). A row stored before these checks whose JSON holds such
+code points is served with them escaped (``rlhf feedback doctor`` lists those rows).
 
 Model output is untrusted: the pages insert it with ``textContent`` only, and a strict Content
 Security Policy (no inline script, no inline handlers) backs that up (:mod:`feedback.app.guard`).
@@ -34,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from feedback.app import errors
 from feedback.app.guard import MAX_BODY_BYTES, Guard
 from feedback.app.routers import admin, answers, items, pages, session
+from feedback.app.throttle import LoginThrottle
 from feedback.store import Store
 
 
@@ -42,9 +45,14 @@ def _nothing() -> None:
 
 
 def create_app(
-    store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, on_answer: Callable[[], None] | None = None
+    store: Store,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    on_answer: Callable[[], None] | None = None,
+    login_throttle: LoginThrottle | None = None,
 ) -> FastAPI:
-    """The web app over a store. ``on_answer`` is called after an answer is stored (wakes the LangSmith sync)."""
+    """The web app over a store. ``on_answer`` is called after an answer is stored (wakes the LangSmith sync);
+    ``login_throttle`` limits failed logins (by default 5 per name and per address in 5 minutes)."""
     app = FastAPI(
         title="rlhf feedback",
         version="1",
@@ -55,6 +63,7 @@ def create_app(
     app.add_middleware(Guard, max_body_bytes=max_body_bytes)
     app.state.store = store
     app.state.on_answer = on_answer or _nothing
+    app.state.throttle = login_throttle or LoginThrottle()
     errors.install(app)
     for router in (session.router, items.router, answers.router, admin.router, pages.router):
         app.include_router(router)
@@ -62,4 +71,4 @@ def create_app(
     return app
 
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "LoginThrottle", "create_app"]

@@ -1,6 +1,7 @@
-"""What endpoints depend on (FastAPI ``Depends``): the store, the answer hook, the current annotator, the admin check.
+"""What endpoints depend on (FastAPI ``Depends``): the store, the answer hook, the login throttle, the current
+annotator, the admin check.
 
-The store and the hook live in ``app.state`` (set by :func:`feedback.app.create_app`), so routers
+The store, the hook and the throttle live in ``app.state`` (set by :func:`feedback.app.create_app`), so routers
 are plain module-level objects. Module level also because FastAPI resolves these annotations by name.
 """
 
@@ -12,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from feedback.app.throttle import LoginThrottle
 from feedback.store import Annotator, Forbidden, Store, Unauthorized
 
 
@@ -26,7 +28,13 @@ def get_on_answer(request: Request) -> Callable[[], None]:
     return on_answer
 
 
+def get_throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = request.app.state.throttle
+    return throttle
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
+Throttle = Annotated[LoginThrottle, Depends(get_throttle)]
 OnAnswer = Annotated[Callable[[], None], Depends(get_on_answer)]
 bearer = HTTPBearer(auto_error=False, description="an annotator's API token or a session token from /api/login")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -1,4 +1,10 @@
-"""Body size limit and security headers (pure ASGI middleware, so it costs nothing per request)."""
+"""Body size limit and security headers (pure ASGI middleware, so it costs nothing per request).
+
+Every response gets the security headers, the 413 this middleware sends itself included. Every
+API response (``/api/...``) also gets ``Cache-Control: no-store``: they carry tokens (login),
+personal data (``/api/me``, answers, the admin console) and exports, which no browser or proxy
+cache should keep. The pages and static files stay cacheable.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+NO_STORE = [(b"cache-control", b"no-store")]
 
 
 class Guard:
@@ -30,10 +37,18 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        added = SECURITY_HEADERS + (NO_STORE if scope["path"].startswith("/api/") else [])
+
+        async def secured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *added]
+            await send(message)
+
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
+            response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
+            await response(scope, receive, secured_send)
             return
         received = 0
 
@@ -45,10 +60,5 @@ class Guard:
                 if received > limit:  # a chunked body with no Content-Length
                     raise HTTPException(413, f"request body over {limit} bytes")
             return message
-
-        async def secured_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
-            await send(message)
 
         await self.app(scope, limited_receive, secured_send)

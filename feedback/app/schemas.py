@@ -1,7 +1,10 @@
 """The API's request and response bodies (they make the OpenAPI document), and their conversions from store views.
 
 Ids are INTEGER columns (32-bit on PostgreSQL): a larger number cannot name anything, and sent
-to PostgreSQL it fails as "integer out of range" (a 500), so the schema refuses it up front.
+to PostgreSQL it fails as "integer out of range" (a 500), so the schema refuses it up front. Ids
+and counts are strict integers: JSON ``true`` is not the id 1, nor ``"2"`` the count 2. Text is
+refused when it holds NUL or code points UTF-8 cannot encode (lone surrogates such as
+``\\ud800``), before anything reaches the store.
 """
 
 from __future__ import annotations
@@ -9,24 +12,28 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from feedback.enums import Mode, Role
-from feedback.store import MAX_TEXT, AnswerView, Invalid, ItemView
+from feedback.store import MAX_TEXT, AnswerView, Invalid, ItemView, unencodable
 
 MAX_ID = 2**31 - 1
 
 
-def _no_nul(value: str) -> str:
+def _storable(value: str) -> str:
     # PostgreSQL text cannot hold NUL characters (the driver refuses them with an error that would
     # be a 500); SQLite would store them. Refusing them here makes both backends answer alike.
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\u0000) characters")
+    problem = unencodable(value)
+    if problem is not None:
+        raise ValueError(f"{problem} (a lone surrogate); send valid Unicode text")
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
-DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Text = Annotated[str, AfterValidator(_storable)]
+DbId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+Count = Annotated[StrictInt, Field(ge=1, le=10_000)]
 PromptId = Annotated[int, Path(ge=1, le=MAX_ID, description="a prompt (item) id")]
 AnswerId = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="an answer's client id")
@@ -45,12 +52,12 @@ class LoginIn(Strict):
 
 class Thumb(Strict):
     candidate_id: DbId
-    up: bool = Field(description="true: thumbs up, false: thumbs down")
+    up: StrictBool = Field(description="true: thumbs up, false: thumbs down")
 
 
 class Rank(Strict):
     candidate_id: DbId
-    rank: int = Field(ge=1, le=1000, description="1 is best; equal ranks are ties")
+    rank: StrictInt = Field(ge=1, le=1000, description="1 is best; equal ranks are ties")
 
 
 def _unique(pairs: list[tuple[int, Any]], name: str) -> dict[int, Any]:
@@ -83,7 +90,7 @@ class AnswerBody(Strict):
 
 
 class AnswerIn(AnswerBody):
-    client_id: str = Field(
+    client_id: Text = Field(
         min_length=8,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.:-]+$",
@@ -93,7 +100,7 @@ class AnswerIn(AnswerBody):
 
 
 class AnswerEditIn(AnswerBody):
-    revision: int | None = Field(
+    revision: StrictInt | None = Field(
         None,
         ge=1,
         le=MAX_ID,
@@ -102,9 +109,9 @@ class AnswerEditIn(AnswerBody):
 
 
 class SettingsIn(Strict):
-    overlap: int | None = Field(None, ge=1, le=10_000, description="annotators per item")
+    overlap: Count | None = Field(None, description="annotators per item")
     mode: Mode | None = None
-    lease_minutes: int | None = Field(None, ge=1, le=10_000)
+    lease_minutes: Count | None = None
     guidelines: Text | None = Field(None, max_length=MAX_TEXT, description="markdown")
 
 

@@ -11,6 +11,7 @@ The store is split by area, each a module of functions over a SQLAlchemy ``Conne
 * :mod:`~feedback.store.answers` - idempotent submissions, compare-and-set edits, stored answers;
 * :mod:`~feedback.store.reporting` - progress and the records for export and agreement;
 * :mod:`~feedback.store.outbox` - what LangSmith has not received yet;
+* :mod:`~feedback.store.doctor` - stored text UTF-8 cannot encode (``rlhf feedback doctor``);
 * :mod:`~feedback.store.views` / :mod:`~feedback.store.errors` - what the store returns and refuses.
 
 :class:`Store` (:mod:`~feedback.store.facade`) opens one transaction per call and delegates.
@@ -36,7 +37,7 @@ dataclasses (:mod:`feedback.store.views`).
 """
 
 from feedback.store.answers import dense_ranks
-from feedback.store.common import MAX_TEXT, utcnow
+from feedback.store.common import MAX_TEXT, unencodable, utcnow
 from feedback.store.db import make_engine, migrate, normalize_url, redact
 from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound, StoreError, Unauthorized
 from feedback.store.facade import Store
@@ -49,6 +50,7 @@ from feedback.store.views import (
     ItemView,
     Progress,
     Receipt,
+    RunJob,
     Settings,
     SyncJob,
     SyncStatus,
@@ -68,6 +70,7 @@ __all__ = [
     "NotFound",
     "Progress",
     "Receipt",
+    "RunJob",
     "Settings",
     "Store",
     "StoreError",
@@ -79,5 +82,6 @@ __all__ = [
     "migrate",
     "normalize_url",
     "redact",
+    "unencodable",
     "utcnow",
 ]

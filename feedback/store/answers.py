@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from feedback import schema as t
-from feedback.enums import AssignmentStatus
+from feedback.enums import AssignmentStatus, Mode
 from feedback.store import settings
-from feedback.store.common import MAX_TEXT, aware, canonical, sha256, utcnow
+from feedback.store.common import MAX_TEXT, aware, canonical, checked_text, sha256, utcnow
 from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound
 from feedback.store.items import lock_prompt
 from feedback.store.queue import assignment, set_assignment
@@ -44,11 +44,35 @@ def _normalise_text(value: str | None, name: str) -> str | None:
         raise Invalid(f"{name}: expected text")
     if len(value) > MAX_TEXT:
         raise Invalid(f"{name}: {len(value)} characters, at most {MAX_TEXT}")
+    checked_text(value, name)
     return value if value.strip() else None
 
 
-def validated(c: Connection, prompt_id: int, sent: AnswerContent) -> AnswerContent:
-    """The answer checked against its item and normalised (dense ranks, empty text as None)."""
+def _contradiction(thumbs: Mapping[int, bool], ranks: Mapping[int, int]) -> str | None:
+    """A ranking and thumbs that disagree: a thumbs-down response ranked above a thumbs-up one."""
+    for down in sorted(k for k, up in thumbs.items() if not up and k in ranks):
+        for up in sorted(k for k, v in thumbs.items() if v and k in ranks):
+            if ranks[down] < ranks[up]:
+                return (
+                    f"thumbs contradict the ranking: candidate {down} is ranked above candidate {up} "
+                    "but has thumbs down while the other has thumbs up"
+                )
+    return None
+
+
+def _mode_problem(mode: Mode, thumbs: Mapping[int, bool], ranks: Mapping[int, int], candidates: set[int]) -> str | None:
+    """What the annotation page of ``mode`` requires and the answer lacks (the API holds clients to the page)."""
+    if mode == Mode.RANKING and not ranks:
+        return "the project is in ranking mode: rank every response"
+    missing = sorted(candidates - set(thumbs))
+    if mode == Mode.THUMBS and missing:
+        return f"the project is in thumbs mode: give every response a thumb; candidate(s) {missing} have none"
+    return None
+
+
+def validated(c: Connection, prompt_id: int, sent: AnswerContent, mode: Mode | None = None) -> AnswerContent:
+    """The answer checked against its item (and, given a ``mode``, against what that mode's page asks) and
+    normalised (dense ranks, empty text as None)."""
     if c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id)).scalar() is None:
         raise NotFound(f"no prompt {prompt_id}")
     candidate_ids = set(c.execute(sa.select(t.candidates.c.id).where(t.candidates.c.prompt_id == prompt_id)).scalars())
@@ -70,6 +94,9 @@ def validated(c: Connection, prompt_id: int, sent: AnswerContent) -> AnswerConte
         if any(not 1 <= r <= len(candidate_ids) for r in ranks.values()):
             raise Invalid(f"ranking: ranks go from 1 (best) to {len(candidate_ids)}")
         ranks = dense_ranks(ranks)
+    problem = _contradiction(thumbs, ranks) or (_mode_problem(mode, thumbs, ranks, candidate_ids) if mode else None)
+    if problem:
+        raise Invalid(problem)
     if corrected_candidate_id is not None and corrected_candidate_id not in candidate_ids:
         raise Invalid(f"corrected_candidate_id: {corrected_candidate_id} is not a response to prompt {prompt_id}")
     if corrected_candidate_id is not None and correction is None:
@@ -78,33 +105,45 @@ def validated(c: Connection, prompt_id: int, sent: AnswerContent) -> AnswerConte
 
 
 def _submission(c: Connection, submission_id: str) -> Any:
+    checked_text(submission_id, "answer id")
     return c.execute(sa.select(t.submissions).where(t.submissions.c.id == submission_id)).first()
 
 
+HELD = (AssignmentStatus.ASSIGNED, AssignmentStatus.SUBMITTED)
+
+
 def submit(
-    c: Connection, annotator_id: int, prompt_id: int, client_id: str, sent: AnswerContent, require_assignment: bool
+    c: Connection,
+    annotator_id: int,
+    prompt_id: int,
+    client_id: str,
+    sent: AnswerContent,
+    require_assignment: bool,
+    enforce_mode: bool,
 ) -> Receipt:
     """Record an annotator's answer to an item, exactly once per ``client_id``.
 
-    A retry (same id, same body) returns the stored receipt with ``created=False``; the same
-    id with a different body, or a second answer to the same item under a new id, is a
-    :class:`Conflict` (answers are changed with :func:`edit`). With ``require_assignment`` (the
-    web app) only items handed to the annotator by :func:`feedback.store.queue.next_item` can be
-    answered. A concurrent request that commits first makes the insert fail on a key: the caller
-    then answers with :func:`replay_after_race`.
+    A retry (same id, same body) returns the stored receipt with ``created=False``; the same id with
+    a different body, or a second answer to the same item under a new id, is a :class:`Conflict`
+    (answers are changed with :func:`edit`). With ``require_assignment`` (the web app) only items
+    handed to the annotator by :func:`feedback.store.queue.next_item` can be answered, and that is
+    checked first: the answer to an item not handed to you is refused without a word about the item
+    (its existence, its candidates). With ``enforce_mode`` (the web app) the answer must be what the
+    project's mode asks for (:func:`_mode_problem`). A concurrent request that commits first makes
+    the insert fail on a key: the caller then answers with :func:`replay_after_race`.
     """
-    client_id = str(client_id)
+    client_id = checked_text(str(client_id), "client_id")
     if not 8 <= len(client_id) <= 64:
         raise Invalid("client_id: 8 to 64 characters (a UUID is a good choice)")
-    body = validated(c, prompt_id, sent)
+    if require_assignment and assignment(c, annotator_id, prompt_id) not in HELD:
+        raise Forbidden(f"prompt {prompt_id} was not handed to you; get items from the queue")
+    body = validated(c, prompt_id, sent, settings.read(c).mode if enforce_mode else None)
     lock_prompt(c, prompt_id)  # before any read below: they then see the winner's commit
     fingerprint = body_hash(prompt_id, body)
     existing = _submission(c, client_id)
     if existing is not None:
         return _replay(existing, annotator_id, prompt_id, fingerprint)
     status = assignment(c, annotator_id, prompt_id)
-    if require_assignment and status not in (AssignmentStatus.ASSIGNED, AssignmentStatus.SUBMITTED):
-        raise Forbidden(f"prompt {prompt_id} was not handed to you; get items from the queue")
     other = c.execute(
         sa.select(t.submissions.c.id).where(
             t.submissions.c.annotator_id == annotator_id, t.submissions.c.prompt_id == prompt_id
@@ -203,7 +242,12 @@ def _own(c: Connection, annotator_id: int, submission_id: str) -> Any:
 
 
 def edit(
-    c: Connection, annotator_id: int, submission_id: str, sent: AnswerContent, expected_revision: int | None
+    c: Connection,
+    annotator_id: int,
+    submission_id: str,
+    sent: AnswerContent,
+    expected_revision: int | None,
+    enforce_mode: bool,
 ) -> Receipt:
     """Replace an annotator's own answer. Repeating the same edit changes nothing (no new revision).
 
@@ -213,11 +257,12 @@ def edit(
     base therefore cannot both succeed: on PostgreSQL the second UPDATE waits for the first's
     row lock, then matches no row; on SQLite writers are serialised and the second sees the new
     revision. The loser gets a :class:`Conflict` (409) instead of silently overwriting.
+    ``enforce_mode`` holds the new answer to the project's mode, as :func:`submit` does.
     """
     row = _own(c, annotator_id, submission_id)
     if expected_revision is not None and expected_revision != row.revision:
         raise Conflict(_stale(submission_id, expected_revision, row.revision))
-    body = validated(c, row.prompt_id, sent)
+    body = validated(c, row.prompt_id, sent, settings.read(c).mode if enforce_mode else None)
     if body_hash(row.prompt_id, stored(c, row)) == body_hash(row.prompt_id, body):
         return Receipt(row.id, row.prompt_id, created=False, revision=row.revision)
     revision = row.revision + 1

@@ -1,10 +1,11 @@
-"""Small pure helpers every area of the store uses: the clock, hashes, canonical JSON, limits, enum checks."""
+"""Small pure helpers every area of the store uses: the clock, hashes, canonical JSON, limits, enum and text checks."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+import logging
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from feedback.store.errors import Invalid
 
 MAX_TEXT = 20_000  # characters of a comment, a correction or the guidelines
 E = TypeVar("E", bound=StrEnum)
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> dt.datetime:
@@ -37,3 +39,77 @@ def member(kind: type[E], value: object, name: str) -> E:
         if candidate == value:
             return candidate
     raise Invalid(f"{name}: expected one of {[str(m) for m in kind]}, got {value!r}")
+
+
+def unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate such as the JSON escape ``\\ud800``), or None.
+
+    Python strings may hold surrogates that no UTF-8 byte sequence represents; JSON escapes and
+    undecodable command-line bytes produce them. Stored, they break every later reader (the
+    driver on write, the JSON encoder of every response that shows them), so they are refused
+    where text enters the store.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"holds U+{ord(text[error.start]):04X} at character {error.start}, which UTF-8 cannot encode"
+    return None
+
+
+def checked_text(value: str, where: str) -> str:
+    """``value`` if UTF-8 can encode it; :class:`Invalid` naming ``where`` otherwise."""
+    problem = unencodable(value)
+    if problem is not None:
+        raise Invalid(f"{where}: {problem} (a lone surrogate); send valid Unicode text")
+    return value
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """The first text inside a JSON value (keys included) that UTF-8 cannot encode, as ``where[...]: why``."""
+    if isinstance(value, str):
+        problem = unencodable(value)
+        return f"{where}: {problem}" if problem else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = json_problem(key, f"{where} key") or json_problem(item, f"{where}.{key}")
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = json_problem(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def checked_json(value: Any, where: str) -> Any:
+    """``value`` if every text in it is encodable; :class:`Invalid` naming the field otherwise."""
+    problem = json_problem(value, where)
+    if problem is not None:
+        raise Invalid(f"{problem} (a lone surrogate); send valid Unicode text")
+    return value
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
+
+
+def load_json(text: str | bytes) -> Any:
+    """The engines' JSON reader: stored values with unencodable text come back escaped (``\\ud800`` as text).
+
+    Such rows were stored before the checks existed (JSON columns keep ``\\ud800`` escapes on both
+    backends); served raw, they would make every response that shows them fail. Escaping keeps the
+    app answering; ``rlhf feedback doctor`` lists the rows to repair.
+    """
+    value = json.loads(text)
+    problem = json_problem(value, "value")
+    if problem is None:
+        return value
+    logger.warning("stored JSON %s; served escaped (rlhf feedback doctor lists such rows)", problem)
+    return _escaped(value)

@@ -5,11 +5,18 @@ commit survives a crash or power loss); PostgreSQL is used by URL for teams
 (``postgresql://user@host/db``, served by psycopg 3). The schema lives in :mod:`feedback.schema`
 and is created and upgraded by the Alembic migrations shipped in ``feedback/migrations``
 (:func:`migrate`, ``rlhf feedback migrate``, and automatically by ``Store.create`` and ``serve``).
+
+A new SQLite database file is created readable and writable by its owner only (0600, whatever
+the umask): it holds password hashes, annotators' names and their answers. SQLite gives its
+``-wal`` and ``-shm`` files the same permissions. An existing file keeps the permissions it has.
+JSON columns are read through :func:`feedback.store.common.load_json`, so a stored value with text
+UTF-8 cannot encode is served escaped instead of failing every response that shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from feedback.store.common import load_json
 from feedback.store.errors import StoreError
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -56,14 +64,26 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _create_private(url: str) -> None:
+    """Create a missing SQLite file as 0600 before SQLite creates it with the umask's permissions."""
+    path = sa.make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _create_private(url)
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=load_json
+        )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_timeout=60)
+    return sa.create_engine(
+        url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_timeout=60, json_deserializer=load_json
+    )
 
 
 def open_engine(url: str) -> Engine:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from feedback import records
 from feedback.enums import Role
-from feedback.store import accounts, answers, items, outbox, queue, reporting, settings, views
+from feedback.store import accounts, answers, doctor, items, outbox, queue, reporting, settings, views
 from feedback.store.common import utcnow
 from feedback.store.db import migrate, normalize_url, open_engine, transaction
 
@@ -77,15 +77,25 @@ class Store:
         model: str | None = None,
         adapter: str | None = None,
         generation: Mapping[str, Any] | None = None,
+        langsmith_project: str | None = None,
     ) -> list[int]:
         """Store responses to a prompt; returns their ids (a response already stored keeps its id).
 
         A response is text or a mapping (:func:`feedback.store.items.add_candidate`), whose
-        ``model``, ``adapter`` and ``generation`` override the keyword arguments.
+        ``model``, ``adapter`` and ``generation`` override the keyword arguments. With
+        ``langsmith_project`` each new response is recorded as a LangSmith run there (later, by the sync).
         """
         with self._tx() as c:
             return [
-                items.add_candidate(c, prompt_id, r, model=model, adapter=adapter, generation=generation)[0]
+                items.add_candidate(
+                    c,
+                    prompt_id,
+                    r,
+                    model=model,
+                    adapter=adapter,
+                    generation=generation,
+                    langsmith_project=langsmith_project,
+                )[0]
                 for r in responses
             ]
 
@@ -105,7 +115,8 @@ class Store:
 
     def add_annotator(self, name: str, role: str = Role.ANNOTATOR, password: str | None = None) -> str:
         """Create an annotator; returns a new API token (only its hash is kept: show it once)."""
-        return self._write(accounts.add_annotator, name, role, password)
+        password_hash = accounts.new_password_hash(password) if password is not None else None
+        return self._write(accounts.add_annotator, name, role, password_hash)
 
     def annotator(self, name: str) -> views.Annotator:
         return self._read(accounts.annotator, name)
@@ -114,14 +125,15 @@ class Store:
         return self._read(accounts.annotators)
 
     def new_token(self, name: str, *, revoke_old: bool = True) -> str:
-        """A fresh API token for an annotator (by default the old API tokens stop working)."""
+        """A fresh API token for an annotator (by default the old API tokens stop working); their sessions end."""
         return self._write(accounts.new_token, name, revoke_old=revoke_old)
 
     def set_password(self, name: str, password: str) -> None:
-        self._write(accounts.set_password, name, password)
+        """Change a password (at least :data:`~feedback.store.accounts.MIN_PASSWORD` characters); sessions end."""
+        self._write(accounts.set_password, name, accounts.new_password_hash(password))
 
     def set_active(self, name: str, active: bool) -> None:
-        """Deactivate (or reactivate) an annotator: their tokens stop working, their answers stay."""
+        """Deactivate (or reactivate) an annotator: their tokens stop working, sessions end, answers stay."""
         self._write(accounts.set_active, name, active)
 
     def authenticate(self, token: str) -> views.Annotator | None:
@@ -131,12 +143,15 @@ class Store:
     def login(self, name: str, password: str) -> tuple[str, views.Annotator]:
         """A session token for a name and password; the same message for every failure (no user probing).
 
-        The password is checked between two transactions: scrypt takes a while, and no lock is held meanwhile.
+        The password is checked between two transactions: scrypt takes a while, and no lock is held
+        meanwhile. A hash made with older scrypt parameters is replaced by one at the current cost.
         """
-        annotator = accounts.check_login(self._read(accounts.find, name), password)
-        return self._write(accounts.start_session, annotator.id), annotator
+        row = self._read(accounts.find, name)
+        annotator, rehashed = accounts.check_login(row, password)
+        return self._write(accounts.start_session, annotator.id, rehashed, row.password_hash), annotator
 
     def logout(self, token: str) -> None:
+        """End a session token's session (an API token is refused: :func:`.accounts.logout`)."""
         self._write(accounts.logout, token)
 
     # -- the queue ----------------------------------------------------------------------------
@@ -168,8 +183,12 @@ class Store:
         correction: str | None = None,
         corrected_candidate_id: int | None = None,
         require_assignment: bool = False,
+        enforce_mode: bool = False,
     ) -> views.Receipt:
         """Record an annotator's answer to an item, exactly once per ``client_id`` (:func:`.answers.submit`).
+
+        The web app sets ``require_assignment`` (only items handed out) and ``enforce_mode`` (the
+        answer the project's mode asks for); scripts and simulated annotators may answer freely.
 
         A key that a concurrent request took first (its insert committed between our reads and
         ours) fails the transaction; a fresh one then tells a retry of the same answer (its
@@ -177,7 +196,9 @@ class Store:
         """
         sent = views.AnswerContent(dict(thumbs or {}), dict(ranks or {}), comment, correction, corrected_candidate_id)
         try:
-            return self._write(answers.submit, annotator_id, prompt_id, client_id, sent, require_assignment)
+            return self._write(
+                answers.submit, annotator_id, prompt_id, client_id, sent, require_assignment, enforce_mode
+            )
         except sa.exc.IntegrityError:
             return self._read(answers.replay_after_race, annotator_id, prompt_id, client_id, sent)
 
@@ -204,10 +225,11 @@ class Store:
         correction: str | None = None,
         corrected_candidate_id: int | None = None,
         expected_revision: int | None = None,
+        enforce_mode: bool = False,
     ) -> views.Receipt:
         """Replace an annotator's own answer, compare-and-set on its revision (:func:`feedback.store.answers.edit`)."""
         sent = views.AnswerContent(dict(thumbs or {}), dict(ranks or {}), comment, correction, corrected_candidate_id)
-        return self._write(answers.edit, annotator_id, submission_id, sent, expected_revision)
+        return self._write(answers.edit, annotator_id, submission_id, sent, expected_revision, enforce_mode)
 
     def answer(self, annotator_id: int, submission_id: str) -> views.AnswerView:
         """One of this annotator's answers (another annotator's is reported as not found)."""
@@ -231,6 +253,10 @@ class Store:
         """Every prompt with its candidates and all answers, for export and agreement (pure code)."""
         return self._read(reporting.records)
 
+    def encoding_problems(self) -> list[doctor.EncodingProblem]:
+        """Stored values that UTF-8 cannot encode, by table, row and column (``rlhf feedback doctor``)."""
+        return self._read(doctor.encoding_problems)
+
     def submission_ids(self) -> list[str]:
         """Every stored submission id (the load test counts them against what was acknowledged)."""
         return self._read(reporting.submission_ids)
@@ -238,7 +264,8 @@ class Store:
     # -- LangSmith outbox ------------------------------------------------------------------------
 
     def pending_sync(self, limit: int = 100, now: dt.datetime | None = None) -> list[views.SyncJob]:
-        """Submissions on candidates with LangSmith runs whose latest revision is not in LangSmith yet."""
+        """Submissions on candidates with LangSmith runs whose latest revision is not in LangSmith yet
+        (those on an item whose runs are not all created yet wait)."""
         return self._read(outbox.pending_sync, limit, now or utcnow())
 
     def mark_synced(self, submission_id: str, revision: int) -> None:
@@ -247,6 +274,17 @@ class Store:
 
     def mark_sync_failed(self, submission_id: str, error: str, retry_at: dt.datetime) -> None:
         self._write(outbox.mark_sync_failed, submission_id, error, retry_at)
+
+    def pending_runs(self, limit: int = 100, now: dt.datetime | None = None) -> list[views.RunJob]:
+        """LangSmith runs of generated candidates still to create, whose retry time has come."""
+        return self._read(outbox.pending_runs, limit, now or utcnow())
+
+    def mark_run_created(self, candidate_id: int, session_id: str) -> None:
+        """The candidate's run exists in LangSmith, in the project ``session_id``."""
+        self._write(outbox.mark_run_created, candidate_id, session_id)
+
+    def mark_run_failed(self, candidate_id: int, error: str, retry_at: dt.datetime) -> None:
+        self._write(outbox.mark_run_failed, candidate_id, error, retry_at)
 
     def sync_status(self) -> views.SyncStatus:
         return self._read(outbox.sync_status)

@@ -6,6 +6,7 @@ text; an item's candidates are fixed from the moment an annotator holds or answe
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 from feedback import records
 from feedback import schema as t
 from feedback.enums import AssignmentStatus
-from feedback.store.common import canonical, sha256, utcnow
+from feedback.store.common import canonical, checked_json, checked_text, sha256, utcnow
 from feedback.store.errors import Conflict, Invalid, NotFound
 from feedback.store.views import ImportReport
 
@@ -45,7 +46,9 @@ def add_prompts(c: Connection, prompts: Iterable[Any], external_ids: Iterable[st
 
 def add_prompt(c: Connection, prompt: Any, external_id: str | None) -> tuple[int, bool]:
     """Store a prompt (text or chat messages); returns its id and whether it is new."""
-    messages = records.prompt_messages(prompt)
+    messages = checked_json(records.prompt_messages(prompt), "prompt")
+    if external_id is not None:
+        checked_text(external_id, "id")
     key = sha256(f"id:{external_id}" if external_id else f"messages:{canonical(messages)}")
     existing = c.execute(sa.select(t.prompts.c.id, t.prompts.c.messages).where(t.prompts.c.key == key)).first()
     if existing is not None:
@@ -74,17 +77,28 @@ def add_candidate(
     model: str | None = None,
     adapter: str | None = None,
     generation: Mapping[str, Any] | None = None,
+    langsmith_project: str | None = None,
 ) -> tuple[int, bool]:
     """Store a response to a prompt; returns its id and whether it is new.
 
     A response is text, or a mapping with ``text`` and optionally ``model``, ``adapter``,
     ``generation``, ``run_id`` and ``session_id`` (its LangSmith run and project), which
-    override the keyword arguments.
+    override the keyword arguments. With ``langsmith_project``, a new response without a run
+    gets a run id now and a row in ``pending_runs``: the sync creates the run in that project
+    (:func:`feedback.store.outbox.pending_runs`), so a LangSmith outage only delays it.
     """
+    if langsmith_project is not None and not 1 <= len(checked_text(langsmith_project, "langsmith project")) <= 200:
+        raise Invalid("langsmith project: 1 to 200 characters")
     spec: dict[str, Any] = {"text": response} if isinstance(response, str) else dict(response)
     text = spec.get("text")
     if not isinstance(text, str) or not text.strip():
         raise Invalid(f"prompt {prompt_id}: a response must be non-empty text")
+    generation = spec.get("generation", generation)
+    fields = {"model": spec.get("model", model), "adapter": spec.get("adapter", adapter), "generation": generation}
+    checked_json(
+        {**fields, "text": text, "run_id": spec.get("run_id"), "session_id": spec.get("session_id")},
+        f"prompt {prompt_id}: response",
+    )
     # Locked on PostgreSQL (as next_item and submit do), so no item is handed out or answered
     # between the check below and the insert.
     if not lock_prompt(c, prompt_id):
@@ -99,19 +113,20 @@ def add_candidate(
         # A ranking covers every candidate the annotator saw: a candidate added afterwards
         # would be unranked in the stored rankings (and an open ranking could not be submitted).
         raise Conflict(f"prompt {prompt_id} was already handed out or answered; its candidates cannot change any more")
-    generation = spec.get("generation", generation)
+    run_id = spec.get("run_id") or (uuid.uuid4() if langsmith_project else None)
     values = {
+        **fields,
         "prompt_id": prompt_id,
         "text": text,
         "text_hash": text_hash,
-        "model": spec.get("model", model),
-        "adapter": spec.get("adapter", adapter),
         "generation": dict(generation) if generation is not None else None,
-        "langsmith_run_id": str(spec["run_id"]) if spec.get("run_id") else None,
+        "langsmith_run_id": str(run_id) if run_id else None,
         "langsmith_session_id": str(spec["session_id"]) if spec.get("session_id") else None,
         "created_at": utcnow(),
     }
     inserted: int = c.execute(sa.insert(t.candidates).values(**values).returning(t.candidates.c.id)).scalar_one()
+    if langsmith_project and not spec.get("run_id"):
+        c.execute(sa.insert(t.pending_runs).values(candidate_id=inserted, project=langsmith_project, attempts=0))
     return inserted, True
 
 

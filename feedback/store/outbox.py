@@ -1,8 +1,11 @@
-"""The LangSmith outbox: answers whose latest revision has not reached LangSmith, and their send state.
+"""The LangSmith outbox: runs of generated candidates to create, answers whose latest revision has not
+reached LangSmith, and their send state.
 
 An answer is committed first (that is the annotator's acknowledgement) and sent later by
 :mod:`feedback.langsmith_sync`; ``submissions.revision`` against ``synced_revision`` says what is
-still to send, ``sync_attempts`` / ``sync_after`` / ``sync_error`` pace the retries.
+still to send, ``sync_attempts`` / ``sync_after`` / ``sync_error`` pace the retries. Runs to
+create are rows of ``pending_runs`` (deleted once created); an answer on an item with such a row
+waits, so its feedback never names a run LangSmith does not have yet.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ from sqlalchemy.engine import Connection
 
 from feedback import schema as t
 from feedback.store.answers import content, values
-from feedback.store.views import SyncJob, SyncStatus
+from feedback.store.common import aware
+from feedback.store.views import RunJob, SyncJob, SyncStatus
 
 
 def _with_runs() -> Any:
     return sa.exists().where(
         t.candidates.c.prompt_id == t.submissions.c.prompt_id, t.candidates.c.langsmith_run_id.is_not(None)
+    )
+
+
+def _runs_pending() -> Any:
+    return sa.exists().where(
+        t.candidates.c.prompt_id == t.submissions.c.prompt_id, t.pending_runs.c.candidate_id == t.candidates.c.id
     )
 
 
@@ -37,7 +47,11 @@ def pending_sync(c: Connection, limit: int, now: dt.datetime) -> list[SyncJob]:
     rows = c.execute(
         sa.select(t.submissions, t.annotators.c.name.label("annotator"))
         .join(t.annotators, t.annotators.c.id == t.submissions.c.annotator_id)
-        .where(_unsynced(), sa.or_(t.submissions.c.sync_after.is_(None), t.submissions.c.sync_after <= now))
+        .where(
+            _unsynced(),
+            ~_runs_pending(),
+            sa.or_(t.submissions.c.sync_after.is_(None), t.submissions.c.sync_after <= now),
+        )
         .order_by(t.submissions.c.updated_at)
         .limit(limit)
     ).all()
@@ -87,6 +101,36 @@ def mark_sync_failed(c: Connection, submission_id: str, error: str, retry_at: dt
     )
 
 
+def pending_runs(c: Connection, limit: int, now: dt.datetime) -> list[RunJob]:
+    """Runs of generated candidates still to create, whose retry time has come, oldest first."""
+    rows = c.execute(
+        sa.select(t.pending_runs, t.candidates, t.prompts.c.messages)
+        .join(t.candidates, t.candidates.c.id == t.pending_runs.c.candidate_id)
+        .join(t.prompts, t.prompts.c.id == t.candidates.c.prompt_id)
+        .where(sa.or_(t.pending_runs.c.retry_after.is_(None), t.pending_runs.c.retry_after <= now))
+        .order_by(t.pending_runs.c.candidate_id)
+        .limit(limit)
+    ).all()
+    same = ("candidate_id", "project", "messages", "text", "model", "adapter", "generation", "attempts")
+    return [
+        RunJob(run_id=r.langsmith_run_id, created_at=aware(r.created_at), **{k: r._mapping[k] for k in same})
+        for r in rows
+    ]
+
+
+def mark_run_created(c: Connection, candidate_id: int, session_id: str) -> None:
+    c.execute(sa.update(t.candidates).where(t.candidates.c.id == candidate_id).values(langsmith_session_id=session_id))
+    c.execute(sa.delete(t.pending_runs).where(t.pending_runs.c.candidate_id == candidate_id))
+
+
+def mark_run_failed(c: Connection, candidate_id: int, error: str, retry_at: dt.datetime) -> None:
+    c.execute(
+        sa.update(t.pending_runs)
+        .where(t.pending_runs.c.candidate_id == candidate_id)
+        .values(error=error[:2000], attempts=t.pending_runs.c.attempts + 1, retry_after=retry_at)
+    )
+
+
 def _count(c: Connection, *where: Any) -> int:
     counted: int = c.execute(sa.select(sa.func.count()).select_from(t.submissions).where(*where)).scalar_one()
     return counted
@@ -104,4 +148,5 @@ def sync_status(c: Connection) -> SyncStatus:
         failing=_count(c, _unsynced(), t.submissions.c.sync_attempts > 0),
         synced=_count(c, t.submissions.c.synced_revision.is_not(None)),
         last_error=last_error,
+        runs_pending=c.execute(sa.select(sa.func.count()).select_from(t.pending_runs)).scalar_one(),
     )

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from feedback import schema as t
 from feedback.enums import Mode
-from feedback.store.common import MAX_TEXT, member
+from feedback.store.common import MAX_TEXT, checked_text, member
 from feedback.store.errors import Invalid
 from feedback.store.views import Settings
 
@@ -53,7 +53,7 @@ def update(c: Connection, changes: dict[str, Any]) -> Settings:
     if "mode" in changes:
         changes["mode"] = member(Mode, changes["mode"], "mode")
     if "guidelines" in changes:
-        changes["guidelines"] = str(changes["guidelines"])[:MAX_TEXT]
+        changes["guidelines"] = checked_text(str(changes["guidelines"]), "guidelines")[:MAX_TEXT]
     for key, value in changes.items():
         c.execute(sa.delete(t.settings).where(t.settings.c.key == key))
         c.execute(sa.insert(t.settings).values(key=key, value=value))

@@ -91,13 +91,31 @@ class SyncJob(AnswerContent):
 
 
 @dataclass(frozen=True)
+class RunJob:
+    """A generated candidate whose LangSmith run is still to create (``pending_runs``)."""
+
+    candidate_id: int
+    run_id: str
+    project: str
+    messages: records.Messages
+    text: str
+    model: str | None
+    adapter: str | None
+    generation: dict[str, Any] | None
+    created_at: dt.datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
 class SyncStatus:
-    """The LangSmith outbox: answers waiting (``failing`` of them retried after an error), answers sent."""
+    """The LangSmith outbox: answers waiting (``failing`` of them retried after an error), answers sent,
+    and runs of generated candidates still to create."""
 
     pending: int
     failing: int
     synced: int
     last_error: str | None
+    runs_pending: int = 0
 
 
 @dataclass(frozen=True)

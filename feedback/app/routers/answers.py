@@ -17,7 +17,12 @@ router = APIRouter(prefix="/api/answers", tags=["annotate"], responses=ERRORS)
 def submit(body: AnswerIn, me: Me, response: Response, store: StoreDep, on_answer: OnAnswer) -> ReceiptOut:
     """Record an answer once per client_id: a retry returns 200 with the first receipt."""
     receipt = store.submit(
-        me.id, body.prompt_id, client_id=body.client_id, require_assignment=True, **body.store_fields()
+        me.id,
+        body.prompt_id,
+        client_id=body.client_id,
+        require_assignment=True,
+        enforce_mode=True,
+        **body.store_fields(),
     )
     if receipt.created:
         on_answer()
@@ -45,6 +50,6 @@ def my_answer(answer_id: AnswerId, me: Me, store: StoreDep) -> AnswerOut:
 @router.put("/{answer_id}")
 def edit_answer(answer_id: AnswerId, body: AnswerEditIn, me: Me, store: StoreDep, on_answer: OnAnswer) -> ReceiptOut:
     """Replace one of your answers (the same edit twice changes nothing; a stale revision is 409)."""
-    receipt = store.edit(me.id, answer_id, expected_revision=body.revision, **body.store_fields())
+    receipt = store.edit(me.id, answer_id, expected_revision=body.revision, enforce_mode=True, **body.store_fields())
     on_answer()  # a no-op edit makes the sync pass find nothing to send
     return ReceiptOut(**asdict(receipt))

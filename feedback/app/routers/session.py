@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request
 from markdown_it import MarkdownIt
 
-from feedback.app.deps import Credentials, Me, StoreDep
-from feedback.app.schemas import ERRORS, AnnotatorOut, LoginIn, LoginOut
+from feedback.app.deps import Credentials, Me, StoreDep, Throttle
+from feedback.app.schemas import ERRORS, AnnotatorOut, LoginIn, LoginOut, Message
 from feedback.store import Invalid, Unauthorized
 
 router = APIRouter(responses=ERRORS)
@@ -21,16 +21,31 @@ def health(store: StoreDep) -> dict[str, str]:
     return {"status": "ok", "backend": store.backend}
 
 
-@router.post("/api/login", tags=["public"])
-def login(body: LoginIn, store: StoreDep) -> LoginOut:
-    """A session token for name + password (12 hours), or check an API token."""
+@router.post("/api/login", tags=["public"], responses={429: {"model": Message}})
+def login(body: LoginIn, request: Request, store: StoreDep, throttle: Throttle) -> LoginOut:
+    """A session token for name + password (12 hours), or check an API token.
+
+    Repeated failures for a name or from an address are refused with 429 and ``Retry-After``
+    for a while (:mod:`feedback.app.throttle`).
+    """
     if body.token:
         annotator = store.authenticate(body.token)
         if annotator is None:
             raise Unauthorized("unknown or expired token")
         token = body.token
     elif body.name and body.password:
-        token, annotator = store.login(body.name, body.password)
+        address = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(body.name, address)
+        if wait is not None:
+            raise HTTPException(
+                429, f"too many failed logins; try again in {wait} seconds", headers={"Retry-After": str(wait)}
+            )
+        try:
+            token, annotator = store.login(body.name, body.password)
+        except Unauthorized:
+            throttle.failed(body.name, address)
+            raise
+        throttle.succeeded(body.name)
     else:
         raise Invalid("give name and password, or token")
     return LoginOut(token=token, annotator=AnnotatorOut(id=annotator.id, name=annotator.name, role=annotator.role))
@@ -38,6 +53,7 @@ def login(body: LoginIn, store: StoreDep) -> LoginOut:
 
 @router.post("/api/logout", tags=["annotate"])
 def logout(me: Me, credentials: Credentials, store: StoreDep) -> dict[str, str]:
+    """End the session this token belongs to. An API token is refused with 422: it stays valid until rotated."""
     del me
     assert credentials is not None  # `current` checked it
     store.logout(credentials.credentials)
