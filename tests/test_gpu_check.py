@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 def test_gpu_check_cpu_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     command = [sys.executable, str(SCRIPT), "--device", "cpu", "--shape", "tiny"]
-    command += ["--skip-7b", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    command += ["--skip-7b", "--steps", "2", "--workdir", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PPO / SFT peak" in done.stdout

@@ -48,42 +48,12 @@ def _done(out: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_stage_then_skips_them_and_redoes_from_a_stage(tmp_path: Path) -> None:
+def test_pipeline_killed_mid_ppo_resumes_then_skips_finished_stages_and_redoes_from_one(tmp_path: Path) -> None:
+    """One quick pipeline, SIGKILLed mid-PPO: the rerun resumes PPO and redoes nothing finished; a third run
+    has nothing to do; ``--from_stage eval`` redoes eval and what follows it, and only that."""
     out = tmp_path / "run"
     args = ["--recipe", TINY, "--output_dir", str(out), "--disable_tqdm", "true", *QUICK]
-    summary = pipeline.main(args)
-    assert list(summary) == list(pipeline.STAGES)
-    assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
-    assert summary["preferences"]["rows"]["train"] > 100
-    assert (out / "report.html").is_file() and (out / "export" / "merged" / "model.safetensors").is_file()
-    first = _done(out)
-    assert set(first) == set(pipeline.STAGES)
-
-    pipeline.main(args)  # nothing to do: every stage is finished
-    assert _done(out) == first
-
-    pipeline.main([*args, "--from_stage", "eval"])
-    again = _done(out)
-    assert all(again[s] == first[s] for s in pipeline.STAGES[: pipeline.STAGES.index("eval")])
-    assert all(again[s] > first[s] for s in ("eval", "export", "report"))
-
-
-@pytest.mark.slow
-def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "rlhf",
-        "pipeline",
-        "--recipe",
-        TINY,
-        "--output_dir",
-        str(out),
-        "--disable_tqdm",
-        "true",
-        *QUICK,
-    ]
+    command = [sys.executable, "-m", "rlhf", "pipeline", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
@@ -98,10 +68,22 @@ def test_pipeline_killed_mid_ppo_resumes_ppo_and_redoes_nothing_finished(tmp_pat
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr and "checkpoint-" in result.stderr
-    after = _done(out)
-    assert all(after[s] == before[s] for s in before)  # finished stages were not redone
+    first = _done(out)
+    assert set(first) == set(pipeline.STAGES)
+    assert all(first[s] == before[s] for s in before)  # finished stages were not redone
     steps = [json.loads(line)["step"] for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
+    assert (out / "report.html").is_file() and (out / "export" / "merged" / "model.safetensors").is_file()
+
+    summary = pipeline.main(args)  # nothing to do: every stage is finished
+    assert list(summary) == list(pipeline.STAGES) and _done(out) == first
+    assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
+    assert summary["preferences"]["rows"]["train"] > 100
+
+    pipeline.main([*args, "--from_stage", "eval"])
+    again = _done(out)
+    assert all(again[s] == first[s] for s in pipeline.STAGES[: pipeline.STAGES.index("eval")])
+    assert all(again[s] > first[s] for s in ("eval", "export", "report"))
 
 
 def _free_port() -> int:
