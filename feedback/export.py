@@ -160,7 +160,7 @@ FORMATTERS: dict[str, Callable[[Sequence[Item], str], list[Row]]] = {
     "kto": kto_rows,
     "sft": sft_rows,
 }
-VALIDATION_KIND = {"pairs": "preference", "sft": "sft"}  # rlhf.core.rows checks these formats; KTO has no stage
+VALIDATION_KIND = {"pairs": "preference", "kto": "unpaired", "sft": "sft"}  # the checks of the stages that read them
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from rlhf.core.errors import USER_ERRORS
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("rlhf.stages.sft", "supervised fine-tuning of a LoRA/QLoRA adapter on chat data"),
     "reward": ("rlhf.stages.reward", "train a reward model on preference pairs"),
+    "dpo": ("rlhf.stages.dpo", "DPO on preference pairs: a LoRA policy, the SFT model as reference"),
+    "kto": ("rlhf.stages.kto", "KTO on thumbs (unpaired labels): a LoRA policy, the SFT model as reference"),
     "ppo": ("rlhf.stages.ppo", "PPO against the reward model, all roles on one shared (4-bit) base"),
     "pipeline": ("rlhf.stages.pipeline", "the whole loop: sft, annotation, reward, ppo, eval, export, report"),
     "eval": ("rlhf.stages.evaluate", "evaluate a PPO run: win rates vs SFT, KL, ROUGE, reward-model calibration"),

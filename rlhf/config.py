@@ -211,6 +211,28 @@ class RewardConfig(_TrainerOptions, trl.RewardConfig):
 
 
 @dataclass
+class DPOConfig(_TrainerOptions, trl.DPOConfig):
+    """TRL's DPOConfig with our precision, checkpoint and resume options (the reference: adapters disabled)."""
+
+
+@dataclass
+class KTOConfig(_TrainerOptions, trl.KTOConfig):
+    """TRL's KTOConfig; the weights of desirable and undesirable answers follow the data unless given."""
+
+    desirable_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Loss weight of desirable (thumbs-up) answers. Unset: with undesirable_weight, chosen so both "
+            "labels weigh the same in total (the KTO paper's ratio 1 to 4/3, at its low end)."
+        },
+    )
+    undesirable_weight: float | None = field(
+        default=None,
+        metadata={"help": "Loss weight of thumbs-down answers. Unset: see desirable_weight."},
+    )
+
+
+@dataclass
 class StageConfig(Generic[C]):
     """A training stage's parsed configuration: the base model and its adapter, the data, the stage's options.
 

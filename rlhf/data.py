@@ -2,10 +2,10 @@
 
 Loading accepts local JSON/JSONL/CSV/Parquet files, folders (of such files, one per split, or a
 ``datasets.save_to_disk`` folder), hub ids, and the built-in task's sets (``builtin:tiny/sft``,
-``builtin:tiny/pairs``, ``builtin:tiny/prompts``). Every row is validated before training by the
-torch-free checks of :mod:`rlhf.core.rows` (the feedback app runs the same ones), so a bad row stops
-the run with a message like ``data.jsonl: row 12: 'chosen': identical to 'rejected'`` instead of a
-shape error deep inside a trainer.
+``builtin:tiny/pairs``, ``builtin:tiny/thumbs``, ``builtin:tiny/prompts``). Every row is validated
+before training by the torch-free checks of :mod:`rlhf.core.rows` (the feedback app runs the same
+ones), so a bad row stops the run with a message like ``data.jsonl: row 12: 'chosen': identical
+to 'rejected'`` instead of a shape error deep inside a trainer.
 
 Rendering of preference data lives here too (:func:`preference_ids`, :func:`scoring_ids`): the PPO
 stage scores its rollouts with exactly the token sequence the reward stage trained on, or the
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 _BUILTIN: dict[str, tuple[Callable[..., list[dict[str, Any]]], dict[str, int | None]]] = {
     "builtin:tiny/sft": (task.sft_rows, {"train": 3000, "test": 200}),
     "builtin:tiny/pairs": (task.preference_rows, {"train": 8000, "test": 600}),
+    "builtin:tiny/thumbs": (task.thumbs_rows, {"train": 8000, "test": 600}),
     "builtin:tiny/prompts": (task.prompt_rows, {"train": 2048, "test": None}),
 }
 

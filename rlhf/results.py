@@ -246,6 +246,26 @@ class RewardResult(TrainerResult):
     eval: PairAccuracy | None = None  # held-out pairs, when the data has a test split
 
 
+@dataclass(frozen=True)
+class LabelBalance:
+    """KTO's data: how many answers of each label, and the loss weights that balance them."""
+
+    desirable: int
+    undesirable: int
+    desirable_weight: float
+    undesirable_weight: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineResult(TrainerResult):
+    """``rlhf dpo`` or ``rlhf kto``: a policy adapter trained on preferences, without a reward model."""
+
+    stage: str = "dpo"
+    rewards: dict[str, float] = field(default_factory=dict)  # TRL's implicit rewards at the last training log
+    eval_rewards: dict[str, float] = field(default_factory=dict)  # the same on the held-out rows
+    labels: LabelBalance | None = None  # KTO
+
+
 @dataclass(frozen=True, kw_only=True)
 class PPOResult(Result):
     stage: str = "ppo"
@@ -283,6 +303,8 @@ class ExportResult(Result):
 STAGE_RESULTS: dict[str, type[Result]] = {
     "sft": SFTResult,
     "reward": RewardResult,
+    "dpo": OfflineResult,
+    "kto": OfflineResult,
     "ppo": PPOResult,
     "eval": EvalResult,
     "export": ExportResult,

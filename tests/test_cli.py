@@ -39,8 +39,8 @@ def test_config_errors_exit_2_with_the_message(tmp_path, capsys) -> None:
 
 
 def test_unknown_command(capsys) -> None:
-    assert main(["dpo"]) == 2
-    assert "unknown command 'dpo'" in capsys.readouterr().err
+    assert main(["dpp"]) == 2
+    assert "unknown command 'dpp'" in capsys.readouterr().err
 
 
 def test_data_tiny_writes_jsonl_that_validates(tmp_path) -> None:

@@ -10,13 +10,15 @@ from conftest import RECIPES
 
 from rlhf.config import parse
 from rlhf.core.errors import ConfigError
-from rlhf.stages import pipeline, ppo, reward, sft
+from rlhf.stages import dpo, kto, pipeline, ppo, reward, sft
 
 SFT_TYPES = sft.CONFIG_TYPES
 STAGE_TYPES = {
     "sft": sft.CONFIG_TYPES,
     "reward": reward.CONFIG_TYPES,
     "ppo": ppo.CONFIG_TYPES,
+    "dpo": dpo.CONFIG_TYPES,
+    "kto": kto.CONFIG_TYPES,
     "pipeline": pipeline.CONFIG_TYPES,
 }
 
@@ -100,7 +102,7 @@ def _all_recipes() -> list[Path]:
 def test_there_are_recipes_for_every_model_and_stage() -> None:
     names = {(p.parent.name, p.stem) for p in _all_recipes()}
     for model in ("tiny", "qwen2.5-0.5b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct"):
-        assert {(model, "sft"), (model, "reward")} <= names
+        assert {(model, stage) for stage in ("sft", "reward", "ppo", "dpo", "kto")} <= names
 
 
 @pytest.mark.parametrize("recipe", _all_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -13,13 +13,15 @@ REAL = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name != "tiny")
 SWAP = {
     "sft": ["--dataset_name", "builtin:tiny/sft", "--merge_adapter", "false"],
     "reward": ["--dataset_name", "builtin:tiny/pairs", "--max_eval_samples", "8"],
+    "dpo": ["--dataset_name", "builtin:tiny/pairs", "--max_eval_samples", "8"],
+    "kto": ["--dataset_name", "builtin:tiny/thumbs", "--max_eval_samples", "8"],
 }
 # Two micro-batches per step keep gradient accumulation on the path while the 7B recipe's 16 would
 # make its two steps cost eight times the others on CPU; every other setting is the recipe's.
 ACCUMULATION = ["--gradient_accumulation_steps", "2"]
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "kto"])
 @pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
 def test_real_recipe_runs_two_steps_on_the_tiny_model(recipe: Path, stage: str, tmp_path: Path) -> None:
     run_cli(

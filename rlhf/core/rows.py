@@ -167,8 +167,21 @@ def _check_sft_row(row: dict[str, Any]) -> list[str]:
     return [f"no 'messages', 'prompt'+'completion' or 'text' column (found {sorted(row)})"]
 
 
+# A row of the other preference format: which export (and stage) to use instead.
+PAIRS_NOT_THUMBS = (
+    "this is preference-pair data (prompt/chosen/rejected), which `rlhf reward` and `rlhf dpo` train on; "
+    "KTO takes thumbs: `rlhf feedback export --format kto`"
+)
+THUMBS_NOT_PAIRS = (
+    "this is thumbs data (prompt/completion/label) for `rlhf kto`; pairs come from "
+    "`rlhf feedback export --format pairs`"
+)
+
+
 def _check_preference_row(row: dict[str, Any]) -> list[str]:
     missing = [c for c in ("chosen", "rejected") if c not in row]
+    if missing and "label" in row and "completion" in row:
+        return [THUMBS_NOT_PAIRS]
     if missing:
         return [f"missing column(s) {missing} (found {sorted(row)})"]
     conversational = is_messages(row["chosen"]) or is_messages(row["rejected"])
@@ -201,9 +214,28 @@ def _check_prompt_row(row: dict[str, Any]) -> list[str]:
     return _check_text(row["prompt"], "prompt")
 
 
+def _check_unpaired_row(row: dict[str, Any]) -> list[str]:
+    """KTO's rows: a prompt, one completion and whether it is desirable (a thumbs up)."""
+    if "chosen" in row and "rejected" in row:
+        return [PAIRS_NOT_THUMBS]
+    missing = [c for c in ("prompt", "completion", "label") if c not in row]
+    if missing:
+        return [f"missing column(s) {missing} (found {sorted(row)})"]
+    problems: list[str] = []
+    if is_messages(row["prompt"]) or is_messages(row["completion"]):
+        problems += _check_messages(row["prompt"], "prompt", last="user")
+        problems += _check_messages(row["completion"], "completion", only="assistant")
+    else:
+        problems += _check_text(row["prompt"], "prompt") + _check_text(row["completion"], "completion")
+    if not isinstance(row["label"], bool):
+        problems.append(f"'label': expected true (desirable) or false, got {row['label']!r}")
+    return problems
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "sft": _check_sft_row,
     "preference": _check_preference_row,
+    "unpaired": _check_unpaired_row,
     "prompt": _check_prompt_row,
 }
 
@@ -217,6 +249,8 @@ def validate(rows: Iterable[dict[str, Any]], kind: str, source: Source) -> None:
     for index, row in enumerate(rows):
         count += 1
         for problem in check(row):
+            if problem in (PAIRS_NOT_THUMBS, THUMBS_NOT_PAIRS):  # the whole file is of the other format
+                raise DataError(f"{source.name}: {problem}")
             errors.append(f"{source.at(index)}: {problem}")
         if kind == "preference" and "chosen" in row:
             formats.add("conversational" if is_messages(row["chosen"]) else "text")

@@ -400,6 +400,28 @@ def preference_rows(n: int, split: str = "train", seed: int = 0) -> list[dict[st
     return rows
 
 
+def thumbs_rows(n: int, split: str = "train", seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` unpaired, conversational answers (``prompt``/``completion``/``label``) as KTO reads them.
+
+    The answers come from the same mix of styles (and misread questions) as :func:`preference_rows`;
+    an answer gets a thumbs up when the gold judge scores it above 0, the rule the simulated
+    annotators of the feedback app follow for thumbs.
+    """
+    rng = random.Random(f"thumbs-{split}-{seed}")
+    facts = split_facts()[split]
+    rows: list[dict[str, Any]] = []
+    for _ in range(n):
+        fact = rng.choice(facts)
+        question = _question(fact, rng)
+        answer = (
+            _misread_pair(fact, rng)[rng.randrange(2)]
+            if rng.random() < 1 / 3
+            else STYLES[rng.choice(list(STYLES))](fact, rng)
+        )
+        rows.append({"prompt": _user(question), "completion": _assistant(answer), "label": score(question, answer) > 0})
+    return rows
+
+
 def prompt_rows(n: int | None = None, split: str = "train", seed: int = 0) -> list[dict[str, Any]]:
     """Prompts (``prompt`` column, conversational, and a ``reference`` answer) for PPO or evaluation.
 

@@ -1,0 +1,122 @@
+"""Offline preference optimisation (``rlhf dpo``, ``rlhf kto``): TRL's trainers on the one QLoRA base.
+
+What the two stages share. The policy is a LoRA on the SFT model (usually ``runs/<name>/sft/merged``,
+loaded 4-bit as the reward and PPO stages load it); the reference is that same base with the adapter
+disabled, which is what TRL's trainers do for a PEFT model given no ``ref_model``, so there is no
+second copy of the model in memory. Around TRL this adds what every stage of the toolkit has:
+validated rows (the same checks and file/row/field errors as the reward stage), rows over
+``max_length`` dropped or refused by the recipe's ``overlong`` policy before TRL could truncate them,
+``--resume``, the resolved config, and a typed result in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, Trainer
+
+from rlhf import data, models, runs
+from rlhf.config import DataArguments, ModelArguments, StageConfig
+from rlhf.core.errors import ConfigError
+from rlhf.results import LabelBalance, LengthReport, OfflineResult
+
+
+@dataclass(frozen=True)
+class Method:
+    """One offline method: its stage name, row format, TRL trainer and the token columns its length policy reads."""
+
+    stage: str
+    rows: str  # the rlhf.core.rows check of its data ("preference", "unpaired")
+    columns: tuple[str, ...]  # data columns TRL reads (others, such as a pair's margin, are dropped)
+    trainer: Callable[..., Trainer]
+    lengths: Callable[[dict[str, Any], PreTrainedTokenizerBase], dict[str, list[int]]]
+    # settles what the config leaves to the data, before the trainer is built (KTO's label weights)
+    prepare: Callable[[Any, Dataset], LabelBalance] | None = None
+
+
+def _within_length(
+    method: Method, rows: Dataset, tokenizer: PreTrainedTokenizerBase, config: Any, overlong: str, name: str
+) -> tuple[Dataset, LengthReport]:
+    """The rows as TRL reads them, those over ``max_length`` (prompt + answer, as rendered) dropped or refused."""
+    if overlong == "truncate":
+        raise ConfigError("overlong: truncate would cut answers off mid-sentence; use drop or error")
+    measured = rows.map(method.lengths, fn_kwargs={"tokenizer": tokenizer}, desc=f"measuring {name}")
+    token_columns = [c for c in measured.column_names if c not in rows.column_names]
+    kept, report = data.enforce_max_length(measured, config.max_length, overlong, name, columns=tuple(token_columns))
+    return kept.select_columns(list(method.columns)), report
+
+
+def build(
+    method: Method, model_args: ModelArguments, data_args: DataArguments, config: Any
+) -> tuple[Trainer, dict[str, LengthReport], LabelBalance | None]:
+    """The method's trainer on the (quantized) base with a fresh LoRA, its data's length reports and labels."""
+    if not model_args.use_peft:
+        raise ConfigError(f"{method.stage} trains a LoRA on the SFT model (the reference is that model): keep use_peft")
+    train_rows, eval_rows = data.load_splits(data_args, method.rows, seed=config.seed)  # bad rows: before any model
+    models.resolve_dtypes(model_args, config)
+    tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
+    reports: dict[str, LengthReport] = {}
+    splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
+    for name, rows in splits.items():
+        if rows is not None:
+            splits[name], reports[name] = _within_length(
+                method, rows, tokenizer, config, data_args.overlong, f"{method.stage} {name} data"
+            )
+    if splits["eval"] is None:
+        config.eval_strategy = "no"
+    labels = method.prepare(config, splits["train"]) if method.prepare is not None else None
+    model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
+    trainer = method.trainer(
+        model=model,
+        args=config,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"],
+        processing_class=tokenizer,
+        peft_config=models.lora_config(model_args, "CAUSAL_LM"),
+    )
+    models.match_trainable_dtype(trainer.model, config.bf16 or config.fp16)
+    return trainer, reports, labels
+
+
+def _last(history: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    """The last logged value of every metric under ``prefix`` (TRL's ``rewards/...``, ``eval_rewards/...``)."""
+    out: dict[str, float] = {}
+    for entry in history:
+        out |= {k.removeprefix(prefix): float(v) for k, v in entry.items() if k.startswith(prefix)}
+    return out
+
+
+def run(method: Method, config: StageConfig[Any]) -> OfflineResult:
+    """Train, then save the adapter and the result (also ``output_dir/metrics.json``)."""
+    model_args, data_args, options = config.model, config.data, config.training
+    started = time.time()
+    checkpoint = runs.start(method.stage, options.output_dir, options.resume)
+    trainer, reports, labels = build(method, model_args, data_args, options)
+    runs.record_config(method.stage, options.output_dir, model_args, data_args, options)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+    trainer.save_model(options.output_dir)
+    history = trainer.state.log_history
+    result = OfflineResult(
+        stage=method.stage,
+        output_dir=options.output_dir,
+        train_loss=trained.training_loss,
+        train_rows=len(trainer.train_dataset),
+        length_policy=reports,
+        global_steps=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        **runs.summarize_history(history),
+        rewards=_last([h for h in history if "loss" in h], "rewards/"),
+        eval_rewards=_last(history, "eval_rewards/"),
+        labels=labels,
+        runtime_seconds=round(time.time() - started, 1),
+    )
+    if trainer.is_world_process_zero():
+        runs.write_history(options.output_dir, history)
+        result.write(options.output_dir)
+    return result
