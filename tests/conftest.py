@@ -10,16 +10,29 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # one thread per xdist worker (one worker per core): two torch processes that each spin two
+    # threads on two cores slow each other down several times over
+    os.environ["OMP_NUM_THREADS"] = "1"
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["feedback_fixtures"]
 RECIPES = ROOT / "recipes"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow (end-to-end) tests first: with two xdist workers the long runs start at once and the quick
+    tests fill in around them, instead of one long run starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def run_cli(*args: str) -> None:
@@ -31,10 +44,32 @@ def run_cli(*args: str) -> None:
         raise AssertionError(f"rlhf {' '.join(args)} exited with {code}")
 
 
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A session fixture's folder, built once per test run even with several xdist workers.
+
+    The first worker to need it builds it under a file lock; the others wait for it instead of
+    training the same tiny model again (one worker per core, so a second build costs the run its time).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, which every worker's base folder sits in
+    out = root / f"shared-{name}"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not (out / ".built").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SFT recipe, shortened: a trained adapter plus its merged model."""
-    out = tmp_path_factory.mktemp("sft")
+    return _built_once(tmp_path_factory, "sft", _tiny_sft)
+
+
+def _tiny_sft(out: Path) -> None:
     run_cli(
         "sft",
         "--config",
@@ -52,7 +87,6 @@ def tiny_sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--disable_tqdm",
         "true",
     )
-    return out
 
 
 def _tiny_reward(out: Path, sft_run: Path, *overrides: str) -> Path:
@@ -78,7 +112,7 @@ def _tiny_reward(out: Path, sft_run: Path, *overrides: str) -> Path:
 def tiny_reward_run(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny reward recipe on the session's SFT model, shortened."""
     overrides = ("--max_steps", "120", "--save_steps", "60", "--logging_steps", "10")
-    return _tiny_reward(tmp_path_factory.mktemp("reward"), tiny_sft_run, *overrides)
+    return _built_once(tmp_path_factory, "reward", lambda out: _tiny_reward(out, tiny_sft_run, *overrides))
 
 
 def torchrun(port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:

@@ -86,6 +86,7 @@ def test_rouge_through_evaluate_offline() -> None:
     assert 0.6 < scores["rougeL"] < 1.0 and set(scores) == {"rouge1", "rouge2", "rougeL"}
 
 
+@pytest.mark.slow
 def test_eval_stage_on_a_small_ppo_run(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
     ppo_dir = tmp_path / "ppo"
     ppo.main(ppo_args(ppo_dir, tiny_sft_run, tiny_reward_run, "--steps", "2", "--eval_max_prompts", "0"))

@@ -52,6 +52,7 @@ def test_real_recipe_runs_two_steps_on_the_tiny_model(recipe: Path, stage: str, 
     assert "quantization: 4bit" in config  # the recipe's QLoRA path ran, on CPU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
 def test_real_ppo_recipe_runs_two_iterations_on_the_tiny_model(
     recipe: Path, tmp_path: Path, tiny_sft_run: Path, tiny_reward_run: Path

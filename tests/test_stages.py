@@ -140,6 +140,7 @@ def test_sft_four_bit_path_with_paged_8bit_adamw(tmp_path: Path) -> None:
     assert all(not torch.equal(p, after[n]) for n, p in before.items() if "lora_B" in n)
 
 
+@pytest.mark.slow
 def test_sft_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
     common = [
         "--config",
@@ -236,6 +237,7 @@ def test_reward_model_ranks_held_out_pairs_and_reports_distributions(tiny_reward
     assert held_out.chosen.p10 <= held_out.chosen.p50 <= held_out.chosen.p90
 
 
+@pytest.mark.slow
 def test_reward_model_reloads_in_a_fresh_process_with_the_same_scores(tiny_reward_run: Path) -> None:
     script = (
         "import json, sys\n"
