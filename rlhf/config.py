@@ -436,9 +436,12 @@ def write_resolved_config(path: Path, stage: str, *instances: Any) -> None:
 
 @dataclass
 class PPOConfig(RunOptions):
-    """PPO on one shared base. TRL 1.x has no PPO config to subclass; fields follow TRL 1.12's names where it had them.
+    """Online RL on one shared base: PPO with GAE, or the critic-free GRPO, RLOO and REINFORCE++.
 
-    Defaults are for LoRA policies: roughly 10x the learning rate of full fine-tuning.
+    TRL 1.x has no PPO config to subclass; fields follow TRL 1.12's PPO names, and TRL's GRPO names
+    for what GRPO added (``num_generations``, ``scale_rewards``, ``loss_type``, ``reward_funcs``,
+    ``reward_weights``; its ``beta`` is ``kl_coef`` here). Defaults are for LoRA policies: roughly 10x
+    the learning rate of full fine-tuning.
     """
 
     output_dir: str = field(
@@ -448,8 +451,41 @@ class PPOConfig(RunOptions):
         default=None, metadata={"help": "Run folder of `rlhf reward` (its LoRA and score head are loaded, frozen)."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of sampling, data order and adapter initialisation."})
-    steps: int = field(default=100, metadata={"help": "PPO iterations (each: rollout, scoring, update)."})
-    rollout_batch_size: int = field(default=64, metadata={"help": "Prompts rolled out per iteration, per process."})
+    advantage_estimator: str = field(
+        default="gae",
+        metadata={
+            "help": "gae: PPO with a critic (value adapter and head). Critic-free, no value model in memory: "
+            "grpo (score minus its group's mean, over num_generations answers per prompt; see scale_rewards), "
+            "rloo (minus the mean of the other answers to the prompt), reinforce_pp (REINFORCE++: returns "
+            "normalised over the whole batch).",
+            "choices": ["gae", "grpo", "rloo", "reinforce_pp"],
+        },
+    )
+    num_generations: int | None = field(
+        default=None,
+        metadata={
+            "help": "Answers sampled per prompt in an iteration (a group). Unset: 4 for grpo and rloo (which need "
+            ">= 2), 1 for gae and reinforce_pp. Must divide rollout_batch_size."
+        },
+    )
+    scale_rewards: bool = field(
+        default=True,
+        metadata={"help": "grpo: divide by the group's std (GRPO); false is Dr. GRPO's choice (no difficulty bias)."},
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={
+            "help": "How token losses make a minibatch loss (TRL's GRPO names): dapo: every token weighs the same "
+            "(PPO's usual); grpo: mean per answer, then over answers (favours short answers); dr_grpo: sum over "
+            "tokens / (answers x max_new_tokens).",
+            "choices": ["dapo", "grpo", "dr_grpo"],
+        },
+    )
+    steps: int = field(default=100, metadata={"help": "Iterations (each: rollout, scoring, update)."})
+    rollout_batch_size: int = field(
+        default=64,
+        metadata={"help": "Answers (episodes) sampled per iteration, per process: num_generations per prompt."},
+    )
     mini_batch_size: int = field(default=16, metadata={"help": "Episodes per optimizer step within an iteration."})
     micro_batch_size: int | None = field(
         default=None,
@@ -483,14 +519,42 @@ class PPOConfig(RunOptions):
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (log-probs use the same)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
-    # Reward shaping
-    kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
-    kl_estimator: str = field(
-        default="k1",
+    # Reward
+    reward_funcs: list[str] = field(
+        default_factory=list,
         metadata={
-            "help": "Per-token KL estimator in the reward penalty. k1 (log-ratio): unbiased, the standard choice. "
-            "k3 ((r-1) - log r): never negative and less noisy, but as a reward its expectation is the KL while "
-            "the policy gradient it induces is not the KL's gradient (biased); it suits KL as a loss term.",
+            "help": "Python reward functions, 'package.module:function', called as TRL's GRPO calls reward_funcs "
+            "(prompts=, completions=, completion_ids=, **kwargs) -> one float per completion. Added to the "
+            "reward model's score (if reward_model_path is set) with reward_weights."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (unset: 1 each)."}
+    )
+    reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
+    # KL to the reference (the SFT model)
+    kl_coef: float = field(
+        default=0.05,
+        metadata={
+            "help": "Initial KL coefficient (GRPO's beta). 0: no KL, and no reference forward pass at all "
+            "(the final evaluation still measures the KL)."
+        },
+    )
+    kl_penalty: str = field(
+        default="reward",
+        metadata={
+            "help": "Where the KL goes: reward (a per-token penalty in the rewards, as in InstructGPT and "
+            "REINFORCE++) or loss (kl_coef * KL added to the policy loss, as in GRPO).",
+            "choices": ["reward", "loss"],
+        },
+    )
+    kl_estimator: str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-token KL estimator. k1 (log-ratio): unbiased, the standard choice for the reward "
+            "penalty. k3 ((r-1) - log r): never negative and less noisy; as a reward its expectation is the KL "
+            "but the gradient it induces is not the KL's (biased); as a loss term (GRPO) its gradient is right, "
+            "where k1's is zero on average. Unset: k1 in the reward, k3 in the loss.",
             "choices": ["k1", "k3"],
         },
     )
@@ -555,10 +619,52 @@ class PPOConfig(RunOptions):
         "stopping of an iteration, which target_kl means in CleanRL and old TRL, use max_approx_kl",
         "vf_coef": "policy and value are disjoint parameters, clipped separately and scaled per parameter by Adam, "
         "so a loss weight would cancel out; set value_learning_rate to change the critic's pace",
+        "beta": "GRPO's beta is kl_coef here (with kl_penalty: loss for GRPO's KL loss term)",
+        "max_completion_length": "it is max_new_tokens here",
+        "num_iterations": "GRPO's num_iterations is ppo_epochs here",
+        "epsilon": "GRPO's epsilon is cliprange here",
     }
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator == "gae"
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the KL to the reference is needed during training (kl_coef 0 skips its forward pass)."""
+        return self.kl_coef > 0
 
     def __post_init__(self) -> None:
         _auto_precision(self)
+        grouped = self.advantage_estimator in ("grpo", "rloo")
+        if self.num_generations is None:
+            self.num_generations = 4 if grouped else 1
+        if self.num_generations < 1 or (grouped and self.num_generations < 2):
+            raise ConfigError(
+                f"num_generations: {self.num_generations}; {self.advantage_estimator} compares answers to the same "
+                "prompt, so it needs at least 2"
+                if grouped
+                else f"num_generations: {self.num_generations} must be at least 1"
+            )
+        if self.rollout_batch_size % self.num_generations:
+            raise ConfigError(
+                f"num_generations: {self.num_generations} does not divide rollout_batch_size "
+                f"{self.rollout_batch_size} (answers per iteration = prompts x num_generations)"
+            )
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef: {self.kl_coef} < 0 would reward moving away from the reference")
+        if self.kl_estimator is None:
+            self.kl_estimator = "k3" if self.kl_penalty == "loss" else "k1"
+        if self.kl_penalty == "loss" and self.kl_estimator == "k1":
+            raise ConfigError(
+                "kl_estimator: k1 as a loss term has zero gradient on average; use k3 with kl_penalty loss"
+            )
+        if self.adaptive_kl_target is not None and self.kl_coef == 0:
+            raise ConfigError("adaptive_kl_target: an adaptive coefficient cannot move from kl_coef 0")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward_funcs"
+            )
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
         micro = self.micro_batch_size or self.mini_batch_size

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf.ppo.sampler import PolicySampler, chunks
-from rlhf.results import Calibration, CalibrationBin, Evaluation, PolicyScores, WinRate
+from rlhf.results import Calibration, CalibrationBin, Difference, Evaluation, PolicyScores, WinRate
 
 POLICIES = ("sft", "ppo")
 Judge = Callable[[Any, str], float]
@@ -50,7 +50,9 @@ def sample_policies(
             for policy in POLICIES:
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
                 answers = sampler.generate(chunk, reference=policy == "sft")
-                rewards = sampler.reward_scores(chunk, answers.texts).tolist()
+                # the reward model's score where the run has one, else its reward functions' weighted sum
+                scored = sampler.reward_scores(chunk, answers.texts) if sampler.roles.has_reward_model else None
+                rewards = (scored if scored is not None else sampler.reward(answers)).tolist()
                 kls = sampler.kl_to_reference(answers).tolist() if policy == "ppo" else [0.0] * len(chunk)
                 for i, text in enumerate(answers.texts):
                     sample = {
@@ -97,6 +99,7 @@ def compare(samples: Sequence[dict[str, Any]]) -> Evaluation:
         prompts=len({s["prompt_index"] for s in samples}),
         seeds=sorted({s["seed"] for s in samples}),
         win_rate=paired_win_rates(samples),
+        gain=paired_gains(samples),
     )
 
 
@@ -126,17 +129,40 @@ def win_rate(
     )
 
 
-def paired_win_rates(samples: Sequence[dict[str, Any]]) -> dict[str, WinRate]:
-    """PPO vs SFT win rates on the same (prompt, seed), by the reward model and by the gold judge."""
+def _pairs(samples: Sequence[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """The two policies' samples on the same (prompt, seed)."""
     by_key: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
     for s in samples:
         by_key.setdefault((s["prompt_index"], s["seed"]), {})[s["policy"]] = s
-    pairs = [v for v in by_key.values() if set(POLICIES) <= set(v)]
+    return [v for v in by_key.values() if set(POLICIES) <= set(v)]
+
+
+def paired_win_rates(samples: Sequence[dict[str, Any]]) -> dict[str, WinRate]:
+    """PPO vs SFT win rates on the same (prompt, seed), by the reward model and by the gold judge."""
+    pairs = _pairs(samples)
     result: dict[str, WinRate] = {}
     for judge in ("reward", "gold"):
         if pairs and judge in pairs[0]["ppo"]:
             result[judge] = win_rate([p["ppo"][judge] for p in pairs], [p["sft"][judge] for p in pairs])
     return result
+
+
+def paired_difference(first: Sequence[float], second: Sequence[float], z: float = 1.96) -> Difference:
+    """Mean of ``first - second`` over pairs, with a normal interval (``z`` standard errors each side)."""
+    if len(first) != len(second) or not first:
+        raise ValueError("paired_difference needs two non-empty sequences of paired scores")
+    mean, stderr = _mean_and_stderr([a - b for a, b in zip(first, second, strict=True)])
+    return Difference(mean, mean - z * stderr, mean + z * stderr, len(first))
+
+
+def paired_gains(samples: Sequence[dict[str, Any]]) -> dict[str, Difference]:
+    """How much the trained policy's score exceeds SFT's on the same (prompt, seed), by judge."""
+    pairs = _pairs(samples)
+    return {
+        judge: paired_difference([p["ppo"][judge] for p in pairs], [p["sft"][judge] for p in pairs])
+        for judge in ("reward", "gold")
+        if pairs and judge in pairs[0]["ppo"]
+    }
 
 
 def reward_calibration(

@@ -232,6 +232,10 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         f"<h1>rlhf report: {_e(run_dir.name)}</h1>",
         f"<div class='verdict {css}'>{_e(verdict_text)}</div>",
     ]
+    if ppo is not None:
+        parts.append(f"<p>{_e(_method(ppo))}</p>")
+        if ppo.judge_is_reward:
+            parts.append(f"<div class='verdict bad'>{_e(JUDGE_IS_REWARD)}</div>")
     if evaluation is not None:
         rouge = evaluated.rouge if evaluated is not None else None
         parts += ["<h2>PPO vs SFT on held-out prompts</h2>", _metric_rows(evaluation, rouge)]
@@ -277,11 +281,94 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
     return path
 
 
+JUDGE_IS_REWARD = (
+    "The gold judge was also a training reward (reward_funcs): its scores measure what the policy was "
+    "optimised for, not a held-out judgement."
+)
+ALGORITHMS = {"gae": "PPO (GAE critic)", "grpo": "GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
+
+
+def _method(ppo: PPOResult) -> str:
+    reward = " + ".join(ppo.reward_components) if ppo.reward_components else "reward model"
+    return f"Algorithm: {ALGORITHMS.get(ppo.advantage_estimator, ppo.advantage_estimator)}; reward: {reward}."
+
+
+def _interval(value: float, low: float, high: float, percent: bool = False) -> str:
+    form = "{:.1%}" if percent else "{:+.2f}"
+    return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+
+
+def _ppo_folder(run_dir: Path) -> Path:
+    """A pipeline folder's ``ppo/``, or a PPO run folder itself."""
+    return run_dir / "ppo" if (run_dir / "ppo" / "metrics.json").is_file() else run_dir
+
+
+def comparison_table(run_dirs: Sequence[str | Path]) -> str:
+    """One row per run (pipeline folders or PPO run folders): algorithm, gold and reward-model gains, KL, speed.
+
+    A pipeline folder's figures come from its eval stage (more seeds), a PPO run's from its own evaluation.
+    """
+    head = (
+        "<tr><th>run</th><th>algorithm</th><th>reward</th><th>gold SFT → policy</th><th>gold gain [95% CI]</th>"
+        "<th>gold win rate [95% CI]</th><th>RM win rate [95% CI]</th><th>KL to SFT</th><th>episodes/s</th></tr>"
+    )
+    rows = []
+    for run_dir in run_dirs:
+        ppo = PPOResult.read(_ppo_folder(Path(run_dir)))
+        evaluation: Evaluation | None = EvalResult.read_if_present(Path(run_dir) / "eval") or ppo.eval
+        cells = [_e(Path(run_dir).name), ALGORITHMS.get(ppo.advantage_estimator, ppo.advantage_estimator)]
+        cells.append(_e(" + ".join(ppo.reward_components) or "model") + (" (judge!)" if ppo.judge_is_reward else ""))
+        if evaluation is None:
+            cells += ["no evaluation"] + [""] * 4
+        else:
+            gold, gain = evaluation.sft.gold, evaluation.gain.get("gold")
+            cells.append(f"{gold:.2f} → {evaluation.ppo.gold:.2f}" if gold is not None else "")
+            cells.append(_interval(gain.mean, gain.ci_low, gain.ci_high) if gain else "")
+            for judge in ("gold", "reward"):
+                w = evaluation.win_rate.get(judge)
+                cells.append(_interval(w.win_rate, w.ci_low, w.ci_high, percent=True) if w else "")
+            cells.append(f"{evaluation.kl_ppo_to_sft:.2f}")
+        speed = ppo.final.get("throughput/episodes_per_second")
+        cells.append(f"{speed:.2f}" if speed is not None else "")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "<table>" + head + "".join(rows) + "</table>"
+
+
+def build_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write an HTML page comparing several runs (e.g. PPO, GRPO, RLOO and REINFORCE++ on one SFT model)."""
+    out = Path(out)
+    judged = [d for d in run_dirs if PPOResult.read(_ppo_folder(Path(d))).judge_is_reward]
+    note = f"<div class='verdict bad'>{_e(JUDGE_IS_REWARD)} ({_e(', '.join(map(str, judged)))})</div>" if judged else ""
+    out.write_text(
+        "\n".join(
+            [
+                "<!doctype html><html><head><meta charset='utf-8'><title>rlhf: methods compared</title>",
+                f"<style>{STYLE}</style></head><body><h1>Methods compared on held-out prompts</h1>",
+                note,
+                comparison_table(run_dirs),
+                "<p>Gains and win rates are paired (same prompt and seed) against the SFT policy; "
+                "KL in nats per answer; episodes/s over the last 10 iterations.</p></body></html>",
+            ]
+        )
+    )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="rlhf report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run_dir", required=True, help="pipeline run folder (with sft/, reward/, ppo/, eval/)")
+    parser.add_argument(
+        "--run_dir",
+        required=True,
+        nargs="+",
+        help="pipeline run folder (with sft/, reward/, ppo/, eval/); several (pipeline or PPO run folders): "
+        "a page comparing them",
+    )
     parser.add_argument("--samples", type=int, default=10, help="sample answers to show")
+    parser.add_argument("--out", help="comparison page to write (several runs; default: comparison.html here)")
     args = parser.parse_args(argv)
-    print(build_report(args.run_dir, args.samples))
+    if len(args.run_dir) == 1:
+        print(build_report(args.run_dir[0], args.samples))
+    else:
+        print(build_comparison(args.run_dir, args.out or "comparison.html"))

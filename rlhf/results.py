@@ -196,9 +196,19 @@ class PolicyScores:
     gold_stderr: float | None = None
 
 
+@dataclass(frozen=True)
+class Difference:
+    """The mean paired difference (trained policy minus SFT) of a score, with a normal 95% interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    pairs: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
-    """The SFT and PPO policies compared on the same held-out prompts and seeds."""
+    """The SFT and the trained ("ppo") policies compared on the same held-out prompts and seeds."""
 
     sft: PolicyScores
     ppo: PolicyScores
@@ -206,6 +216,7 @@ class Evaluation:
     prompts: int
     seeds: list[int]
     win_rate: dict[str, WinRate]  # by judge: "reward", "gold"
+    gain: dict[str, Difference] = field(default_factory=dict)  # by judge: trained minus SFT, paired
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -271,6 +282,9 @@ class PPOResult(Result):
     stage: str = "ppo"
     output_dir: str
     steps: int
+    advantage_estimator: str = "gae"  # gae (PPO), grpo, rloo or reinforce_pp
+    reward_components: list[str] = field(default_factory=list)  # "model" and/or the reward functions' names
+    judge_is_reward: bool = False  # the gold judge was also a training reward: gold scores are not held out
     final: dict[str, float] = field(default_factory=dict)  # logged metrics, mean of the last 10 iterations
     first_iteration: dict[str, float] = field(default_factory=dict)  # how well the critic starts
     eval: Evaluation | None = None  # on the recipe's held-out prompts, unless eval_max_prompts is 0

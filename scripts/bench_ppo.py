@@ -31,7 +31,8 @@ which sets the cost of the scoring and update passes) is recorded for both.
 Memory. A random-weight model with a real architecture's shape (Qwen2.5-0.5B's config by default,
 ~494M parameters; speed and memory do not depend on the weights' values) is written to a temp folder
 with the tiny tokenizer. Then, each in a fresh process: our SFT stage (``rlhf.stages.sft.main``) for
-a few steps and our PPO stage (``rlhf.stages.ppo.main``) for a couple of iterations, same LoRA, same
+a few steps, our PPO stage (``rlhf.stages.ppo.main``) and the same stage as GRPO (critic-free: no value
+adapter or head in memory) for a couple of iterations, same LoRA, same
 batch size, same sequence length (SFT rows of ``prompt + response`` tokens), fp32 on CPU. The peak
 RSS of each process (``wait4``'s ``ru_maxrss``) is compared: the goal is PPO <= 1.3x SFT. For
 reference TRL 1.12's PPO runs on the same model and settings too (``--skip-trl-memory`` to skip it).
@@ -122,8 +123,10 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_worker(python: str, kind: str, spec: dict[str, Any], workdir: Path, label: str) -> dict[str, Any]:
-    """Run ``bench_ppo.py _worker KIND SPEC`` in a fresh process; its result plus its own peak RSS.
+def run_worker(
+    python: str, kind: str, spec: dict[str, Any], workdir: Path, label: str, script: str = __file__
+) -> dict[str, Any]:
+    """Run ``<script> _worker KIND SPEC`` (this file by default) in a fresh process; its result plus its peak RSS.
 
     ``os.wait4`` gives the rusage of that one child (``ru_maxrss``, the kernel's high-water mark of its
     resident set), unlike ``RUSAGE_CHILDREN``, which is the maximum over every child waited for so far.
@@ -136,7 +139,7 @@ def run_worker(python: str, kind: str, spec: dict[str, Any], workdir: Path, labe
     started = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [python, str(Path(__file__).resolve()), "_worker", kind, str(spec_path)],
+            [python, str(Path(script).resolve()), "_worker", kind, str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_worker_env(spec.get("threads", 2)),
@@ -686,6 +689,17 @@ def memory_part(args: argparse.Namespace, workdir: Path, trl_python: str | None)
         workdir,
         "memory-ppo",
     )
+    print("  memory: our GRPO (critic-free: no value adapter or head) ...", flush=True)
+    grpo_out = workdir / "memory-grpo"
+    grpo_argv = _ours_ppo_argv(args, str(model_dir), reward_dir, grpo_out, **sizes)
+    grpo_argv += ["--advantage_estimator", "grpo", "--num_generations", "2", "--kl_penalty", "loss"]
+    grpo = run_worker(
+        sys.executable,
+        "ours",
+        {"stage": "ppo", "argv": grpo_argv, "output_dir": str(grpo_out), "threads": args.threads},
+        workdir,
+        "memory-grpo",
+    )
     result: dict[str, Any] = {
         "model": args.memory_model,
         "parameters": built["parameters"],
@@ -693,7 +707,9 @@ def memory_part(args: argparse.Namespace, workdir: Path, trl_python: str | None)
         "prompts": prompt_stats,
         "sft": sft,
         "ppo": ppo,
+        "grpo": grpo,
         "ratio_ppo_over_sft": ppo["peak_rss_mib"] / sft["peak_rss_mib"],
+        "ratio_grpo_over_sft": grpo["peak_rss_mib"] / sft["peak_rss_mib"],
     }
     if trl_python is not None:
         print("  memory: TRL 1.12 PPO (reference) ...", flush=True)
@@ -792,6 +808,15 @@ def render(report: dict[str, Any]) -> str:
                 episodes,
             )
         )
+        if "grpo" in memory:
+            stages.append(
+                (
+                    f"rlhf ppo, GRPO (groups of 2, KL loss; {s['steps']} iterations)",
+                    memory["grpo"],
+                    memory["ratio_grpo_over_sft"],
+                    episodes,
+                )
+            )
         if "trl" in memory:
             stages.append(
                 (f"TRL {TRL_VERSION} PPO (same settings)", memory["trl"], memory["ratio_trl_over_sft"], episodes)

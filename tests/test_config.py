@@ -20,6 +20,7 @@ STAGE_TYPES = {
     "dpo": dpo.CONFIG_TYPES,
     "kto": kto.CONFIG_TYPES,
     "pipeline": pipeline.CONFIG_TYPES,
+    "grpo": ppo.CONFIG_TYPES,  # the ppo stage as GRPO
 }
 
 
@@ -103,6 +104,7 @@ def test_there_are_recipes_for_every_model_and_stage() -> None:
     names = {(p.parent.name, p.stem) for p in _all_recipes()}
     for model in ("tiny", "qwen2.5-0.5b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct"):
         assert {(model, stage) for stage in ("sft", "reward", "ppo", "dpo", "kto")} <= names
+        assert model == "tiny" or (model, "grpo") in names  # tiny: --ppo.advantage_estimator grpo
 
 
 @pytest.mark.parametrize("recipe", _all_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -124,7 +126,12 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "hint"),
-    [("target_kl", "adaptive_kl_target.*max_approx_kl"), ("vf_coef", "value_learning_rate")],
+    [
+        ("target_kl", "adaptive_kl_target.*max_approx_kl"),
+        ("vf_coef", "value_learning_rate"),
+        ("beta", "kl_coef"),
+        ("num_iterations", "ppo_epochs"),
+    ],
 )
 def test_ppo_keys_that_mean_something_else_here_say_what_to_use(tmp_path: Path, key: str, hint: str) -> None:
     """`target_kl` is early stopping in CleanRL and old TRL; `vf_coef` would cancel out here."""
@@ -140,3 +147,34 @@ def test_the_run_file_records_what_ran(tiny_sft_run: Path) -> None:
     assert options["dtype"] == "float32" and options["bnb_4bit_compute_dtype"] == "float32"
     assert options["assistant_only_loss"] is True
     assert options["quantization"] == "4bit" and options["merge_base"] == "dequantized"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"advantage_estimator": "grpo", "num_generations": 3},
+            "num_generations: 3 does not divide rollout_batch_size",
+        ),
+        ({"advantage_estimator": "rloo", "num_generations": 1}, "num_generations: 1; rloo compares answers"),
+        ({"kl_coef": -0.1}, "kl_coef: -0.1 < 0"),
+        ({"kl_penalty": "loss", "kl_estimator": "k1"}, "kl_estimator: k1 as a loss term"),
+        ({"kl_coef": 0.0, "adaptive_kl_target": 1.0}, "adaptive_kl_target"),
+        ({"reward_funcs": ["rlhf.tiny.task:gold_reward"], "reward_weights": [1.0, 2.0]}, "reward_weights: 2 weights"),
+        ({"advantage_estimator": "ppo"}, r"advantage_estimator: 'ppo' is not one of"),
+        ({"loss_type": "sequence"}, r"loss_type: 'sequence' is not one of"),
+    ],
+)
+def test_bad_rl_settings_are_errors_naming_the_key(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(ppo.CONFIG_TYPES, ["--config", _recipe(tmp_path, **options)], prog="rlhf ppo", description="")
+
+
+def test_group_size_and_kl_estimator_follow_the_algorithm_when_unset(tmp_path: Path) -> None:
+    def rl(**options: object):
+        return parse(ppo.CONFIG_TYPES, ["--config", _recipe(tmp_path, **options)], prog="rlhf ppo", description="")[2]
+
+    assert (rl().num_generations, rl().kl_estimator, rl().uses_critic) == (1, "k1", True)
+    grpo = rl(advantage_estimator="grpo", kl_penalty="loss")
+    assert (grpo.num_generations, grpo.kl_estimator, grpo.uses_critic) == (4, "k3", False)
+    assert not rl(kl_coef=0.0).uses_reference

@@ -73,6 +73,12 @@ def test_summary_and_paired_win_rates() -> None:
     assert summary.sft.gold == 0.0 and summary.ppo.gold == pytest.approx(2 / 3)
     assert summary.win_rate["reward"].win_rate == 1.0
     assert summary.win_rate["gold"].win_rate == pytest.approx((0.5 + 1 + 1) / 3)
+    # paired gains: gold differences 0, 1, 1 (mean 2/3, sd sqrt(1/3), stderr 1/3); reward always +1
+    gold = summary.gain["gold"]
+    assert (gold.mean, gold.ci_low, gold.ci_high, gold.pairs) == pytest.approx(
+        (2 / 3, 2 / 3 - 1.96 / 3, 2 / 3 + 1.96 / 3, 3)
+    )
+    assert (summary.gain["reward"].ci_low, summary.gain["reward"].ci_high) == pytest.approx((1.0, 1.0))
     assert (
         EvalResult.from_json(
             EvalResult(**vars(summary), output_dir="o", ppo_dir="p", prompts_dataset="d").to_json()

@@ -16,10 +16,13 @@ from rlhf.config import ModelArguments, from_options
 from rlhf.results import (
     Calibration,
     CalibrationBin,
+    Difference,
     Distribution,
     EvalResult,
+    Evaluation,
     PairAccuracy,
     PolicyScores,
+    PPOResult,
     RewardResult,
     WinRate,
 )
@@ -168,3 +171,42 @@ def test_report_shows_the_verdict_plots_and_escaped_samples(tmp_path: Path) -> N
 def test_report_says_when_ppo_did_not_clearly_win(tmp_path: Path) -> None:
     _fake_run(tmp_path, ci_low=0.45)
     assert "did not clearly beat" in report.build_report(tmp_path).read_text()
+
+
+def test_a_comparison_of_methods_shows_each_runs_gains_and_flags_a_judge_used_as_reward(tmp_path: Path) -> None:
+    stats = PolicyScores(
+        gold=0.4, gold_stderr=0.05, reward=1.0, reward_stderr=0.1, length=12.0, length_stderr=0.5, eos_rate=1.0
+    )
+    win = WinRate(win_rate=0.7, ci_low=0.65, ci_high=0.75, wins=70, ties=0, losses=30, pairs=100)
+    runs = []
+    for name, estimator, components, judged in (
+        ("ppo", "gae", ["model"], False),
+        ("grpo", "grpo", ["gold_reward"], True),
+    ):
+        folder = tmp_path / name / "ppo"  # a pipeline folder's PPO stage
+        folder.mkdir(parents=True)
+        evaluation = Evaluation(
+            sft=stats,
+            ppo=replace(stats, gold=1.1),
+            kl_ppo_to_sft=2.5,
+            prompts=100,
+            seeds=[0],
+            win_rate={"gold": win, "reward": win},
+            gain={"gold": Difference(0.7, 0.5, 0.9, 100)},
+        )
+        PPOResult(
+            output_dir=str(folder),
+            steps=5,
+            advantage_estimator=estimator,
+            reward_components=components,
+            judge_is_reward=judged,
+            final={"throughput/episodes_per_second": 3.0},
+            eval=evaluation,
+        ).write(folder)
+        runs.append(folder.parent)
+    page = report.build_comparison(runs, tmp_path / "compare.html").read_text()
+    assert "PPO (GAE critic)" in page and "GRPO" in page and "+0.70 [+0.50, +0.90]" in page
+    assert "70.0% [65.0%, 75.0%]" in page and "0.40 → 1.10" in page and "3.00" in page
+    assert "The gold judge was also a training reward" in page and "gold_reward (judge!)" in page
+    assert "The gold judge was also a training reward" in report.build_report(tmp_path / "grpo").read_text()
+    assert "The gold judge was also a training reward" not in report.build_report(tmp_path / "ppo").read_text()

@@ -52,8 +52,9 @@ def test_clipped_policy_loss_by_hand() -> None:
     old = torch.zeros(1, 2)
     new = torch.full((1, 2), math.log(1.5))  # ratio 1.5 on both tokens
     # advantage +1: min(1.5, 1.2) * 1 -> loss -1.2 (clipped); advantage -1: max(1.5, 1.2) -> loss 1.5 (not clipped)
-    loss, stats = losses.policy_loss(new, old, t([1.0, -1.0]), t([1, 1]), clip=0.2)
-    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    per_token, stats = losses.policy_loss(new, old, t([1.0, -1.0]), t([1, 1]), clip=0.2)
+    assert per_token.tolist() == [pytest.approx([-1.2, 1.5])]
+    assert losses.aggregate(per_token, t([1, 1]), "dapo", 1, 2, 2).item() == pytest.approx((-1.2 + 1.5) / 2)
     assert stats["clipfrac"].item() == pytest.approx(0.5)
     assert stats["approx_kl"].item() == pytest.approx(0.5 - math.log(1.5))
 
@@ -123,3 +124,64 @@ def test_affine_fit_is_least_squares_over_masked_tokens() -> None:
     assert (slope, intercept) == (pytest.approx(0.8), pytest.approx(0.3))
     # a constant predictor carries no information: slope 0, intercept the targets' mean
     assert losses.affine_fit(t([1, 1, 1]), t([0, 3, 6]), t([1, 1, 1])) == (0.0, pytest.approx(3.0))
+
+
+# -- critic-free estimators and loss aggregation ------------------------------------------------
+
+
+def test_loss_aggregations_by_hand_and_micro_batches_add_up_to_the_minibatch() -> None:
+    # two answers: 1 token of loss 3, and 3 tokens of loss 1 (a 4th position is padding, loss 99)
+    per_token, mask = t([3, 0, 0, 0], [1, 1, 1, 99]), t([1, 0, 0, 0], [1, 1, 1, 0])
+    assert losses.aggregate(per_token, mask, "dapo", 2, 4, 4).item() == pytest.approx(6 / 4)  # every token the same
+    assert losses.aggregate(per_token, mask, "grpo", 2, 4, 4).item() == pytest.approx((3 + 1) / 2)  # per answer
+    assert losses.aggregate(per_token, mask, "dr_grpo", 2, 4, 4).item() == pytest.approx(6 / (2 * 4))  # constant
+    for loss_type in losses.LOSS_TYPES:  # the shares of two micro-batches sum to the minibatch's loss
+        whole = losses.aggregate(per_token, mask, loss_type, 2, 4, 4)
+        parts = [losses.aggregate(per_token[i : i + 1], mask[i : i + 1], loss_type, 2, 4, 4) for i in range(2)]
+        assert sum(parts).item() == pytest.approx(whole.item())
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        losses.aggregate(per_token, mask, "mean", 2, 4, 4)
+
+
+def test_group_relative_advantages_by_hand() -> None:
+    # two prompts, three answers each: scores 1, 2, 3 (mean 2, unbiased std 1) and 5, 5, 5 (all equal)
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    scaled = losses.group_relative(scores, 3, scale=True)
+    assert scaled.tolist() == pytest.approx([-1 / (1 + 1e-4), 0.0, 1 / (1 + 1e-4), 0.0, 0.0, 0.0])
+    assert losses.group_relative(scores, 3, scale=False).tolist() == pytest.approx([-1, 0, 1, 0, 0, 0])
+    assert torch.isfinite(scaled).all()  # a group whose answers all score the same: advantage 0, not NaN
+    assert losses.group_spread(scores, 3) == pytest.approx((0.5, 0.5))  # mean std (1 + 0) / 2; half the groups flat
+    with pytest.raises(ValueError, match="groups of 4"):
+        losses.group_relative(scores, 4)
+
+
+def test_leave_one_out_advantages_by_hand() -> None:
+    # answers 1, 2, 6: baselines mean(2, 6) = 4, mean(1, 6) = 3.5, mean(1, 2) = 1.5
+    scores = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0, 4.0])
+    assert losses.leave_one_out(scores, 3).tolist() == pytest.approx([-3.0, -1.5, 4.5, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.leave_one_out(scores, 1)
+
+
+def test_a_critic_free_advantage_reaches_every_token_of_an_answer_cut_at_max_length() -> None:
+    # answer 0 ended after 2 tokens; answer 1 was cut at the length limit (every position real)
+    mask = t([1, 1, 0], [1, 1, 1])
+    kl = t([0.1, 0.2, 0.0], [0.0, 0.1, 0.3])
+    # without a KL penalty in the reward (GRPO's loss-term KL), every token of an answer gets its baselined score
+    rewards = losses.token_rewards(torch.tensor([1.5, -0.5]), kl, mask, 0.0)
+    assert losses.returns_to_go(rewards, mask).tolist() == [pytest.approx([1.5, 1.5, 0]), pytest.approx([-0.5] * 3)]
+    # with it (kl_coef .5), a token's advantage is the score minus the KL penalties from it to the end
+    rewards = losses.token_rewards(torch.tensor([1.5, -0.5]), kl, mask, 0.5)
+    returns = losses.returns_to_go(rewards, mask)
+    assert returns.tolist() == [pytest.approx([1.35, 1.4, 0]), pytest.approx([-0.7, -0.7, -0.65])]
+
+
+def test_reinforce_pp_advantages_are_returns_whitened_over_the_batch() -> None:
+    mask = t([1, 1], [1, 0])
+    rewards = losses.token_rewards(torch.tensor([2.0, 0.0]), t([0.0, 0.0], [0.0, 0.0]), mask, 0.1)
+    returns = losses.returns_to_go(rewards, mask)  # [[2, 2], [0, 0]] over tokens 2, 2, 0: mean 4/3
+    advantages = losses.whiten(returns, mask)
+    std = math.sqrt(((2 - 4 / 3) ** 2 * 2 + (4 / 3) ** 2) / 2)  # unbiased over the 3 real tokens
+    expected = [(2 - 4 / 3) / std, (2 - 4 / 3) / std, (0 - 4 / 3) / std]
+    assert [advantages[0, 0].item(), advantages[0, 1].item(), advantages[1, 0].item()] == pytest.approx(expected)
+    assert advantages[1, 1].item() == 0.0

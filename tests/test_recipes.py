@@ -53,14 +53,15 @@ def test_real_recipe_runs_two_steps_on_the_tiny_model(recipe: Path, stage: str, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 @pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
 def test_real_ppo_recipe_runs_two_iterations_on_the_tiny_model(
-    recipe: Path, tmp_path: Path, tiny_sft_run: Path, tiny_reward_run: Path
+    recipe: Path, algorithm: str, tmp_path: Path, tiny_sft_run: Path, tiny_reward_run: Path
 ) -> None:
     run_cli(
         "ppo",
         "--config",
-        str(recipe / "ppo.yaml"),
+        str(recipe / f"{algorithm}.yaml"),
         "--model_name_or_path",
         str(tiny_sft_run / "merged"),
         "--reward_model_path",

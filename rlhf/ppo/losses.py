@@ -4,8 +4,11 @@ Every function takes a ``mask`` (1 for real response tokens, 0 after EOS / paddi
 inferring it from pad ids, so "did it stop?" and "which tokens count" are never confused. Names
 follow the papers: Schulman et al. 2017 (PPO, https://arxiv.org/abs/1707.06347), Schulman et al.
 2015 (GAE, https://arxiv.org/abs/1506.02438), Ziegler et al. 2019 (KL-penalised RLHF and the
-adaptive KL controller, https://arxiv.org/abs/1909.08593), and Schulman's note on KL estimators
-(k1, k3: http://joschu.net/blog/kl-approx.html).
+adaptive KL controller, https://arxiv.org/abs/1909.08593), Schulman's note on KL estimators
+(k1, k3: http://joschu.net/blog/kl-approx.html), and for the critic-free estimators Shao et al. 2024
+(GRPO, https://arxiv.org/abs/2402.03300), Liu et al. 2025 (Dr. GRPO, https://arxiv.org/abs/2503.20783),
+Ahmadian et al. 2024 (RLOO, https://arxiv.org/abs/2402.14740) and Hu 2025 (REINFORCE++,
+https://arxiv.org/abs/2501.03262).
 """
 
 from __future__ import annotations
@@ -104,22 +107,89 @@ def gae(
 def policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (PPO eq. 7), as a loss to minimise, with its diagnostics.
+    """Clipped surrogate objective (PPO eq. 7) per token, as a loss to minimise, with its diagnostics.
 
-    Returns the loss and ``clipfrac`` (share of tokens where the clip was active) and
-    ``approx_kl`` (k3 estimate of KL(old || new), the early-stopping signal).
+    Returns the B x T per-token loss (to be reduced by :func:`aggregate`, which decides how tokens
+    and answers are weighted) and ``clipfrac`` (share of tokens where the clip was active) and
+    ``approx_kl`` (k3 estimate of KL(old || new), the early-stopping signal), averaged over tokens.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
         }
-    return loss, stats
+    return torch.maximum(unclipped, clipped) * mask, stats
+
+
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, sequences: int, tokens: float, max_length: int
+) -> torch.Tensor:
+    """One micro-batch's share of a minibatch loss, under the aggregation TRL's GRPO documents.
+
+    ``sequences`` and ``tokens`` count the whole minibatch (all its micro-batches), so the shares of
+    its micro-batches add up to the minibatch loss whatever the gradient accumulation:
+
+    * ``dapo``: every token weighs the same (sum over the minibatch's tokens / their number), as PPO
+      always did here; no length bias;
+    * ``grpo``: each answer's mean token loss, averaged over answers (GRPO's paper): a token of a short
+      answer weighs more, so short correct and long wrong answers are favoured;
+    * ``dr_grpo``: sum over tokens / (answers x ``max_length``), a constant (Dr. GRPO): no length bias
+      and no dependence on the batch's lengths.
+    """
+    if loss_type == "dapo":
+        return per_token.mul(mask).sum() / max(tokens, 1.0)
+    if loss_type == "grpo":
+        return masked_mean(per_token, mask, dim=1).sum() / sequences
+    if loss_type == "dr_grpo":
+        return per_token.mul(mask).sum() / (sequences * max_length)
+    raise ValueError(f"unknown loss_type {loss_type!r} (use one of {', '.join(LOSS_TYPES)})")
+
+
+def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    if scores.dim() != 1 or len(scores) % group_size:
+        raise ValueError(f"{len(scores)} scores do not split into groups of {group_size}")
+    return scores.view(-1, group_size)
+
+
+def group_relative(scores: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """GRPO's advantage of each answer: its score minus its group's mean (divided by the group's std if ``scale``).
+
+    ``scores`` (B,) holds ``group_size`` consecutive answers to each prompt. The std is the unbiased
+    one plus 1e-4, as in TRL, so a group whose answers all score the same gets advantage 0, not NaN.
+    ``scale=False`` is Dr. GRPO's choice: dividing by the std up-weights prompts that are nearly always
+    answered right or wrong.
+    """
+    groups = _groups(scores, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + 1e-4)
+    return centred.reshape(-1)
+
+
+def leave_one_out(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's advantage: each answer's score minus the mean of the other answers to the same prompt."""
+    groups = _groups(scores, group_size)
+    if group_size < 2:
+        raise ValueError("a leave-one-out baseline needs at least 2 answers per prompt")
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def group_spread(scores: torch.Tensor, group_size: int) -> tuple[float, float]:
+    """Mean within-group std of the scores, and the share of groups whose answers all score the same.
+
+    A group with zero spread teaches nothing under a group baseline (TRL logs the same share).
+    """
+    groups = _groups(scores, group_size)
+    std = groups.std(1) if group_size > 1 else torch.zeros(len(groups))
+    return float(std.mean()), float(torch.isclose(std, torch.zeros_like(std)).float().mean())
 
 
 def value_loss(

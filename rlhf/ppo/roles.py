@@ -12,6 +12,10 @@ full models. With LoRA the roles differ only by small adapters, so they can shar
   so the trainer maps the head onto the returns' scale once, on the first batch;
 * **reward**    = base + "reward" LoRA + the reward model's score head (frozen).
 
+Critic-free algorithms (GRPO, RLOO, REINFORCE++) load no value adapter or head (``value_init=None``),
+and a run rewarded by Python functions alone loads no reward adapter (``reward_dir=None``): what a
+run does not use is not in memory.
+
 This is only sound when the reward model was trained on the same base weights (the merged SFT
 model) loaded the same way, which the stage checks.
 
@@ -41,7 +45,6 @@ from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-TRAINABLE = (POLICY, VALUE)
 SCORE_KEY = "base_model.model.score.weight"
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -63,41 +66,61 @@ class SharedBase(nn.Module):
     """The policy, reference, value and reward roles of PPO over one base model."""
 
     def __init__(
-        self, base: PreTrainedModel, policy_lora: LoraConfig, reward_dir: str | Path, value_init: str = "reward"
+        self,
+        base: PreTrainedModel,
+        policy_lora: LoraConfig,
+        reward_dir: str | Path | None,
+        value_init: str | None = "reward",
     ):
         super().__init__()
         self.peft: PeftModel = get_peft_model(base, policy_lora, adapter_name=POLICY)
-        self.peft.load_adapter(str(reward_dir), adapter_name=REWARD, is_trainable=False)
-        score = load_score_head(reward_dir)
-        hidden = score.shape[1]
+        self.reward_head: nn.Linear | None = None
+        self.value_head: nn.Linear | None = None
+        score = None
+        if reward_dir is not None:
+            self.peft.load_adapter(str(reward_dir), adapter_name=REWARD, is_trainable=False)
+            score = load_score_head(reward_dir)
+            self.reward_head = nn.Linear(score.shape[1], 1, bias=False)
+            self.reward_head.weight.data.copy_(score)
+            self.reward_head.requires_grad_(False)
         if value_init == "reward":
+            if reward_dir is None or score is None:
+                raise ValueError("value_init 'reward' copies the reward model: it needs a reward model")
             self.peft.load_adapter(str(reward_dir), adapter_name=VALUE, is_trainable=True)
         elif value_init == "random":
-            reward_config = json.loads((Path(reward_dir) / "adapter_config.json").read_text())
+            like = (
+                json.loads((Path(reward_dir) / "adapter_config.json").read_text())
+                if reward_dir is not None
+                else {
+                    "r": policy_lora.r,
+                    "lora_alpha": policy_lora.lora_alpha,
+                    "target_modules": policy_lora.target_modules,
+                }
+            )
             self.peft.add_adapter(
                 VALUE,
                 LoraConfig(
-                    r=reward_config["r"],
-                    lora_alpha=reward_config["lora_alpha"],
-                    target_modules=reward_config["target_modules"],
+                    r=like["r"],
+                    lora_alpha=like["lora_alpha"],
+                    target_modules=like["target_modules"],
                     task_type="CAUSAL_LM",
                 ),
             )
-        else:
-            raise ValueError(f"value_init must be 'reward' or 'random', got {value_init!r}")
-        self.reward_head = nn.Linear(hidden, 1, bias=False)
-        self.reward_head.weight.data.copy_(score)
-        self.reward_head.requires_grad_(False)
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.bias)
-        if value_init == "reward":
-            self.value_head.weight.data.copy_(score)
-        else:
-            nn.init.zeros_(self.value_head.weight)
+        elif value_init is not None:
+            raise ValueError(f"value_init must be 'reward', 'random' or None (no critic), got {value_init!r}")
+        if value_init is not None:
+            self.value_head = nn.Linear(base.config.get_text_config().hidden_size, 1)
+            nn.init.zeros_(self.value_head.bias)
+            if score is not None and value_init == "reward":
+                self.value_head.weight.data.copy_(score)
+            else:
+                nn.init.zeros_(self.value_head.weight)
+        self.trainable = (POLICY, VALUE) if value_init is not None else (POLICY,)
         disable_dropout_in_model(self.peft)
         device = next(p for p in base.parameters()).device
-        self.reward_head.to(device)
-        self.value_head.to(device)
+        for head in (self.reward_head, self.value_head):
+            if head is not None:
+                head.to(device)
         self.use(POLICY)
 
     # -- adapters -------------------------------------------------------------------------------
@@ -105,8 +128,17 @@ class SharedBase(nn.Module):
     def use(self, role: str) -> None:
         """Activate a role's adapter and put ``requires_grad`` back where PPO needs it."""
         self.peft.set_adapter(role)
-        self.peft.base_model.set_requires_grad(list(TRAINABLE), requires_grad=True)
-        self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+        self.peft.base_model.set_requires_grad(list(self.trainable), requires_grad=True)
+        if self.has_reward_model:
+            self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+
+    @property
+    def has_critic(self) -> bool:
+        return self.value_head is not None
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self.reward_head is not None
 
     @contextmanager
     def inference(self) -> Iterator[None]:
@@ -136,22 +168,29 @@ class SharedBase(nn.Module):
         """The parameters one role trains: its LoRA (and the value head for the critic)."""
         params = [p for n, p in self.peft.named_parameters() if f".{role}." in n and "lora_" in n]
         if role == VALUE:
-            params += list(self.value_head.parameters())
+            params += list(self._value_head().parameters())
         return params
 
     # -- the value head ------------------------------------------------------------------------
 
+    def _value_head(self) -> nn.Linear:
+        if self.value_head is None:
+            raise RuntimeError("this shared base has no critic (a critic-free algorithm)")
+        return self.value_head
+
     @torch.no_grad()
     def affine_value_head(self, slope: float, intercept: float) -> None:
         """Make the head predict ``slope * (its prediction) + intercept`` (its weight and bias, in place)."""
-        self.value_head.weight.mul_(slope)
-        self.value_head.bias.mul_(slope).add_(intercept)
+        head = self._value_head()
+        head.weight.mul_(slope)
+        head.bias.mul_(slope).add_(intercept)
 
     def save_value_head(self, path: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self._value_head().state_dict().items()}, str(path))
 
     def load_value_head(self, path: Path) -> None:
-        self.value_head.load_state_dict(load_file(str(path), device=str(self.value_head.weight.device)))
+        head = self._value_head()
+        head.load_state_dict(load_file(str(path), device=str(head.weight.device)))
 
     # -- forward passes -------------------------------------------------------------------------
 
@@ -174,10 +213,12 @@ class SharedBase(nn.Module):
         return self.causal_lm.get_output_embeddings()(hidden)
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.value_head(hidden.float()).squeeze(-1)
+        return self._value_head()(hidden.float()).squeeze(-1)
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Reward of right-padded sequences, read at each one's last real token (as the reward stage did)."""
+        if self.reward_head is None:
+            raise RuntimeError("this shared base has no reward model (the run is rewarded by functions)")
         self.use(REWARD)
         try:
             hidden = self.hidden_states(input_ids, attention_mask)

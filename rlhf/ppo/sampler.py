@@ -20,6 +20,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, sampling
 from rlhf.config import PPOConfig
+from rlhf.ppo import rewards
 from rlhf.ppo.roles import POLICY, VALUE, SharedBase
 
 
@@ -51,9 +52,10 @@ class Trajectory:
 
     samples: Samples
     logprobs: torch.Tensor  # B x R float: the sampling policy's log-prob of each response token (0 past EOS)
-    ref_logprobs: torch.Tensor  # B x R float: the same under the reference (adapters disabled)
-    values: torch.Tensor  # B x R float: the critic's value before each response token
-    scores: torch.Tensor  # B float: raw reward-model score of prompt + response (before the EOS penalty)
+    ref_logprobs: torch.Tensor | None  # B x R float: the same under the reference; None when no KL is used
+    values: torch.Tensor | None  # B x R float: the critic's value before each response token; None: no critic
+    scores: torch.Tensor  # B float: the weighted sum of reward_parts (before the EOS penalty)
+    reward_parts: dict[str, torch.Tensor]  # B float each: raw reward-model score ("model") and each function's
 
 
 def chunks(n: int, size: int) -> list[slice]:
@@ -70,8 +72,15 @@ class PolicySampler:
         settings: sampling.SamplingSettings,
         forward_batch_size: int = 64,
         autocast_dtype: torch.dtype | None = None,
+        reward_functions: rewards.RewardFunctions | None = None,
+        reward_model_weight: float = 1.0,
     ) -> None:
         self.roles = roles
+        self.reward_functions = reward_functions
+        # the components of the training reward and their weights, in the order they are logged
+        self.reward_weights = {rewards.MODEL: reward_model_weight} if roles.has_reward_model else {}
+        if reward_functions is not None:
+            self.reward_weights.update(zip(reward_functions.names, reward_functions.weights, strict=True))
         self.tokenizer = tokenizer
         self.settings = settings
         self.forward_batch_size = forward_batch_size
@@ -81,10 +90,13 @@ class PolicySampler:
 
     @classmethod
     def from_config(cls, roles: SharedBase, tokenizer: PreTrainedTokenizerBase, config: PPOConfig) -> PolicySampler:
-        """The sampler of a PPO run: its sampling settings, forward batch size and mixed precision."""
+        """The sampler of a run: its sampling settings, forward batch size, mixed precision and reward."""
         settings = sampling.SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
         dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
-        return cls(roles, tokenizer, settings, config.forward_batch_size, dtype)
+        functions = (
+            rewards.RewardFunctions.load(config.reward_funcs, config.reward_weights) if config.reward_funcs else None
+        )
+        return cls(roles, tokenizer, settings, config.forward_batch_size, dtype, functions, config.reward_model_weight)
 
     def autocast(self) -> Any:
         dtype = self.autocast_dtype
@@ -196,12 +208,30 @@ class PolicySampler:
                 scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
         return torch.cat(scores)
 
-    def score(self, samples: Samples) -> Trajectory:
-        """Every role's pass over the samples: policy and reference log-probs, values, reward-model scores."""
+    def rewards(self, samples: Samples) -> dict[str, torch.Tensor]:
+        """Every reward component's raw score of each answer (B,), by name: ``"model"`` and each function's."""
+        parts: dict[str, torch.Tensor] = {}
+        if self.roles.has_reward_model:
+            parts[rewards.MODEL] = self.reward_scores(samples.prompts, samples.texts)
+        if self.reward_functions is not None:
+            ids = [r[: int(n)] for r, n in zip(samples.response.tolist(), samples.mask.sum(1).tolist(), strict=True)]
+            for name, value in self.reward_functions(samples.prompts, samples.texts, ids).items():
+                parts[name] = value.to(self.device)
+        return parts
+
+    def reward(self, samples: Samples) -> torch.Tensor:
+        """The weighted sum of :meth:`rewards`: the training reward of each answer (B,)."""
+        return rewards.total(self.rewards(samples), self.reward_weights)
+
+    def score(self, samples: Samples, reference: bool = True) -> Trajectory:
+        """Every role's pass over the samples: log-probs, the reference's (if ``reference``), values (if
+        the base has a critic) and the reward's components."""
+        parts = self.rewards(samples)
         return Trajectory(
             samples=samples,
             logprobs=self.logprobs(samples),
-            ref_logprobs=self.logprobs(samples, reference=True),
-            values=self.values(samples),
-            scores=self.reward_scores(samples.prompts, samples.texts),
+            ref_logprobs=self.logprobs(samples, reference=True) if reference else None,
+            values=self.values(samples) if self.roles.has_critic else None,
+            scores=rewards.total(parts, self.reward_weights),
+            reward_parts=parts,
         )

@@ -1,4 +1,9 @@
-"""The PPO loop over a :class:`~rlhf.ppo.roles.SharedBase`: rollout, scoring, advantages, update.
+"""The online RL loop over a :class:`~rlhf.ppo.roles.SharedBase`: rollout, scoring, advantages, update.
+
+PPO with GAE and the critic-free GRPO, RLOO and REINFORCE++ are one trainer: the same rollout
+(``num_generations`` answers per prompt), scoring, clipped surrogate, checkpoints and metrics;
+only :meth:`PPOTrainer.advantages` differs (``advantage_estimator``), and a critic-free run has no
+value adapter, head, optimizer group or value loss.
 
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
@@ -63,12 +68,12 @@ STEP_METRICS_FILE = "metrics.jsonl"
 class Targets:
     """What an update fits, computed from a trajectory by :meth:`PPOTrainer.advantages` (B x R unless noted)."""
 
-    values: torch.Tensor  # the critic's values at sampling time (on the returns' scale from the first iteration)
-    advantages: torch.Tensor  # GAE, whitened over the batch
-    returns: torch.Tensor  # advantages + values, before whitening: the critic's targets
-    kl: torch.Tensor  # per-token KL estimate to the reference (0 past EOS)
-    rewards: torch.Tensor  # per-token rewards: -kl_coef * kl, plus the score at the last token
-    scores: torch.Tensor  # B: reward-model scores after the missing-EOS penalty, normalisation and clipping
+    advantages: torch.Tensor  # GAE (whitened), or a critic-free estimator's
+    kl: torch.Tensor  # per-token KL estimate to the reference (0 past EOS; all 0 when kl_coef is 0)
+    rewards: torch.Tensor  # per-token rewards: -kl_coef * kl (in reward mode), plus the score at the last token
+    scores: torch.Tensor  # B: rewards after the missing-EOS penalty, normalisation and clipping
+    values: torch.Tensor | None = None  # the critic's values at sampling time (on the returns' scale); gae only
+    returns: torch.Tensor | None = None  # advantages + values, before whitening: the critic's targets; gae only
 
 
 def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
@@ -100,12 +105,10 @@ class PPOTrainer:
         self.output_dir = Path(config.output_dir)
         self.sampler = PolicySampler.from_config(roles, tokenizer, config)
 
-        policy_params = roles.trainable_parameters(POLICY)
-        value_params = roles.trainable_parameters(VALUE)
-        groups = [
-            {"params": policy_params, "lr": config.learning_rate, "name": POLICY},
-            {"params": value_params, "lr": config.value_learning_rate or config.learning_rate, "name": VALUE},
-        ]
+        groups = [{"params": roles.trainable_parameters(POLICY), "lr": config.learning_rate, "name": POLICY}]
+        if roles.has_critic:
+            value_lr = config.value_learning_rate or config.learning_rate
+            groups.append({"params": roles.trainable_parameters(VALUE), "lr": value_lr, "name": VALUE})
         if config.optim == "paged_adamw_8bit":
             import bitsandbytes as bnb
 
@@ -113,7 +116,7 @@ class PPOTrainer:
         else:
             # The fused kernel updates all of LoRA's many small tensors in one call; the default on
             # CPU loops over them (measured on CPU: 0.75 vs 4.2 ms a step for 113 LoRA-sized tensors).
-            fused = all(p.device.type in ("cpu", "cuda") for p in policy_params + value_params)
+            fused = all(p.device.type in ("cpu", "cuda") for p in self._trainable())
             self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.kl_controller = losses.KLController(config.kl_coef, config.adaptive_kl_target, config.kl_horizon)
@@ -142,9 +145,23 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------
     # Data
 
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for role in self.roles.trainable for p in self.roles.trainable_parameters(role)]
+
+    @property
+    def group_size(self) -> int:
+        return int(self.config.num_generations or 1)
+
     def _next_prompts(self) -> list[Any]:
-        """This rank's share of the next global batch, in a seeded order that checkpoints can restore."""
-        size, world, rank = self.config.rollout_batch_size, dist.world_size(), dist.rank()
+        """This rank's share of the next global batch, in a seeded order that checkpoints can restore.
+
+        Each prompt appears ``num_generations`` times in a row: the answers to one prompt form a group.
+        """
+        prompts = self._next_distinct_prompts()
+        return [prompt for prompt in prompts for _ in range(self.group_size)]
+
+    def _next_distinct_prompts(self) -> list[Any]:
+        size, world, rank = self.config.rollout_batch_size // self.group_size, dist.world_size(), dist.rank()
         needed = size * world
         batch: list[Any] = []
         while len(batch) < needed:
@@ -176,53 +193,89 @@ class PPOTrainer:
         return (values * slope + intercept) * mask
 
     def advantages(self, trajectory: Trajectory) -> Targets:
-        """Normalised, KL-shaped rewards, GAE advantages (whitened) and returns of a scored trajectory."""
+        """Shaped scores, per-token rewards and the advantage estimator's advantages (and GAE's returns).
+
+        Every estimator starts from the same scores (missing-EOS penalty, running normalisation,
+        clipping) and per-token rewards (``-kl_coef * KL`` when ``kl_penalty`` is ``reward``, plus the
+        score at the last token):
+
+        * ``gae``: GAE over the critic's values, whitened (PPO);
+        * ``grpo`` / ``rloo``: the score minus its group's baseline (:func:`losses.group_relative`,
+          :func:`losses.leave_one_out`) replaces the score, and the advantage of a token is the return
+          that follows it (without a KL penalty in the reward: the same value for all of an answer's
+          tokens, as in GRPO);
+        * ``reinforce_pp``: returns-to-go of the rewards, whitened over the whole batch (REINFORCE++).
+        """
         config = self.config
         samples = trajectory.samples
+        mask = samples.mask
         scores = trajectory.scores - config.missing_eos_penalty * (~samples.ended).float()
         if config.normalize_reward:
             self.score_moments.update(scores, dist.all_sum)
             scores = self.score_moments.normalize(scores, config.reward_clip)
         elif config.reward_clip is not None:
             scores = scores.clamp(-config.reward_clip, config.reward_clip)
-        kl = losses.kl_estimate(trajectory.logprobs, trajectory.ref_logprobs, config.kl_estimator) * samples.mask
-        rewards = losses.token_rewards(scores, kl, samples.mask, self.kl_controller.coef)
-        if config.whiten_rewards:
-            rewards = losses.whiten(rewards, samples.mask, shift_mean=False, reduce=dist.all_sum)
-        values = trajectory.values
-        if self.step == 0 and config.value_init == "reward":
-            values = self._calibrate_critic(values, rewards, samples.mask)
-        advantages, returns = losses.gae(rewards, values, samples.mask, config.gamma, config.lam)
-        advantages = losses.whiten(advantages, samples.mask, reduce=dist.all_sum)
-        return Targets(values=values, advantages=advantages, returns=returns, kl=kl, rewards=rewards, scores=scores)
+        if trajectory.ref_logprobs is None:
+            kl = torch.zeros_like(mask)
+        else:
+            kl = losses.kl_estimate(trajectory.logprobs, trajectory.ref_logprobs, str(config.kl_estimator)) * mask
+        penalty = self.kl_controller.coef if config.kl_penalty == "reward" else 0.0
+        estimator = config.advantage_estimator
+        if estimator == "gae":
+            rewards = losses.token_rewards(scores, kl, mask, penalty)
+            if config.whiten_rewards:
+                rewards = losses.whiten(rewards, mask, shift_mean=False, reduce=dist.all_sum)
+            if trajectory.values is None:
+                raise RuntimeError("gae needs the critic's values")
+            values = trajectory.values
+            if self.step == 0 and config.value_init == "reward":
+                values = self._calibrate_critic(values, rewards, mask)
+            advantages, returns = losses.gae(rewards, values, mask, config.gamma, config.lam)
+            advantages = losses.whiten(advantages, mask, reduce=dist.all_sum)
+            return Targets(advantages, kl, rewards, scores, values=values, returns=returns)
+        if estimator == "reinforce_pp":
+            rewards = losses.token_rewards(scores, kl, mask, penalty)
+            advantages = losses.whiten(losses.returns_to_go(rewards, mask), mask, reduce=dist.all_sum)
+            return Targets(advantages, kl, rewards, scores)
+        if estimator == "grpo":
+            baselined = losses.group_relative(scores, self.group_size, config.scale_rewards)
+        elif estimator == "rloo":
+            baselined = losses.leave_one_out(scores, self.group_size)
+        else:
+            raise ValueError(f"advantage_estimator: unknown {estimator!r}")
+        rewards = losses.token_rewards(baselined, kl, mask, penalty)
+        return Targets(losses.returns_to_go(rewards, mask), kl, rewards, scores)
 
     def update(self, trajectory: Trajectory, targets: Targets) -> dict[str, float]:
-        """PPO epochs over minibatches.
+        """Epochs over minibatches of the clipped surrogate (and, with a critic, the clipped value loss).
 
-        Early stopping checks before stepping: a minibatch whose approximate KL to the rollout policy
-        (measured on its forward pass, before its step) is over ``max_approx_kl`` is not applied, and
-        the iteration ends there. No loss weight between policy and value: they are disjoint
-        parameters, clipped separately, with Adam's per-parameter scaling, where a ``vf_coef`` would
-        cancel out; ``value_learning_rate`` sets the critic's pace.
+        Token losses become a minibatch loss as ``loss_type`` says (:func:`losses.aggregate`); with
+        ``kl_penalty: loss`` the policy loss adds ``kl_coef`` times the k3 KL to the reference, per
+        token, aggregated the same way (GRPO). Early stopping checks before stepping: a minibatch
+        whose approximate KL to the rollout policy (measured on its forward pass, before its step) is
+        over ``max_approx_kl`` is not applied, and the iteration ends there. No loss weight between
+        policy and value: they are disjoint parameters, clipped separately, with Adam's per-parameter
+        scaling, where a ``vf_coef`` would cancel out; ``value_learning_rate`` sets the critic's pace.
         """
         config, roles, samples = self.config, self.roles, trajectory.samples
         ids, mask = samples.sequences
         prompt_length = samples.query.shape[1]
         micro = config.micro_batch_size or config.mini_batch_size
+        kl_loss_coef = self.kl_controller.coef if config.kl_penalty == "loss" else 0.0
         stats: dict[str, list[float]] = {
-            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")
+            k: []
+            for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy", "kl_loss")
         }
         roles.peft.train()
         epochs_done, steps_done, stop = 0, 0, False
-        policy_params = roles.trainable_parameters(POLICY)
-        value_params = roles.trainable_parameters(VALUE)
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(ids))
             for mb in chunks(len(ids), config.mini_batch_size):
                 rows = order[mb]
-                tokens = samples.mask[rows].sum().clamp(min=1)
+                tokens = float(samples.mask[rows].sum())
                 self.optimizer.zero_grad(set_to_none=True)
                 approx_kl = torch.zeros((), device=self.device)
+                minibatch_loss = 0.0
                 # policy: forward and backward as a pair
                 roles.use(POLICY)
                 for part in chunks(len(rows), micro):
@@ -230,43 +283,35 @@ class PPOTrainer:
                     with self.sampler.autocast():
                         logits = self.sampler.response_logits(ids[r], mask[r], prompt_length)
                     new_logprobs = selective_log_softmax(logits, samples.response[r])
-                    loss, part_stats = losses.policy_loss(
+                    per_token, part_stats = losses.policy_loss(
                         new_logprobs, trajectory.logprobs[r], targets.advantages[r], samples.mask[r], config.cliprange
                     )
-                    weight = samples.mask[r].sum() / tokens
-                    (loss * weight).backward()
+                    if kl_loss_coef > 0 and trajectory.ref_logprobs is not None:
+                        kl = losses.kl_estimate(new_logprobs, trajectory.ref_logprobs[r], str(config.kl_estimator))
+                        per_token = per_token + kl_loss_coef * kl
+                        stats["kl_loss"].append(float(losses.masked_mean(kl.detach(), samples.mask[r])))
+                    loss = losses.aggregate(
+                        per_token, samples.mask[r], config.loss_type, len(rows), tokens, config.max_new_tokens
+                    )
+                    loss.backward()
+                    minibatch_loss += float(loss.detach())
                     with torch.no_grad():
                         entropy = losses.masked_mean(losses.entropy_from_logits(logits), samples.mask[r])
-                    approx_kl += part_stats["approx_kl"] * weight
-                    for key, value in (
-                        ("policy_loss", loss),
-                        ("clipfrac", part_stats["clipfrac"]),
-                        ("entropy", entropy),
-                    ):
-                        stats[key].append(float(value.detach()))
-                # value: forward and backward as a pair
-                roles.use(VALUE)
-                for part in chunks(len(rows), micro):
-                    r = rows[part]
-                    with self.sampler.autocast():
-                        hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
-                    new_values = roles.values(hidden)
-                    vloss, part_stats = losses.value_loss(
-                        new_values, targets.values[r], targets.returns[r], samples.mask[r], config.cliprange_value
-                    )
-                    weight = samples.mask[r].sum() / tokens
-                    (vloss * weight).backward()
-                    stats["value_loss"].append(float(vloss.detach()))
-                    stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
-                roles.use(POLICY)
+                    share = float(samples.mask[r].sum()) / max(tokens, 1.0)
+                    approx_kl += part_stats["approx_kl"] * share
+                    stats["clipfrac"].append(float(part_stats["clipfrac"]))
+                    stats["entropy"].append(float(entropy))
+                stats["policy_loss"].append(minibatch_loss)
+                if roles.has_critic:
+                    self._value_backward(trajectory, targets, rows, micro, tokens, stats)
                 approx_kl = float(dist.all_sum(approx_kl.detach().reshape(1))[0]) / dist.world_size()
                 stats["approx_kl"].append(approx_kl)
                 if config.max_approx_kl is not None and approx_kl > config.max_approx_kl:
                     stop = True  # every rank sees the same all-reduced value, so all stop together
                     break
-                dist.average_gradients(policy_params + value_params)
-                torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
-                torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm)
+                dist.average_gradients(self._trainable())
+                for role in roles.trainable:
+                    torch.nn.utils.clip_grad_norm_(roles.trainable_parameters(role), config.max_grad_norm)
                 self.optimizer.step()
                 steps_done += 1
             epochs_done += 1
@@ -274,7 +319,7 @@ class PPOTrainer:
                 break
         self.optimizer.zero_grad(set_to_none=True)
         out = {
-            f"policy/{k}" if k in ("clipfrac", "approx_kl", "entropy") else f"loss/{k}": float(np.mean(v))
+            f"policy/{k}" if k in ("clipfrac", "approx_kl", "entropy", "kl_loss") else f"loss/{k}": float(np.mean(v))
             for k, v in stats.items()
             if v
         }
@@ -282,6 +327,35 @@ class PPOTrainer:
         out["policy/optimizer_steps"] = steps_done
         out["policy/early_stopped"] = float(stop)
         return out
+
+    def _value_backward(
+        self,
+        trajectory: Trajectory,
+        targets: Targets,
+        rows: torch.Tensor,
+        micro: int,
+        tokens: float,
+        stats: dict[str, list[float]],
+    ) -> None:
+        """The critic's clipped value loss on a minibatch, forward and backward as a pair (token-weighted)."""
+        roles, samples = self.roles, trajectory.samples
+        if targets.values is None or targets.returns is None:
+            raise RuntimeError("a critic needs the targets' values and returns")
+        ids, mask = samples.sequences
+        prompt_length = samples.query.shape[1]
+        roles.use(VALUE)
+        for part in chunks(len(rows), micro):
+            r = rows[part]
+            with self.sampler.autocast():
+                hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
+            new_values = roles.values(hidden)
+            vloss, part_stats = losses.value_loss(
+                new_values, targets.values[r], targets.returns[r], samples.mask[r], self.config.cliprange_value
+            )
+            (vloss * float(samples.mask[r].sum()) / max(tokens, 1.0)).backward()
+            stats["value_loss"].append(float(vloss.detach()))
+            stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
+        roles.use(POLICY)
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -292,9 +366,10 @@ class PPOTrainer:
         prompts = self._next_prompts()
         samples = self.sampler.generate(prompts)  # the policy adapter samples
         generated = time.perf_counter()
-        trajectory = self.sampler.score(samples)  # policy, reference, value and reward passes, no grad
+        # policy, reference (unless kl_coef is 0), value (gae) and reward passes, no grad
+        trajectory = self.sampler.score(samples, reference=self.config.uses_reference)
         scored = time.perf_counter()
-        targets = self.advantages(trajectory)  # KL-shaped rewards, GAE
+        targets = self.advantages(trajectory)  # shaped rewards; GAE or a critic-free estimator
         update_stats = self.update(trajectory, targets)  # policy then value, forward and backward per minibatch
         updated = time.perf_counter()
 
@@ -306,11 +381,7 @@ class PPOTrainer:
         metrics = {
             "step": self.step + 1,
             "objective/score": mean(scores),
-            "objective/kl": mean(seq_kl),
-            "objective/kl_coef": self.kl_controller.coef,
-            "objective/non_score_reward": mean(-self.kl_controller.coef * seq_kl),
-            "objective/rlhf_reward": mean(scores - self.kl_controller.coef * seq_kl),
-            "value/explained_variance": losses.explained_variance(targets.values, targets.returns, samples.mask),
+            **{f"reward/{name}": mean(value) for name, value in trajectory.reward_parts.items()},
             "response/length": mean(samples.mask.sum(1)),
             "response/eos_rate": mean(samples.ended),
             "time/generate": generated - started,
@@ -321,11 +392,28 @@ class PPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             **update_stats,
         }
+        if trajectory.ref_logprobs is not None:  # kl_coef 0: the reference is never run during training
+            coef = self.kl_controller.coef
+            metrics |= {
+                "objective/kl": mean(seq_kl),
+                "objective/kl_coef": coef,
+                "objective/non_score_reward": mean(-coef * seq_kl),
+                "objective/rlhf_reward": mean(scores - coef * seq_kl),
+            }
+        if targets.values is not None and targets.returns is not None:
+            metrics["value/explained_variance"] = losses.explained_variance(
+                targets.values, targets.returns, samples.mask
+            )
+        if self.group_size > 1:
+            metrics["reward/group_std"], metrics["reward/zero_std_groups"] = losses.group_spread(
+                trajectory.scores, self.group_size
+            )
         if self.judge is not None:
             metrics["gold/score"] = mean(
                 torch.tensor([self.judge(p, t) for p, t in zip(samples.prompts, samples.texts, strict=True)])
             )
-        self.kl_controller.update(metrics["objective/kl"], int(n) * dist.world_size())
+        if "objective/kl" in metrics:
+            self.kl_controller.update(metrics["objective/kl"], int(n) * dist.world_size())
         self.scheduler.step()
         self.step += 1
         return metrics
@@ -349,7 +437,9 @@ class PPOTrainer:
                     for key, value in metrics.items():
                         if key != "step":
                             self.writer.add_scalar(key, value, self.step)
-                postfix = {"score": f"{metrics['objective/score']:.2f}", "kl": f"{metrics['objective/kl']:.2f}"}
+                postfix = {"score": f"{metrics['objective/score']:.2f}"}
+                if "objective/kl" in metrics:
+                    postfix["kl"] = f"{metrics['objective/kl']:.2f}"
                 if "gold/score" in metrics:
                     postfix["gold"] = f"{metrics['gold/score']:.2f}"
                 bar.set_postfix(postfix)
@@ -378,8 +468,7 @@ class PPOTrainer:
         config.inference_mode = inference_mode
 
     def _trainable_checksum(self) -> float:
-        params = self.roles.trainable_parameters(POLICY) + self.roles.trainable_parameters(VALUE)
-        return float(sum(p.detach().double().sum() for p in params))
+        return float(sum(p.detach().double().sum() for p in self._trainable()))
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint atomically: a staging folder renamed once every rank has written its part.
@@ -391,9 +480,10 @@ class PPOTrainer:
         if dist.rank() == 0:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            self.save_adapter(POLICY, staging / POLICY)
-            self.save_adapter(VALUE, staging / VALUE)
-            self.roles.save_value_head(staging / VALUE_HEAD_FILE)
+            for role in self.roles.trainable:
+                self.save_adapter(role, staging / role)
+            if self.roles.has_critic:
+                self.roles.save_value_head(staging / VALUE_HEAD_FILE)
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             state = {
@@ -437,10 +527,11 @@ class PPOTrainer:
         state = json.loads((folder / STATE_FILE).read_text())
         if state["world_size"] != dist.world_size():
             raise ValueError(f"{folder} was written by {state['world_size']} processes; resume with as many")
-        for role in (POLICY, VALUE):
+        for role in self.roles.trainable:
             weights = load_file(str(folder / role / "adapter_model.safetensors"), device=str(self.device))
             set_peft_model_state_dict(self.roles.peft, weights, adapter_name=role)
-        self.roles.load_value_head(folder / VALUE_HEAD_FILE)
+        if self.roles.has_critic:
+            self.roles.load_value_head(folder / VALUE_HEAD_FILE)
         self.roles.use(POLICY)
         self.optimizer.load_state_dict(
             torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)

@@ -73,11 +73,16 @@ def _seed_everything(seed: int) -> None:
 
 
 def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBase, Any]:
-    """The shared base with its four roles, and the tokenizer (checks the reward model fits the base)."""
-    if not config.reward_model_path:
-        raise ConfigError("reward_model_path: the run folder of `rlhf reward` is required")
+    """The shared base with the roles the run uses, and the tokenizer (checks the reward model fits the base)."""
+    if not config.reward_model_path and not config.reward_funcs:
+        raise ConfigError(
+            "reward_model_path: the run folder of `rlhf reward` is required (or reward functions in reward_funcs)"
+        )
+    if config.uses_critic and config.value_init == "reward" and not config.reward_model_path:
+        raise ConfigError("value_init: 'reward' copies the reward model, and there is none; use 'random'")
     models.resolve_dtypes(model_args, config)
-    _check_reward_model(model_args, config.reward_model_path)
+    if config.reward_model_path:
+        _check_reward_model(model_args, config.reward_model_path)
     tokenizer = models.load_tokenizer(model_args)
     _seed_everything(config.seed)
     base = models.load_causal_lm(model_args, tokenizer)
@@ -88,7 +93,8 @@ def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBa
     if lora is None:
         raise ConfigError("PPO trains a LoRA policy on the shared base: use_peft must stay true")
     lora.lora_dropout = 0.0  # dropout would make the recomputed log-probs differ from the sampling ones
-    return SharedBase(base, lora, config.reward_model_path, value_init=config.value_init), tokenizer
+    value_init = config.value_init if config.uses_critic else None  # critic-free: no value adapter or head
+    return SharedBase(base, lora, config.reward_model_path or None, value_init=value_init), tokenizer
 
 
 def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> PPOTrainer:
@@ -137,8 +143,9 @@ def _prompts(
 
 def _write_outputs(trainer: PPOTrainer, output_dir: Path) -> None:
     trainer.save_adapter(POLICY, output_dir)
-    trainer.save_adapter(VALUE, output_dir / VALUE)
-    trainer.roles.save_value_head(output_dir / VALUE / VALUE_HEAD_FILE)
+    if trainer.roles.has_critic:
+        trainer.save_adapter(VALUE, output_dir / VALUE)
+        trainer.roles.save_value_head(output_dir / VALUE / VALUE_HEAD_FILE)
     trainer.tokenizer.save_pretrained(str(output_dir))
 
 
@@ -177,9 +184,15 @@ def run(config: StageConfig[PPOConfig]) -> PPOResult:
         prompts = [row["prompt"] for row in trainer.eval_prompts]
         samples = evaluation.sample_policies(trainer.sampler, prompts, options.eval_seeds, trainer.judge)
         comparison = evaluation.compare(samples)
+    functions = trainer.sampler.reward_functions
     result = PPOResult(
         output_dir=str(output_dir),
         steps=trainer.step,
+        advantage_estimator=options.advantage_estimator,
+        reward_components=list(trainer.sampler.reward_weights),
+        judge_is_reward=trainer.judge is not None
+        and functions is not None
+        and any(getattr(f, "judge", f) is trainer.judge for f in functions.functions),
         final=final,
         first_iteration=first_iteration,
         eval=comparison,

@@ -263,6 +263,18 @@ def score(prompt: str | list[dict[str, Any]], response: str) -> float:
     return judge(prompt, response).score
 
 
+def gold_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """The gold judge as a rule reward, in TRL's ``reward_funcs`` form (``rlhf.tiny.task:gold_reward``).
+
+    A run trained on it is judged by what it optimised: its ``judge`` attribute lets the PPO stage
+    and the report say so.
+    """
+    return [score(p, c if isinstance(c, str) else c[-1]["content"]) for p, c in zip(prompts, completions, strict=True)]
+
+
+gold_reward.judge = score  # type: ignore[attr-defined]
+
+
 # ----------------------------------------------------------------------------------------------
 # Response styles. Each takes the fact and an RNG and returns the assistant's text.
 

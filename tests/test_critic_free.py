@@ -1,0 +1,145 @@
+"""GRPO, RLOO and REINFORCE++ on the PPO trainer: no critic in memory, groups, KL placement, reward functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ppo_args
+
+from rlhf import data
+from rlhf.config import parse
+from rlhf.ppo import losses, rewards
+from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.results import PPOResult
+from rlhf.stages import ppo
+from rlhf.tiny import task
+
+
+def _build(out: Path, sft_run: Path, reward_run: Path | str, *overrides: str):
+    args = ppo_args(out, sft_run, Path(reward_run), *overrides)
+    if reward_run == "":
+        args[args.index("--reward_model_path") + 1] = ""
+    return ppo.build(*parse(ppo.CONFIG_TYPES, args, prog="t", description=""))
+
+
+def _prompts(n: int) -> list:
+    return [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:n]]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_critic_free_runs_hold_no_critic_and_train_the_policy_alone(
+    estimator: str, tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--advantage_estimator", estimator, "--steps", "1")
+    roles = trainer.roles
+    assert VALUE not in roles.peft.peft_config and roles.value_head is None and not roles.has_critic
+    assert [g["name"] for g in trainer.optimizer.param_groups] == [POLICY]
+    before = {n: p.detach().clone() for n, p in roles.named_parameters()}
+
+    prompts = trainer._next_prompts()
+    group = trainer.config.num_generations
+    assert group == (4 if estimator != "reinforce_pp" else 1) and len(prompts) == 16
+    assert all(prompts[i] == prompts[i - i % group] for i in range(16))  # each prompt `group` times in a row
+    trainer.cursor, trainer.epoch = 0, 0
+    metrics = trainer.train_step()
+
+    after = dict(roles.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(f".{POLICY}." in n for n in changed)  # the policy LoRA moved, nothing else did
+    assert "loss/value_loss" not in metrics and "value/explained_variance" not in metrics
+    assert {"objective/score", "objective/kl", "policy/approx_kl", "reward/model", "gold/score"} <= set(metrics)
+    assert ("reward/zero_std_groups" in metrics) == (group > 1)
+    trainer.save_checkpoint()
+    checkpoint = tmp_path / "checkpoint-1"
+    assert (checkpoint / POLICY).is_dir() and not (checkpoint / VALUE).exists()
+
+
+def test_group_advantages_come_from_each_prompts_own_answers(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--advantage_estimator", "grpo", "--kl_coef", "0")
+    torch.manual_seed(0)
+    prompts = [p for p in _prompts(4) for _ in range(4)]
+    trajectory = trainer.sampler.score(trainer.sampler.generate(prompts), reference=False)
+    targets = trainer.advantages(trajectory)
+    expected = losses.group_relative(targets.scores, 4)
+    first = targets.advantages[:, 0]  # without a KL in the reward, every token carries its answer's advantage
+    assert first.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert first.view(4, 4).sum(1).abs().max() < 1e-4  # zero mean within each group
+
+
+def test_kl_coef_zero_never_runs_the_reference(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--advantage_estimator", "grpo", "--kl_coef", "0")
+
+    def refuse() -> None:
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(trainer.roles, "reference", refuse)
+    metrics = trainer.train_step()
+    assert "objective/kl" not in metrics and metrics["policy/optimizer_steps"] > 0
+
+
+def test_kl_as_a_loss_term_stays_out_of_the_rewards(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, "--advantage_estimator", "grpo", "--kl_penalty", "loss")
+    torch.manual_seed(0)
+    trajectory = trainer.sampler.score(trainer.sampler.generate([p for p in _prompts(4) for _ in range(4)]))
+    trajectory = type(trajectory)(**{**trajectory.__dict__, "ref_logprobs": trajectory.ref_logprobs - 0.5})
+    targets = trainer.advantages(trajectory)
+    assert targets.kl.abs().sum() > 0  # measured (k3) ...
+    mask = trajectory.samples.mask
+    baselined = losses.group_relative(targets.scores, 4)
+    assert torch.allclose(targets.rewards, losses.token_rewards(baselined, targets.kl, mask, 0.0))  # ... not a reward
+    metrics = trainer.train_step()
+    assert metrics["policy/kl_loss"] >= 0 and "objective/kl" in metrics
+
+
+def test_reward_functions_and_the_reward_model_are_weighted_and_logged_apart(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    trainer = _build(
+        tmp_path,
+        tiny_sft_run,
+        tiny_reward_run,
+        *("--advantage_estimator", "rloo", "--reward_funcs", "rlhf.tiny.task:gold_reward"),
+        *("--reward_weights", "2.0", "--reward_model_weight", "0.5"),
+    )
+    torch.manual_seed(0)
+    samples = trainer.sampler.generate([p for p in _prompts(2) for _ in range(4)])
+    trajectory = trainer.sampler.score(samples)
+    parts = trajectory.reward_parts
+    assert set(parts) == {rewards.MODEL, "gold_reward"}
+    assert parts["gold_reward"].tolist() == pytest.approx(
+        [task.score(p, t) for p, t in zip(samples.prompts, samples.texts, strict=True)]
+    )
+    assert parts[rewards.MODEL].tolist() == pytest.approx(
+        trainer.sampler.reward_scores(samples.prompts, samples.texts).tolist()
+    )
+    assert torch.allclose(trajectory.scores, 0.5 * parts[rewards.MODEL] + 2.0 * parts["gold_reward"])
+    metrics = trainer.train_step()
+    assert {"reward/model", "reward/gold_reward"} <= set(metrics)
+
+
+def test_a_run_rewarded_by_functions_alone_loads_no_reward_model_and_says_the_judge_trained_it(
+    tiny_sft_run: Path, tmp_path: Path
+) -> None:
+    args = ppo_args(
+        tmp_path,
+        tiny_sft_run,
+        tmp_path,
+        *("--advantage_estimator", "grpo", "--reward_funcs", "rlhf.tiny.task:gold_reward", "--steps", "1"),
+    )
+    args[args.index("--reward_model_path") + 1] = ""
+    options = parse(ppo.CONFIG_TYPES, args, prog="t", description="")
+    trainer = ppo.build(*options)
+    assert REWARD not in trainer.roles.peft.peft_config and not trainer.roles.has_reward_model
+    del trainer
+    result = ppo.main(args)
+    assert result.reward_components == ["gold_reward"] and result.judge_is_reward
+    assert result.advantage_estimator == "grpo"
+    again = PPOResult.read(tmp_path)
+    assert again.judge_is_reward and again.eval is not None and again.eval.sft.gold is not None
+    assert not (tmp_path / VALUE).exists()
