@@ -8,7 +8,10 @@ A pipeline of pure formatters over :class:`feedback.records.Item` lists, then wr
   ranking (it is the finer judgement). ``margin`` is the rank gap scaled to (0, 1] (1 = best vs
   worst); thumbs carry no margin, so their pairs have ``margin: null`` (the reward stage reads that
   as 0).
-* ``kto`` - ``prompt`` / ``completion`` / ``label`` (bool) from thumbs: the unpaired form KTO wants.
+* ``kto`` - ``prompt`` / ``completion`` / ``label`` (bool), the unpaired form KTO wants: from thumbs,
+  or derived from a ranking (:func:`ranking_thumbs`: a candidate ranked above the middle of the
+  ranking is desirable, one below it undesirable, one in the middle or tied with it says nothing), so
+  the same rankings train a reward model, DPO and KTO.
 * ``sft`` - ``messages`` (the prompt and the annotator's corrected response as the assistant turn).
 
 Aggregation across annotators: ``all`` keeps every annotator's judgement as its own row (repeated
@@ -118,13 +121,26 @@ def pair_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]
     return rows
 
 
+def ranking_thumbs(ranks: dict[int, int]) -> dict[int, bool]:
+    """Thumbs from a ranking (1 = best): above the middle of the ranks given is up, below it is down.
+
+    With 4 candidates ranked 1-4, the top two are desirable and the bottom two undesirable; with 3,
+    the middle one gives no label; ties share a rank, and a ranking whose candidates all tie gives none.
+    """
+    if not ranks:
+        return {}
+    middle = (min(ranks.values()) + max(ranks.values())) / 2
+    return {c: rank < middle for c, rank in ranks.items() if rank != middle}
+
+
 def kto_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
-    """Unpaired (prompt, completion, label) rows from thumbs."""
+    """Unpaired (prompt, completion, label) rows from thumbs, or from rankings (:func:`ranking_thumbs`)."""
     rows: list[Row] = []
     for item in items:
         labels: dict[int, list[bool]] = defaultdict(list)
         for answer in item.answers:
-            for candidate_id, up in sorted(answer.thumbs.items()):
+            thumbs = answer.thumbs or ranking_thumbs(answer.ranks)  # an answer with both: its thumbs
+            for candidate_id, up in sorted(thumbs.items()):
                 labels[candidate_id].append(up)
         for candidate_id, votes in sorted(labels.items()):
             if aggregation == "all":

@@ -20,7 +20,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rlhf.results import Calibration, EvalResult, Evaluation, PolicyScores, PPOResult, RewardResult
+from rlhf.results import (
+    METRICS_FILE,
+    Calibration,
+    EvalResult,
+    Evaluation,
+    PolicyScores,
+    PPOResult,
+    RewardResult,
+    read_stage,
+)
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "report"
@@ -134,8 +143,8 @@ def _prompt_text(prompt: Any) -> str:
     return str(prompt)
 
 
-def verdict(evaluation: Evaluation | None) -> tuple[bool | None, str]:
-    """Did PPO beat SFT? Judged by the gold judge when there is one, else the reward model."""
+def verdict(evaluation: Evaluation | None, policy: str = "PPO") -> tuple[bool | None, str]:
+    """Did the trained policy (PPO, DPO, KTO) beat SFT? By the gold judge when there is one, else the reward model."""
     wins = evaluation.win_rate if evaluation is not None else {}
     judge = "gold" if "gold" in wins else "reward" if "reward" in wins else None
     if evaluation is None or judge is None:
@@ -144,10 +153,10 @@ def verdict(evaluation: Evaluation | None) -> tuple[bool | None, str]:
     worked = w.ci_low > 0.5
     sft, ppo = (getattr(p, judge) for p in _policies(evaluation))
     text = (
-        f"PPO {'beat' if worked else 'did not clearly beat'} the SFT policy on held-out prompts: "
+        f"{policy} {'beat' if worked else 'did not clearly beat'} the SFT policy on held-out prompts: "
         f"it wins {w.win_rate:.0%} of paired comparisons by the {judge} judge "
         f"(95% CI {w.ci_low:.0%}–{w.ci_high:.0%}, {int(w.pairs)} pairs). "
-        f"Mean {judge} score {sft:.2f} (SFT) → {ppo:.2f} (PPO)."
+        f"Mean {judge} score {sft:.2f} (SFT) → {ppo:.2f} ({policy})."
         f" KL to SFT: {evaluation.kl_ppo_to_sft:.2f} nats per answer."
     )
     return worked, text
@@ -224,7 +233,9 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
     samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(run_dir / "ppo" / "eval_samples.jsonl")
     annotation = _json(run_dir / "annotate" / "summary.json")
 
-    worked, verdict_text = verdict(evaluation)
+    trained = Path(evaluated.ppo_dir) if evaluated is not None else None
+    policy = read_stage(trained).stage.upper() if trained is not None and (trained / METRICS_FILE).is_file() else "PPO"
+    worked, verdict_text = verdict(evaluation, policy)
     css = {True: "ok", False: "bad", None: "unknown"}[worked]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf report: {_e(run_dir.name)}</title>",
@@ -238,7 +249,7 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
             parts.append(f"<div class='verdict bad'>{_e(JUDGE_IS_REWARD)}</div>")
     if evaluation is not None:
         rouge = evaluated.rouge if evaluated is not None else None
-        parts += ["<h2>PPO vs SFT on held-out prompts</h2>", _metric_rows(evaluation, rouge)]
+        parts += [f"<h2>{_e(policy)} vs SFT on held-out prompts</h2>", _metric_rows(evaluation, rouge)]
         image = plot_comparison(evaluation, plots)
         if image:
             parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='SFT vs PPO scores'>")

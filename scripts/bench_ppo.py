@@ -316,13 +316,25 @@ def worker_ours_stage(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def trl_lora(spec: dict[str, Any]) -> Any:
+    """The LoRA the TRL side trains: the spec's rank and alpha on every linear layer, no dropout."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec["lora_r"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def worker_trl_ppo(spec: dict[str, Any]) -> dict[str, Any]:
     """TRL 1.12.0's PPOTrainer with a LoRA policy, on the settings the spec shares with our run."""
     _set_threads(spec)
     import torch
     import trl
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -375,13 +387,7 @@ def worker_trl_ppo(spec: dict[str, Any]) -> dict[str, Any]:
         seed=spec["seed"],
         dataloader_num_workers=0,
     )
-    lora = LoraConfig(
-        r=spec["lora_r"],
-        lora_alpha=spec["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
+    lora = trl_lora(spec)
     trainer = PPOTrainer(
         args=config,
         processing_class=tokenizer,

@@ -14,8 +14,10 @@ in fp32 on CPU, on the same prompts (``builtin:tiny/prompts``, train split, chat
 rewarded by the same Python function (``rlhf.tiny.task:gold_reward``, the task's gold judge in
 TRL's ``reward_funcs`` form; no reward model on either side), with the same group size, rollout,
 epochs and optimizer steps per rollout, temperature, response cap, learning rate, clip, gradient
-clipping, and GRPO's KL: ``beta`` x k3 as a loss term against the reference (the SFT model, the LoRA
-disabled, on both sides), ``loss_type: dapo`` and group std scaling. The map of settings:
+clipping, gradient checkpointing (on by default, as in TRL's GRPOConfig and our real recipes; the
+first version of this script left TRL's on and ours off), and GRPO's KL: ``beta`` x k3 as a loss
+term against the reference (the SFT model, the LoRA disabled, on both sides), ``loss_type: dapo``
+and group std scaling. The map of settings:
 
 =====================  =============================  =====================================
                        ours (``rlhf ppo``)            TRL ``GRPOConfig``
@@ -74,7 +76,6 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     import trl
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf.tiny.task import gold_reward
@@ -111,13 +112,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         use_cpu=True,
         bf16=False,
         disable_tqdm=True,
-    )
-    lora = LoraConfig(
-        r=spec["lora_r"],
-        lora_alpha=spec["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
+        gradient_checkpointing=spec["gradient_checkpointing"],
     )
     trainer = trl.GRPOTrainer(
         model=model,
@@ -125,7 +120,7 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         args=config,
         train_dataset=prompts,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=bench_ppo.trl_lora(spec),
     )
     started = time.perf_counter()
     trainer.train()
@@ -158,6 +153,7 @@ def ours_argv(args: argparse.Namespace, out: Path, sizes: dict[str, int]) -> lis
     argv = bench_ppo._ours_ppo_argv(args, args.sft_model, Path(""), out, **sizes)
     argv[argv.index("--reward_model_path") + 1] = ""  # no reward model: the reward function alone
     grpo = {"reward_funcs": REWARD, "advantage_estimator": "grpo", "kl_penalty": "loss", "loss_type": "dapo"}
+    grpo["gradient_checkpointing"] = str(args.gradient_checkpointing).lower()
     return argv + [item for key, value in {**grpo, "normalize_reward": "false"}.items() for item in (f"--{key}", value)]
 
 
@@ -182,6 +178,12 @@ def main() -> None:
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On both sides (default on: TRL's GRPOConfig default and our real recipes' setting).",
+    )
     args = parser.parse_args()
     sizes = {
         "steps": args.steps,
@@ -220,7 +222,7 @@ def main() -> None:
                     "output_dir": str(out),
                     "sizes": sizes,
                     **{k: getattr(args, k) for k in ("threads", "seed", "lora_r", "lora_alpha", "learning_rate")},
-                    **{k: getattr(args, k) for k in ("kl_coef", "temperature")},
+                    **{k: getattr(args, k) for k in ("kl_coef", "temperature", "gradient_checkpointing")},
                 }
                 result = worker("trl-grpo", spec, workdir, f"trl-{repeat}")
             result["episodes_per_second"] = args.steps * args.rollout_batch_size / result["train_seconds"]

@@ -74,7 +74,19 @@ def test_kto_rows_from_thumbs() -> None:
     )
     majority = export.kto_rows([item(*answers)], "majority")
     assert [(r["completion"][0]["content"], r["label"]) for r in majority] == [(A.text, True)]  # C: 1 vs 1
-    assert export.kto_rows([item(Answer("x", ranks={1: 1, 2: 2, 3: 3}))], "all") == []
+
+
+def test_rankings_become_kto_thumbs_above_and_below_their_middle() -> None:
+    assert export.ranking_thumbs({1: 1, 2: 2, 3: 3}) == {1: True, 3: False}  # the middle one says nothing
+    assert export.ranking_thumbs({5: 1, 6: 2, 7: 3, 8: 4}) == {5: True, 6: True, 7: False, 8: False}
+    assert export.ranking_thumbs({1: 1, 2: 1, 3: 2}) == {1: True, 2: True, 3: False}  # ties share a rank
+    assert export.ranking_thumbs({1: 1, 2: 1}) == {} and export.ranking_thumbs({}) == {}
+    rows = export.kto_rows([item(Answer("x", ranks={1: 1, 2: 2, 3: 3}), Answer("y", ranks={1: 2, 2: 1, 3: 3}))])
+    labels = sorted((r["completion"][0]["content"], r["label"]) for r in rows)
+    # x: A up, C down (B is its middle); y: B up, C down (A is its middle); a middle rank casts no vote
+    assert labels == sorted([(A.text, True), (B.text, True), (C.text, False)])
+    both = Answer("z", ranks={1: 3, 2: 2, 3: 1}, thumbs={1: True})
+    assert [r["label"] for r in export.kto_rows([item(both)], "all")] == [True]  # its thumbs win over its ranking
 
 
 def test_sft_rows_from_corrections() -> None:

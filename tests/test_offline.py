@@ -13,9 +13,11 @@ from transformers import AutoModelForCausalLM
 
 from feedback.store import Store
 from rlhf.config import StageConfig, parse
-from rlhf.core.errors import DataError
-from rlhf.results import OfflineResult
-from rlhf.stages import dpo, kto, offline
+from rlhf.core.errors import ConfigError, DataError
+from rlhf.results import EvalResult, OfflineResult
+from rlhf.stages import dpo, evaluate, kto, offline
+
+TINY_JUDGE = "rlhf.tiny.task:score"
 
 
 def _config(module, out: Path, *overrides: str) -> StageConfig:
@@ -93,3 +95,25 @@ def test_offline_stage_trains_on_the_feedback_apps_export(method: str, tiny_sft_
         assert weighted == pytest.approx(result.labels.undesirable * result.labels.undesirable_weight)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged"), str(out))
     assert sum(float(p.abs().sum()) for n, p in policy.named_parameters() if "lora_B" in n) > 0  # it learned
+
+
+def test_rlhf_eval_judges_a_dpo_adapter_as_it_judges_a_ppo_one(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+) -> None:
+    """Same sampler, judges and reward model; the reference is the SFT model with the DPO adapter disabled."""
+    out = tmp_path / "dpo"
+    overrides = ["--model_name_or_path", str(tiny_sft_run / "merged"), "--max_steps", "3"]
+    dpo.run(_config(dpo, out, *overrides, "--max_train_samples", "96", "--eval_strategy", "no"))
+    config = evaluate.EvalConfig(ppo_dir=str(out), max_prompts=8, seeds=[0], disable_tqdm=True)
+    with pytest.raises(ConfigError, match="prompts: a dpo run was trained on preferences"):
+        evaluate.run(config)
+    config.prompts = "builtin:tiny/prompts"
+    with pytest.raises(ConfigError, match="reward_model_path: the dpo run"):
+        evaluate.run(config)
+    config.reward_model_path, config.gold_judge, config.max_new_tokens = str(tiny_reward_run), TINY_JUDGE, 24
+    result = evaluate.run(config)
+    assert result == EvalResult.read(tmp_path / "eval") and result.prompts == 8
+    assert result.ppo.gold is not None and {"gold", "reward"} <= set(result.win_rate) and result.kl_ppo_to_sft > 0
+    assert result.reward_model is not None  # the reward run's held-out pairs, scored through the shared base
+    samples = [json.loads(line) for line in (tmp_path / "eval" / evaluate.SAMPLES_FILE).read_text().splitlines()]
+    assert max(s["length"] for s in samples) <= 24

@@ -16,6 +16,7 @@ import pytest
 from conftest import RECIPES
 
 from rlhf.core.errors import ConfigError
+from rlhf.results import EvalResult
 from rlhf.stages import pipeline
 
 # The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
@@ -30,11 +31,14 @@ TINY = str(RECIPES / "tiny")
 
 def test_stage_options_are_split_from_the_pipelines_and_checked_before_anything_runs(tmp_path: Path) -> None:
     own, stages = pipeline.split_stage_options(["--ppo.steps", "6", "--sft.max_steps=20", "--seed", "1"])
-    assert own == ["--seed", "1"] and stages == {"sft": ["--max_steps", "20"], "reward": [], "ppo": ["--steps", "6"]}
+    assert own == ["--seed", "1"] and stages["sft"] == ["--max_steps", "20"] and stages["ppo"] == ["--steps", "6"]
+    assert set(stages) == {"sft", "reward", "ppo", "dpo", "kto"} and stages["reward"] == stages["dpo"] == []
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=r"unknown option '--max_stepz' \(did you mean 'max_steps'\?\)"):
         pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--sft.max_stepz", "5"])
-    with pytest.raises(ConfigError, match="no stage 'dpo'"):
+    with pytest.raises(ConfigError, match="no stage 'rewrad'"):
+        pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--rewrad.max_steps", "5"])
+    with pytest.raises(ConfigError, match=r"--dpo\.\* options given, but the algorithm is 'ppo'"):
         pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--dpo.beta", "0.1"])
     assert not out.exists()  # refused before any stage ran
 
@@ -64,25 +68,26 @@ def test_pipeline_killed_mid_ppo_resumes_then_skips_finished_stages_and_redoes_f
     assert (out / "ppo" / "checkpoint-2").is_dir() and not (out / "ppo" / pipeline.DONE).exists()
     before = _done(out)
     assert set(before) == set(pipeline.STAGES[: pipeline.STAGES.index("ppo")])
+    ppo_route = pipeline.stages_for("ppo")
 
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr and "checkpoint-" in result.stderr
     first = _done(out)
-    assert set(first) == set(pipeline.STAGES)
+    assert set(first) == set(ppo_route)
     assert all(first[s] == before[s] for s in before)  # finished stages were not redone
     steps = [json.loads(line)["step"] for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
     assert (out / "report.html").is_file() and (out / "export" / "merged" / "model.safetensors").is_file()
 
     summary = pipeline.main(args)  # nothing to do: every stage is finished
-    assert list(summary) == list(pipeline.STAGES) and _done(out) == first
+    assert list(summary) == list(ppo_route) and _done(out) == first
     assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
     assert summary["preferences"]["rows"]["train"] > 100
 
     pipeline.main([*args, "--from_stage", "eval"])
     again = _done(out)
-    assert all(again[s] == first[s] for s in pipeline.STAGES[: pipeline.STAGES.index("eval")])
+    assert all(again[s] == first[s] for s in ppo_route[: ppo_route.index("eval")])
     assert all(again[s] > first[s] for s in ("eval", "export", "report"))
 
 
@@ -127,3 +132,23 @@ def test_pipeline_waits_for_people_in_the_feedback_app(tmp_path: Path) -> None:
     summary = json.loads((out / "annotate" / pipeline.DONE).read_text())
     assert summary["annotator"] == "human" and summary["answers"] == summary["complete"] == 3
     assert not (out / "preferences").exists()  # --stop_after annotate
+
+
+@pytest.mark.slow
+def test_the_offline_route_trains_dpo_then_kto_on_the_same_annotations_and_evaluates_them_as_ppo(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    args = ["--recipe", TINY, "--output_dir", str(out), "--disable_tqdm", "true", *QUICK]
+    summary = pipeline.main([*args, "--algorithm", "dpo", "--dpo.max_steps", "4", "--dpo.eval_strategy", "no"])
+    assert list(summary) == list(pipeline.stages_for("dpo")) and not (out / "ppo").exists()
+    assert summary["preferences"]["kto_rows"]["train"] > 0  # the rankings as thumbs, ready for kto
+    evaluated = EvalResult.read(out / "eval")
+    assert evaluated.ppo_dir == str(out / "dpo") and {"gold", "reward"} <= set(evaluated.win_rate)
+    assert evaluated.reward_model is not None and (out / "export" / "merged" / "model.safetensors").is_file()
+    assert "DPO" in (out / "report.html").read_text()
+
+    kto_args = [*args, "--algorithm", "kto", "--from_stage", "dpo", "--kto.max_steps", "4", "--kto.eval_strategy", "no"]
+    summary = pipeline.main(kto_args)
+    assert summary["kto"]["train_rows"] == summary["preferences"]["kto_rows"]["train"]
+    assert EvalResult.read(out / "eval").ppo_dir == str(out / "kto") and not (out / "dpo").exists()

@@ -1,7 +1,10 @@
-"""`rlhf eval`: is the PPO policy better than the SFT policy, and how good is the reward model?
+"""`rlhf eval`: is the trained policy better than the SFT policy, and how good is the reward model?
 
-Rebuilds the PPO run's shared base from its resolved config, loads the trained policy adapter,
-and answers held-out prompts with both policies (same prompts, same seeds). Reports:
+Rebuilds the run's shared base from its resolved config (a ``rlhf ppo`` run: PPO or a critic-free
+method; or a ``rlhf dpo`` / ``rlhf kto`` run, whose adapter is a LoRA on the same SFT model), loads
+the trained policy adapter, and answers held-out prompts with both policies (same prompts, same
+seeds) under the same sampler, judges and reward model. A DPO or KTO run has no prompts or reward
+model of its own: ``--prompts`` and ``--reward_model_path`` name them. Reports:
 
 * PPO-vs-SFT win rates judged by the reward model and, where the task has one, the gold judge,
   with bootstrap confidence intervals;
@@ -15,6 +18,7 @@ Writes ``metrics.json`` and every sample to ``samples.jsonl`` in ``output_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -25,16 +29,19 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from rlhf import data, evaluation, runs
-from rlhf.config import from_options, parse
+from rlhf.config import DataArguments, ModelArguments, PPOConfig, from_options, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
 from rlhf.ppo.roles import POLICY
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge
-from rlhf.results import Calibration, EvalResult
+from rlhf.results import Calibration, EvalResult, read_stage
 from rlhf.stages import ppo
 
-DESCRIPTION = "Evaluate a PPO run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."
+DESCRIPTION = (
+    "Evaluate a ppo, dpo or kto run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."
+)
+OFFLINE_STAGES = ("dpo", "kto")
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -42,7 +49,9 @@ SAMPLES_FILE = "samples.jsonl"
 class EvalConfig:
     """What to evaluate and on which prompts."""
 
-    ppo_dir: str | None = field(default=None, metadata={"help": "Run folder of `rlhf ppo` (its policy adapter)."})
+    ppo_dir: str | None = field(
+        default=None, metadata={"help": "Run folder of `rlhf ppo`, `rlhf dpo` or `rlhf kto` (its policy adapter)."}
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Where to write; unset: <ppo_dir>/../eval."})
     prompts: str | None = field(
         default=None, metadata={"help": "Prompt dataset (default: the PPO run's); needs a 'prompt' column."}
@@ -56,6 +65,19 @@ class EvalConfig:
         default=None, metadata={"help": "Preference data for reward-model accuracy (default: the reward run's)."}
     )
     max_pairs: int | None = field(default=1000, metadata={"help": "Score at most this many held-out pairs."})
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run folder of `rlhf reward` scoring the answers (default: the PPO run's; dpo/kto: required)."
+        },
+    )
+    gold_judge: str | None = field(default=None, metadata={"help": "'module:function' (default: the PPO run's)."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Answer length cap (default: the PPO run's; dpo/kto: the PPO default)."}
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature (default: the PPO run's; dpo/kto: the PPO default)."}
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
 
@@ -75,21 +97,46 @@ def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int |
     return evaluation.reward_calibration(chosen, rejected, dataset=dataset)
 
 
+def _run_settings(config: EvalConfig, run_dir: Path) -> tuple[ModelArguments, str, PPOConfig]:
+    """The evaluated run's model, the prompt set, and the sampling and scoring settings (with the overrides)."""
+    stage = read_stage(run_dir).stage
+    options = runs.read_config(run_dir)
+    if stage == "ppo":
+        model_args, data_args, ppo_config = from_options(ppo.CONFIG_TYPES, options)
+        prompt_set = config.prompts or data_args.dataset_name
+    elif stage in OFFLINE_STAGES:
+        model_args, data_args = from_options([ModelArguments, DataArguments], options)
+        ppo_config = PPOConfig(output_dir=str(run_dir), reward_model_path=None, eval_max_prompts=0)
+        if not config.prompts:
+            raise ConfigError(f"prompts: a {stage} run was trained on preferences, not prompts: name the prompts")
+        prompt_set = config.prompts
+    else:
+        raise ConfigError(f"ppo_dir: {run_dir} is a {stage} run; evaluate a ppo, dpo or kto run")
+    overrides = {
+        key: getattr(config, key)
+        for key in ("reward_model_path", "gold_judge", "max_new_tokens", "temperature")
+        if getattr(config, key) is not None
+    }
+    ppo_config = dataclasses.replace(ppo_config, **overrides)
+    if not ppo_config.reward_model_path and not ppo_config.reward_funcs:
+        raise ConfigError(f"reward_model_path: the {stage} run at {run_dir} has no reward to score answers with")
+    return model_args, str(prompt_set), ppo_config
+
+
 def run(config: EvalConfig) -> EvalResult:
     started = time.time()
     if not config.ppo_dir:
-        raise ConfigError("ppo_dir: the run folder of `rlhf ppo` is required")
+        raise ConfigError("ppo_dir: the run folder of `rlhf ppo`, `rlhf dpo` or `rlhf kto` is required")
     ppo_dir = Path(config.ppo_dir)
     if not (ppo_dir / "adapter_model.safetensors").is_file():
-        raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did `rlhf ppo` finish?")
+        raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did the run finish?")
     output_dir = Path(config.output_dir) if config.output_dir else ppo_dir.parent / "eval"
-    model_args, data_args, ppo_config = from_options(ppo.CONFIG_TYPES, runs.read_config(ppo_dir))
-    roles, tokenizer = ppo.build_roles(model_args, ppo_config)
+    model_args, prompt_set, ppo_config = _run_settings(config, ppo_dir)
+    roles, tokenizer = ppo.build_roles(model_args, ppo_config, critic=False)  # evaluation never needs one
     set_peft_model_state_dict(roles.peft, load_file(str(ppo_dir / "adapter_model.safetensors")), adapter_name=POLICY)
     roles.use(POLICY)
     sampler = PolicySampler.from_config(roles, tokenizer, ppo_config)
 
-    prompt_set = config.prompts or data_args.dataset_name
     loaded = data.load_split(prompt_set, config.split)
     if loaded is None:
         raise ConfigError(f"{prompt_set}: no {config.split!r} split of prompts to evaluate on")
@@ -109,8 +156,9 @@ def run(config: EvalConfig) -> EvalResult:
             )
             for policy in evaluation.POLICIES
         }
-    reward_options = runs.read_config(ppo_config.reward_model_path)
-    preferences = config.preferences or reward_options.get("dataset_name")
+    reward_dir = ppo_config.reward_model_path  # unset when the run was rewarded by functions alone
+    preferences = config.preferences or (runs.read_config(reward_dir).get("dataset_name") if reward_dir else None)
+    scores_pairs = preferences is not None and sampler.roles.has_reward_model
     comparison = evaluation.compare(samples)
     result = EvalResult(
         **vars(comparison),  # the comparison's fields, flat, beside where it was run
@@ -118,7 +166,7 @@ def run(config: EvalConfig) -> EvalResult:
         ppo_dir=str(ppo_dir),
         prompts_dataset=prompt_set,
         rouge=rouge,
-        reward_model=_reward_model_metrics(sampler, preferences, config.max_pairs) if preferences else None,
+        reward_model=_reward_model_metrics(sampler, str(preferences), config.max_pairs) if scores_pairs else None,
         runtime_seconds=round(time.time() - started, 1),
     )
     output_dir.mkdir(parents=True, exist_ok=True)

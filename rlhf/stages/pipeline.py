@@ -1,6 +1,7 @@
 """`rlhf pipeline`: the whole loop in one command, resumable stage by stage.
 
     sft -> generate -> annotate -> preferences -> reward -> ppo -> eval -> export -> report
+                                                          (or dpo / kto: --algorithm dpo|kto)
 
 Each stage writes into its own folder under ``output_dir`` and, when it has finished, a
 ``done.json`` marker; a re-run skips finished stages, and a stage that was killed part-way resumes
@@ -13,6 +14,12 @@ feedback store (SQLite in ``output_dir`` by default), annotated either by simula
 (the task's gold judge ranking the candidates, optionally with noise, through the same store API
 the web app uses) or by people in the feedback app (the pipeline waits, showing progress), then
 exported as preference pairs that the reward stage trains on.
+
+``--algorithm dpo`` (or ``kto``) takes the offline route: the same annotations train ``rlhf dpo`` on
+the pairs (or ``rlhf kto`` on thumbs derived from the rankings, see
+:func:`feedback.export.ranking_thumbs`) instead of PPO. The reward model is still trained: the eval
+stage scores both policies with it (reward-model win rate and calibration), as it does for PPO, with
+the PPO recipe's sampling settings, so the routes' figures compare.
 """
 
 from __future__ import annotations
@@ -37,12 +44,22 @@ from rlhf.config import StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo.trainer import load_judge
 from rlhf.report import build_report
-from rlhf.stages import evaluate, export, ppo, reward, sft
+from rlhf.stages import dpo, evaluate, export, kto, ppo, reward, sft
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("sft", "generate", "annotate", "preferences", "reward", "ppo", "eval", "export", "report")
-STAGE_MODULES = {"sft": sft, "reward": reward, "ppo": ppo}  # the stages a recipe configures (and --stage.KEY)
+STAGES = ("sft", "generate", "annotate", "preferences", "reward", "ppo", "dpo", "kto", "eval", "export", "report")
+ALGORITHMS = ("ppo", "dpo", "kto")  # the policy-training stages; a run takes one of them
+# the stages a recipe configures (and --stage.KEY)
+STAGE_MODULES: dict[str, Any] = {"sft": sft, "reward": reward, "ppo": ppo, "dpo": dpo, "kto": kto}
+KTO_DIR = "kto"  # under preferences/: the rankings as KTO thumbs
+
+
+def stages_for(algorithm: str) -> tuple[str, ...]:
+    """The stages a run with this policy-training algorithm goes through, in order."""
+    return tuple(stage for stage in STAGES if stage not in ALGORITHMS or stage == algorithm)
+
+
 DONE = "done.json"
 DESCRIPTION = "Run the whole loop: sft, candidates, annotation, preferences, reward, ppo, eval, export, report."
 
@@ -87,6 +104,14 @@ class PipelineConfig:
     eval_seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2], metadata={"help": "Sampling seeds of the evaluation."}
     )
+    algorithm: str = field(
+        default="ppo",
+        metadata={
+            "help": "ppo: reward model + online RL (any --ppo.advantage_estimator); dpo or kto: offline on the same "
+            "annotations (kto: rankings as thumbs, above/below their middle), evaluated with the reward model.",
+            "choices": list(ALGORITHMS),
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of sampling and simulated annotators."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
@@ -104,7 +129,12 @@ class Pipeline:
         self.config = config
         self.recipe = Path(config.recipe)
         self.configs: dict[str, StageConfig[Any]] = {}
+        for stage, options in (overrides or {}).items():
+            if options and stage in ALGORITHMS[1:] and stage != config.algorithm:
+                raise ConfigError(f"--{stage}.* options given, but the algorithm is {config.algorithm!r}")
         for stage, module in STAGE_MODULES.items():
+            if stage in ALGORITHMS[1:] and stage != config.algorithm:
+                continue  # the ppo recipe is always read: its sampling settings are the evaluation's
             if not (self.recipe / f"{stage}.yaml").is_file():
                 raise ConfigError(f"{self.recipe}: no {stage}.yaml")
             # every recipe with its overrides parsed once, up front: a bad option fails now, not an hour in
@@ -121,6 +151,8 @@ class Pipeline:
             "preferences": self.preferences,
             "reward": self.reward,
             "ppo": self.ppo,
+            "dpo": self.offline,
+            "kto": self.offline,
             "eval": self.eval,
             "export": self.export,
             "report": self.report,
@@ -146,7 +178,7 @@ class Pipeline:
         if self.config.from_stage:
             self.clear_from(self.config.from_stage)
         summary: dict[str, Any] = {}
-        for stage in STAGES:
+        for stage in stages_for(self.config.algorithm):
             if self.done(stage):
                 logger.info("pipeline: %s already done, skipped", stage)
                 summary[stage] = json.loads((self.folder(stage) / DONE).read_text())
@@ -285,7 +317,15 @@ class Pipeline:
         )
         if not report.rows.get("train"):
             raise RuntimeError(f"no preference pairs to train on: {report}")
-        return {"rows": report.rows, "answers": report.answers}
+        thumbs = feedback_export.export(  # the same rankings as KTO thumbs, for --algorithm kto
+            self._store(),
+            "kto",
+            out / KTO_DIR,
+            aggregation=self.config.aggregation,
+            test_fraction=self.config.test_fraction,
+            seed=self.config.seed,
+        )
+        return {"rows": report.rows, "answers": report.answers, "kto_rows": thumbs.rows}
 
     def reward(self, out: Path) -> dict[str, Any]:
         config = self._stage_config("reward", out)
@@ -302,15 +342,31 @@ class Pipeline:
         result = ppo.run(config)
         return {"steps": result.steps}
 
+    def offline(self, out: Path) -> dict[str, Any]:
+        """``rlhf dpo`` on the preference pairs, or ``rlhf kto`` on the rankings as thumbs."""
+        stage = self.config.algorithm
+        config = self._stage_config(stage, out)
+        config.model.model_name_or_path = self._sft_model()
+        exported = self.folder("preferences")
+        config.data.dataset_name = str(exported / KTO_DIR if stage == "kto" else exported)
+        result = (kto if stage == "kto" else dpo).run(config)
+        return {"steps": result.global_steps, "train_rows": result.train_rows}
+
     def eval(self, out: Path) -> dict[str, Any]:
-        result = evaluate.run(
-            evaluate.EvalConfig(
-                ppo_dir=str(self.folder("ppo")),
-                output_dir=str(out),
-                seeds=list(self.config.eval_seeds),
-                disable_tqdm=self.config.disable_tqdm,
-            )
+        settings = evaluate.EvalConfig(
+            ppo_dir=str(self.folder(self.config.algorithm)),
+            output_dir=str(out),
+            seeds=list(self.config.eval_seeds),
+            disable_tqdm=self.config.disable_tqdm,
         )
+        if self.config.algorithm != "ppo":  # judged as PPO would be: its prompts, sampling, reward model, judge
+            ppo_config = self.configs["ppo"]
+            settings.prompts = ppo_config.data.dataset_name
+            settings.reward_model_path = str(self.folder("reward"))
+            settings.gold_judge = ppo_config.training.gold_judge
+            settings.max_new_tokens = ppo_config.training.max_new_tokens
+            settings.temperature = ppo_config.training.temperature
+        result = evaluate.run(settings)
         return {
             "win_rate": {judge: asdict(w) for judge, w in result.win_rate.items()},
             "kl_ppo_to_sft": result.kl_ppo_to_sft,
@@ -318,7 +374,9 @@ class Pipeline:
 
     def export(self, out: Path) -> dict[str, Any]:
         result = export.run(
-            export.ExportConfig(run_dir=str(self.folder("ppo")), output_dir=str(out), eval_dir=str(self.folder("eval")))
+            export.ExportConfig(
+                run_dir=str(self.folder(self.config.algorithm)), output_dir=str(out), eval_dir=str(self.folder("eval"))
+            )
         )
         check = result.merge
         return {

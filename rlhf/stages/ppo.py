@@ -72,13 +72,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBase, Any]:
-    """The shared base with the roles the run uses, and the tokenizer (checks the reward model fits the base)."""
+def build_roles(model_args: ModelArguments, config: PPOConfig, critic: bool = True) -> tuple[SharedBase, Any]:
+    """The shared base with the roles the run uses, and the tokenizer (checks the reward model fits the base).
+
+    ``critic=False`` leaves the value adapter out even for PPO (evaluation samples and scores only).
+    """
     if not config.reward_model_path and not config.reward_funcs:
         raise ConfigError(
             "reward_model_path: the run folder of `rlhf reward` is required (or reward functions in reward_funcs)"
         )
-    if config.uses_critic and config.value_init == "reward" and not config.reward_model_path:
+    if critic and config.uses_critic and config.value_init == "reward" and not config.reward_model_path:
         raise ConfigError("value_init: 'reward' copies the reward model, and there is none; use 'random'")
     models.resolve_dtypes(model_args, config)
     if config.reward_model_path:
@@ -93,7 +96,7 @@ def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBa
     if lora is None:
         raise ConfigError("PPO trains a LoRA policy on the shared base: use_peft must stay true")
     lora.lora_dropout = 0.0  # dropout would make the recomputed log-probs differ from the sampling ones
-    value_init = config.value_init if config.uses_critic else None  # critic-free: no value adapter or head
+    value_init = config.value_init if config.uses_critic and critic else None  # no value adapter or head
     return SharedBase(base, lora, config.reward_model_path or None, value_init=value_init), tokenizer
 
 
