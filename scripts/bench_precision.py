@@ -47,9 +47,10 @@ def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> di
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
     evaluation = EvalResult.read(output_dir / "eval")
-    stages = {
+    stages = {  # the stages this route ran (an offline route has dpo or kto instead of ppo)
         stage: json.loads((output_dir / stage / "done.json").read_text())["seconds"]
-        for stage in ("sft", "generate", "annotate", "reward", "ppo", "eval", "export")
+        for stage in ("sft", "generate", "annotate", "reward", "ppo", "dpo", "kto", "eval", "export")
+        if (output_dir / stage / "done.json").is_file()
     }
     return {
         "wall_seconds": wall,

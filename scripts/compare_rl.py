@@ -3,12 +3,15 @@
     python scripts/compare_rl.py --output_dir runs/compare          # ~20 min on 2 cores
     python scripts/compare_rl.py --output_dir runs/compare --reuse \
         --methods gae grpo grpo_kl_reward grpo_unscaled dr_grpo rloo reinforce_pp   # the README's seven rows
+    python scripts/compare_rl.py --output_dir runs/compare --reuse --methods gae dpo kto   # the offline route
 
 Runs ``rlhf pipeline --recipe recipes/tiny`` once (PPO with GAE, as shipped), then, for each
 critic-free method, the same pipeline again ``--from_stage ppo`` with ``--ppo.advantage_estimator
 <method>`` (and that method's usual KL placement) on the same SFT model, annotations and reward model:
 the same rollout batch (64 answers per iteration: 16 prompts x 4 answers for the group methods),
 iterations, learning rate and held-out evaluation (the eval stage: every held-out prompt, 3 seeds).
+``dpo`` and ``kto`` take the pipeline's offline route (``--algorithm dpo|kto``) on the same annotations,
+their recipes as shipped, judged by the same eval stage (the PPO recipe's sampling, the same reward model).
 Each method's ppo/, eval/ and export/ folders are moved to ``<output_dir>/<method>/``. Each pipeline
 runs in its own process (``bench_precision.run_pipeline``), one after another. Prints a markdown table
 (gold score, paired gold gain with its 95% interval, gold and reward-model win rates, KL, time of the
@@ -51,9 +54,13 @@ METHODS = {
     ),
     "rloo": ("RLOO", ["--ppo.advantage_estimator", "rloo"]),
     "reinforce_pp": ("REINFORCE++", ["--ppo.advantage_estimator", "reinforce_pp"]),
+    # the pipeline's offline route on the same annotations (judged with the same reward model)
+    "dpo": ("DPO (offline: the rankings as pairs)", ["--algorithm", "dpo"]),
+    "kto": ("KTO (offline: the rankings as thumbs)", ["--algorithm", "kto"]),
 }
+OFFLINE = ("dpo", "kto")
 DEFAULT = ["gae", "grpo", "rloo", "reinforce_pp"]
-MOVED = ("ppo", "eval", "export", "report")
+MOVED = ("ppo", "dpo", "kto", "eval", "export", "report")
 
 
 def main() -> None:
@@ -69,7 +76,10 @@ def main() -> None:
         keep = out / method
         if args.reuse and (keep / "eval" / "metrics.json").is_file():
             continue
-        again = ["--from_stage", "ppo"] if (shared / "reward" / "done.json").is_file() else []
+        stage = method if method in OFFLINE else "ppo"
+        if method == "kto" and not (shared / "preferences" / "kto").is_dir():
+            stage = "preferences"  # a folder from before the rankings were also exported as thumbs
+        again = ["--from_stage", stage] if (shared / "reward" / "done.json").is_file() else []
         run_pipeline(recipe, shared, [*again, *METHODS[method][1]])
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir(parents=True)
@@ -84,18 +94,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     folders = [out / m for m in args.methods]
     for method, folder in zip(args.methods, folders, strict=True):
-        ppo, evaluation = PPOResult.read(folder / "ppo"), EvalResult.read(folder / "eval")
+        stage = method if method in OFFLINE else "ppo"
+        evaluation = EvalResult.read(folder / "eval")
+        speed = PPOResult.read(folder / "ppo").final.get("throughput/episodes_per_second") if stage == "ppo" else None
         gain, gold, rm = evaluation.gain["gold"], evaluation.win_rate["gold"], evaluation.win_rate["reward"]
-        seconds = json.loads((folder / "ppo" / "done.json").read_text())["seconds"]
+        seconds = json.loads((folder / stage / "done.json").read_text())["seconds"]
         print(
             f"| {METHODS[method][0]} | {evaluation.sft.gold:.2f} → {evaluation.ppo.gold:.2f} "
             f"| {gain.mean:+.2f} [{gain.ci_low:+.2f}, {gain.ci_high:+.2f}] "
             f"| {gold.win_rate:.1%} [{gold.ci_low:.1%}, {gold.ci_high:.1%}] "
             f"| {rm.win_rate:.1%} [{rm.ci_low:.1%}, {rm.ci_high:.1%}] | {evaluation.kl_ppo_to_sft:.2f} "
             f"| {seconds:.0f} "
-            f"| {ppo.final.get('throughput/episodes_per_second', float('nan')):.2f} |"
+            f"| {f'{speed:.2f}' if speed is not None else ''} |"
         )
-    print(report.build_comparison(folders, out / "comparison.html"))
+    online = [folder for method, folder in zip(args.methods, folders, strict=True) if method not in OFFLINE]
+    print(report.build_comparison(online, out / "comparison.html"))
 
 
 if __name__ == "__main__":
