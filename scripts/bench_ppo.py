@@ -31,8 +31,9 @@ which sets the cost of the scoring and update passes) is recorded for both.
 Memory. A random-weight model with a real architecture's shape (Qwen2.5-0.5B's config by default,
 ~494M parameters; speed and memory do not depend on the weights' values) is written to a temp folder
 with the tiny tokenizer. Then, each in a fresh process: our SFT stage (``rlhf.stages.sft.main``) for
-a few steps, our PPO stage (``rlhf.stages.ppo.main``) and the same stage as GRPO (critic-free: no value
-adapter or head in memory) for a couple of iterations, same LoRA, same
+a few steps, our DPO and KTO stages for as many steps (the tiny pairs and thumbs; the reference is the
+adapter disabled), our PPO stage (``rlhf.stages.ppo.main``) and the same stage as GRPO (critic-free: no
+value adapter or head in memory) for a couple of iterations, same LoRA, same
 batch size, same sequence length (SFT rows of ``prompt + response`` tokens), fp32 on CPU. The peak
 RSS of each process (``wait4``'s ``ru_maxrss``) is compared: the goal is PPO <= 1.3x SFT. For
 reference TRL 1.12's PPO runs on the same model and settings too (``--skip-trl-memory`` to skip it).
@@ -282,16 +283,17 @@ def _set_threads(spec: dict[str, Any]) -> None:
 
 
 def worker_ours_stage(spec: dict[str, Any]) -> dict[str, Any]:
-    """One of our stages (sft, reward or ppo) through its ``main(argv)``, with ``train()`` timed."""
+    """One of our stages (sft, reward, dpo, kto or ppo) through its ``main(argv)``, with ``train()`` timed."""
     _set_threads(spec)
     record: dict[str, float] = {}
     stage = spec["stage"]
     widths: list[int] = []
-    if stage == "sft":
+    if stage in ("sft", "dpo", "kto"):
         from transformers import Trainer
 
-        from rlhf.stages import sft as module
+        from rlhf.stages import dpo, kto, sft
 
+        module = {"sft": sft, "dpo": dpo, "kto": kto}[stage]
         _timed(Trainer, "train", record)
     elif stage == "reward":
         from rlhf.stages import reward as module
@@ -695,6 +697,37 @@ def memory_part(args: argparse.Namespace, workdir: Path, trl_python: str | None)
         workdir,
         "memory-ppo",
     )
+    offline = {}
+    for stage, dataset in (("dpo", "builtin:tiny/pairs"), ("kto", "builtin:tiny/thumbs")):
+        print(f"  memory: our {stage.upper()} stage (the reference is the adapter disabled) ...", flush=True)
+        options = {
+            "config": str(REPO / "recipes" / "tiny" / f"{stage}.yaml"),
+            "model_name_or_path": str(model_dir),
+            "dataset_name": dataset,
+            "output_dir": str(workdir / f"memory-{stage}"),
+            "quantization": "none",
+            "dtype": "float32",
+            "lora_r": args.lora_r,
+            "lora_alpha": args.lora_alpha,
+            # SFT's tokens per step: a DPO row is two sequences (chosen, rejected) and a KTO row too (the
+            # completion and the mismatched one its KL term uses), so half the rows, at SFT's length
+            "max_length": seq_len,
+            "overlong": "drop",
+            "per_device_train_batch_size": max(1, batch // 2),
+            "gradient_accumulation_steps": 1,
+            "max_steps": args.memory_sft_steps,
+            "max_train_samples": 8 * batch,
+            "max_eval_samples": max(1, batch // 2),  # the stage's final evaluation: one batch, as training's
+            "per_device_eval_batch_size": max(1, batch // 2),
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "disable_tqdm": "true",
+            "report_to": "none",
+        }
+        argv = [item for key, value in options.items() for item in (f"--{key}", str(value))]
+        offline[stage] = run_worker(
+            sys.executable, "ours", {"stage": stage, "argv": argv, "threads": args.threads}, workdir, f"memory-{stage}"
+        )
     print("  memory: our GRPO (critic-free: no value adapter or head) ...", flush=True)
     grpo_out = workdir / "memory-grpo"
     grpo_argv = _ours_ppo_argv(args, str(model_dir), reward_dir, grpo_out, **sizes)
@@ -714,6 +747,8 @@ def memory_part(args: argparse.Namespace, workdir: Path, trl_python: str | None)
         "sft": sft,
         "ppo": ppo,
         "grpo": grpo,
+        **offline,
+        **{f"ratio_{stage}_over_sft": run["peak_rss_mib"] / sft["peak_rss_mib"] for stage, run in offline.items()},
         "ratio_ppo_over_sft": ppo["peak_rss_mib"] / sft["peak_rss_mib"],
         "ratio_grpo_over_sft": grpo["peak_rss_mib"] / sft["peak_rss_mib"],
     }
@@ -806,6 +841,10 @@ def render(report: dict[str, Any]) -> str:
         )
         episodes = s["steps"] * s["rollout_batch_size"]
         stages = [(f"rlhf sft ({s['sft_steps']} steps)", memory["sft"], 1.0, None)]
+        for offline in ("dpo", "kto"):
+            if offline in memory:
+                name = f"rlhf {offline} ({s['sft_steps']} steps, half the rows: 2 sequences each)"
+                stages.append((name, memory[offline], memory[f"ratio_{offline}_over_sft"], None))
         stages.append(
             (
                 f"rlhf ppo ({s['steps']} iterations, {s['ppo_epochs']} epochs)",
