@@ -51,8 +51,12 @@ def sample_policies(
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
                 answers = sampler.generate(chunk, reference=policy == "sft")
                 # the reward model's score where the run has one, else its reward functions' weighted sum
-                scored = sampler.reward_scores(chunk, answers.texts) if sampler.roles.has_reward_model else None
-                rewards = (scored if scored is not None else sampler.reward(answers)).tolist()
+                scored = (
+                    sampler.reward_scores(chunk, answers.texts)
+                    if sampler.roles.has_reward_model
+                    else sampler.reward(answers)
+                )
+                rewards = scored.tolist()
                 kls = sampler.kl_to_reference(answers).tolist() if policy == "ppo" else [0.0] * len(chunk)
                 for i, text in enumerate(answers.texts):
                     sample = {

@@ -32,6 +32,7 @@ from bench_precision import REPO, run_pipeline
 
 from rlhf import report
 from rlhf.results import EvalResult, PPOResult
+from rlhf.stages import evaluate
 
 # Each method as its paper or reference implementation places the KL: GRPO as a k3 loss term, the
 # others as a per-token penalty in the reward (RLOO as in TRL's RLOO, REINFORCE++ as in OpenRLHF);
@@ -58,7 +59,7 @@ METHODS = {
     "dpo": ("DPO (offline: the rankings as pairs)", ["--algorithm", "dpo"]),
     "kto": ("KTO (offline: the rankings as thumbs)", ["--algorithm", "kto"]),
 }
-OFFLINE = ("dpo", "kto")
+OFFLINE = evaluate.OFFLINE_STAGES
 DEFAULT = ["gae", "grpo", "rloo", "reinforce_pp"]
 MOVED = ("ppo", "dpo", "kto", "eval", "export", "report")
 

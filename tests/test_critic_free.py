@@ -17,11 +17,16 @@ from rlhf.stages import evaluate, ppo
 from rlhf.tiny import task
 
 
-def _build(out: Path, sft_run: Path, reward_run: Path | str, *overrides: str):
-    args = ppo_args(out, sft_run, Path(reward_run), *overrides)
-    if reward_run == "":
+def _args(out: Path, sft_run: Path, reward_run: Path | None, *overrides: str) -> list[str]:
+    """The small tiny PPO recipe; ``reward_run=None``: no reward model (reward functions alone)."""
+    args = ppo_args(out, sft_run, reward_run or out, *overrides)
+    if reward_run is None:
         args[args.index("--reward_model_path") + 1] = ""
-    return ppo.build(*parse(ppo.CONFIG_TYPES, args, prog="t", description=""))
+    return args
+
+
+def _build(out: Path, sft_run: Path, reward_run: Path | None, *overrides: str):
+    return ppo.build(*parse(ppo.CONFIG_TYPES, _args(out, sft_run, reward_run, *overrides), prog="t", description=""))
 
 
 def _prompts(n: int) -> list:
@@ -126,18 +131,11 @@ def test_reward_functions_and_the_reward_model_are_weighted_and_logged_apart(
 def test_a_run_rewarded_by_functions_alone_loads_no_reward_model_and_says_the_judge_trained_it(
     tiny_sft_run: Path, tmp_path: Path
 ) -> None:
-    args = ppo_args(
-        tmp_path,
-        tiny_sft_run,
-        tmp_path,
-        *("--advantage_estimator", "grpo", "--reward_funcs", "rlhf.tiny.task:gold_reward", "--steps", "1"),
-    )
-    args[args.index("--reward_model_path") + 1] = ""
-    options = parse(ppo.CONFIG_TYPES, args, prog="t", description="")
-    trainer = ppo.build(*options)
+    overrides = ("--advantage_estimator", "grpo", "--reward_funcs", "rlhf.tiny.task:gold_reward", "--steps", "1")
+    trainer = _build(tmp_path, tiny_sft_run, None, *overrides)
     assert REWARD not in trainer.roles.peft.peft_config and not trainer.roles.has_reward_model
     del trainer
-    result = ppo.main(args)
+    result = ppo.main(_args(tmp_path, tiny_sft_run, None, *overrides))
     assert result.reward_components == ["gold_reward"] and result.judge_is_reward
     assert result.advantage_estimator == "grpo"
     again = PPOResult.read(tmp_path)

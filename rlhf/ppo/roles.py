@@ -84,7 +84,7 @@ class SharedBase(nn.Module):
             self.reward_head.weight.data.copy_(score)
             self.reward_head.requires_grad_(False)
         if value_init == "reward":
-            if reward_dir is None or score is None:
+            if score is None:
                 raise ValueError("value_init 'reward' copies the reward model: it needs a reward model")
             self.peft.load_adapter(str(reward_dir), adapter_name=VALUE, is_trainable=True)
         elif value_init == "random":

@@ -129,11 +129,10 @@ class Pipeline:
         self.config = config
         self.recipe = Path(config.recipe)
         self.configs: dict[str, StageConfig[Any]] = {}
-        for stage, options in (overrides or {}).items():
-            if options and stage in ALGORITHMS[1:] and stage != config.algorithm:
-                raise ConfigError(f"--{stage}.* options given, but the algorithm is {config.algorithm!r}")
         for stage, module in STAGE_MODULES.items():
-            if stage in ALGORITHMS[1:] and stage != config.algorithm:
+            if stage in evaluate.OFFLINE_STAGES and stage != config.algorithm:
+                if (overrides or {}).get(stage):
+                    raise ConfigError(f"--{stage}.* options given, but the algorithm is {config.algorithm!r}")
                 continue  # the ppo recipe is always read: its sampling settings are the evaluation's
             if not (self.recipe / f"{stage}.yaml").is_file():
                 raise ConfigError(f"{self.recipe}: no {stage}.yaml")
@@ -307,24 +306,13 @@ class Pipeline:
             server.wait(timeout=30)
 
     def preferences(self, out: Path) -> dict[str, Any]:
-        report = feedback_export.export(
-            self._store(),
-            "pairs",
-            out,
-            aggregation=self.config.aggregation,
-            test_fraction=self.config.test_fraction,
-            seed=self.config.seed,
-        )
+        config, store = self.config, self._store()
+        options = {"aggregation": config.aggregation, "test_fraction": config.test_fraction, "seed": config.seed}
+        report = feedback_export.export(store, "pairs", out, **options)
         if not report.rows.get("train"):
             raise RuntimeError(f"no preference pairs to train on: {report}")
-        thumbs = feedback_export.export(  # the same rankings as KTO thumbs, for --algorithm kto
-            self._store(),
-            "kto",
-            out / KTO_DIR,
-            aggregation=self.config.aggregation,
-            test_fraction=self.config.test_fraction,
-            seed=self.config.seed,
-        )
+        # the same rankings as KTO thumbs, for --algorithm kto
+        thumbs = feedback_export.export(store, "kto", out / KTO_DIR, **options)
         return {"rows": report.rows, "answers": report.answers, "kto_rows": thumbs.rows}
 
     def reward(self, out: Path) -> dict[str, Any]:
