@@ -155,6 +155,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     rows = ", ".join(f"{name} {count}" for name, count in report.rows.items())
     print(f"{args.format} ({args.aggregation}) from {report.answers} answers on {report.items} items: {rows} rows")
+    if set(report.rows_per_batch) - {export.UNBATCHED}:
+        print("  rows per round: " + ", ".join(f"{batch} {count}" for batch, count in report.rows_per_batch.items()))
     for path in report.files:
         print(f"  {path}")
     if report.pushed_to:
@@ -172,6 +174,15 @@ def cmd_progress(args: argparse.Namespace) -> None:
     )
     for a in progress.annotators:
         print(f"  {a.name:<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
+    if any(b.batch is not None for b in progress.batches):
+        print("per round:")
+        for b in progress.batches:
+            name = f"round {b.batch}" if b.batch is not None else "no round"
+            score = "" if b.mean_selection_score is None else f", mean selection score {b.mean_selection_score:.3f}"
+            print(
+                f"  {name:<10} {b.selected_by or '-':<20} {b.items:>6} items {b.complete:>6} complete "
+                f"{b.answers:>6} answers{score}"
+            )
 
 
 def cmd_agreement(args: argparse.Namespace) -> None:
@@ -296,7 +307,7 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     exp.add_argument("--push-to-hub", metavar="REPO", help="also push to this hub dataset repo (needs HF_TOKEN)")
 
     for name, handler, help in (
-        ("progress", cmd_progress, "items complete / in progress, answers per annotator"),
+        ("progress", cmd_progress, "items complete / in progress, answers per annotator and per round"),
         ("agreement", cmd_agreement, "Krippendorff's alpha per question"),
     ):
         command(name, handler, help).add_argument("--json", action="store_true", help="print JSON")

@@ -14,6 +14,11 @@ A pipeline of pure formatters over :class:`feedback.records.Item` lists, then wr
   the same rankings train a reward model, DPO and KTO.
 * ``sft`` - ``messages`` (the prompt and the annotator's corrected response as the assistant turn).
 
+Every row also carries its prompt's ``batch``, ``selected_by`` and ``selection_score`` (None outside
+the rounds of iterated RLHF, :meth:`feedback.store.Store.assign_batch`), so a training run can weigh,
+filter or compare rounds and selectors without going back to the store; the stages that read the
+rows ignore columns they do not use. The report counts rows per batch.
+
 Aggregation across annotators: ``all`` keeps every annotator's judgement as its own row (repeated
 and even conflicting rows stay: they carry the annotators' uncertainty); ``majority`` keeps, per
 candidate pair (or per candidate for KTO), the judgement more than half of the annotators who
@@ -38,13 +43,13 @@ import itertools
 import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedback.records import Answer, Item
+from feedback.records import Answer, Item, batch_order
 from feedback.store import Store
 from rlhf.core.rows import Source, validate
 
@@ -81,21 +86,29 @@ def _judges(answer: Answer, a: int, b: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Formatters: items -> rows (each row keeps its prompt id under "_prompt" for splitting)
+# Formatters: items -> rows (each row keeps its prompt under "_prompt" for splitting)
+
+PROVENANCE = ("batch", "selected_by", "selection_score")  # where a row's prompt came from, in every format
+UNBATCHED = "unbatched"  # the report's key for rows of prompts outside the rounds
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
+def _row(item: Item, **columns: Any) -> Row:
+    """A row of ``item``: its prompt under ``_prompt`` (for splitting), ``columns``, then its :data:`PROVENANCE`."""
+    return {"_prompt": item.messages, **columns, **{name: getattr(item, name) for name in PROVENANCE}}
+
+
 def _pair_row(item: Item, winner: int, loser: int, margin: float | None) -> Row:
-    return {
-        "_prompt": item.messages,
-        "prompt": item.messages,
-        "chosen": _assistant(item.candidate(winner).text),
-        "rejected": _assistant(item.candidate(loser).text),
-        "margin": None if margin is None else round(margin, 4),
-    }
+    return _row(
+        item,
+        prompt=item.messages,
+        chosen=_assistant(item.candidate(winner).text),
+        rejected=_assistant(item.candidate(loser).text),
+        margin=None if margin is None else round(margin, 4),
+    )
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -149,10 +162,7 @@ def kto_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
                 ups = sum(votes)
                 kept = [True] if ups > len(votes) / 2 else [False] if len(votes) - ups > len(votes) / 2 else []
             completion = _assistant(item.candidate(candidate_id).text)
-            rows += [
-                {"_prompt": item.messages, "prompt": item.messages, "completion": completion, "label": label}
-                for label in kept
-            ]
+            rows += [_row(item, prompt=item.messages, completion=completion, label=label) for label in kept]
     return rows
 
 
@@ -167,7 +177,7 @@ def sft_rows(items: Sequence[Item], aggregation: str = "majority") -> list[Row]:
             if text is None or text in seen:
                 continue
             seen.add(text)
-            rows.append({"_prompt": item.messages, "messages": [*item.messages, *_assistant(text)]})
+            rows.append(_row(item, messages=[*item.messages, *_assistant(text)]))
     return rows
 
 
@@ -259,12 +269,16 @@ def hub_token() -> str | None:
 
 @dataclass
 class ExportReport:
+    """What an export wrote: rows per split, and per batch over all splits (keyed by round, then
+    :data:`UNBATCHED`), so a round that produced no training signal shows."""
+
     format: str
     aggregation: str
     out_dir: str
     items: int
     answers: int
     rows: dict[str, int]
+    rows_per_batch: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     pushed_to: str | None = None
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -284,6 +298,13 @@ def build(
             if rows:
                 validate(rows, VALIDATION_KIND[format], Source(f"{format} export [{name}]"))
     return splits
+
+
+def rows_per_batch(splits: dict[str, list[Row]]) -> dict[str, int]:
+    """Rows of every split counted by batch, in round order, rows outside the rounds last (:data:`UNBATCHED`)."""
+    counts = Counter(row["batch"] for rows in splits.values() for row in rows)
+    ordered = sorted(counts, key=batch_order)
+    return {UNBATCHED if batch is None else str(batch): counts[batch] for batch in ordered}
 
 
 def _private(paths: Iterable[Path]) -> None:
@@ -329,6 +350,7 @@ def export(
         items=len(items),
         answers=sum(len(item.answers) for item in items),
         rows={name: len(rows) for name, rows in splits.items()},
+        rows_per_batch=rows_per_batch(splits),
     )
     if not any(splits.values()):
         logger.warning("%s export: no rows (no answers of the kind this format needs yet)", format)

@@ -42,15 +42,28 @@ class Answer:
 
 @dataclass(frozen=True)
 class Item:
-    """A prompt with its candidates and every annotator's answer to it."""
+    """A prompt with its candidates and every annotator's answer to it.
+
+    ``batch``, ``selected_by`` and ``selection_score`` say which round of iterated RLHF put the
+    prompt up for annotation, which selector chose it and with what score (all None for a prompt
+    outside the rounds); the export carries them into every row, so training can weigh or compare rounds.
+    """
 
     prompt_id: int
     messages: Messages
     candidates: tuple[Candidate, ...]
     answers: tuple[Answer, ...] = ()
+    batch: int | None = None
+    selected_by: str | None = None
+    selection_score: float | None = None
 
     def candidate(self, candidate_id: int) -> Candidate:
         return next(c for c in self.candidates if c.id == candidate_id)
+
+
+def batch_order(batch: int | None) -> tuple[bool, int]:
+    """Sort key of batches wherever they are listed: rounds in order, the prompts outside the rounds last."""
+    return batch is None, batch or 0
 
 
 def prompt_messages(prompt: Any) -> Messages:

@@ -18,6 +18,11 @@ Design notes (why the tables look like this):
   same transaction as this row) and the sync creates the run later, so an outage delays runs
   instead of losing them; answers on an item wait until all its runs exist. A created run's row
   is deleted.
+* ``prompts.batch`` / ``selected_by`` / ``selection_score`` record the round of iterated RLHF a
+  prompt was put into, the selector that chose it (``random``, ``uncertainty``, ...) and its score
+  there: which prompts the reward model was least sure of is a finding of that round, so it is kept
+  with the prompt (and exported with its rows) rather than recomputed later from a changed model.
+  All three are NULL for prompts imported outside the rounds; a prompt keeps its first batch.
 * Tokens are stored as SHA-256 hashes (they are long random strings, so a fast hash is enough);
   passwords with scrypt.
 """
@@ -33,6 +38,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -76,6 +82,9 @@ prompts = Table(
     Column("external_id", String(200), nullable=True),
     Column("messages", JSON, nullable=False),
     _now_column("created_at"),
+    Column("batch", Integer, CheckConstraint("batch >= 1", name="batch"), nullable=True, index=True),
+    Column("selected_by", String(32), nullable=True),
+    Column("selection_score", Float, nullable=True),
 )
 
 candidates = Table(

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from feedback.app import create_app
 from feedback.store import Store, accounts, normalize_url, redact
 from rlhf.tiny import task
 
@@ -77,6 +79,26 @@ def store(db_url: str) -> Iterator[Store]:
     opened = Store.create(db_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def app_store(db_url: str) -> Iterator[tuple[TestClient, Store, dict[str, str]]]:
+    """The app over a store of three items on SQLite, then on PostgreSQL (bad input must be refused alike on both),
+    with the tokens of an admin (``root``, password ``admin-password``) and two annotators (``ann``, ``other``)."""
+    store = Store.create(db_url)
+    store.import_items(tiny_items(3))
+    tokens = {
+        "admin": store.add_annotator("root", "admin", password="admin-password"),
+        "ann": store.add_annotator("ann"),
+        "other": store.add_annotator("other"),
+    }
+    with TestClient(create_app(store, max_body_bytes=4096)) as client:
+        yield client, store, tokens
+    store.close()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def free_port() -> int:

@@ -6,13 +6,11 @@ import datetime as dt
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from feedback_fixtures import tiny_items
+from feedback_fixtures import auth
 
 from feedback import schema
 from feedback.app import LoginThrottle, create_app
@@ -20,25 +18,6 @@ from feedback.store import Store, utcnow
 
 HUGE = 2**70  # past every integer column (PostgreSQL INTEGER and BIGINT)
 PUBLIC = {("POST", "/api/login"), ("GET", "/health")}
-
-
-@pytest.fixture
-def app_store(db_url: str) -> Iterator[tuple[TestClient, Store, dict[str, str]]]:
-    """The app over a store on SQLite, then on PostgreSQL (bad input must be refused alike on both)."""
-    store = Store.create(db_url)
-    store.import_items(tiny_items(3))
-    tokens = {
-        "admin": store.add_annotator("root", "admin", password="admin-password"),
-        "ann": store.add_annotator("ann"),
-        "other": store.add_annotator("other"),
-    }
-    with TestClient(create_app(store, max_body_bytes=4096)) as client:
-        yield client, store, tokens
-    store.close()
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def snapshot(store: Store) -> Any:

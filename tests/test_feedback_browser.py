@@ -74,7 +74,7 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
 
     url = f"sqlite:///{tmp_path / 'f.db'}"
     store = Store.create(url)
-    store.import_items(
+    imported = store.import_items(
         [
             {"prompt": "What is 3 plus 4?", "candidates": [SCRIPT, IMAGE, "Ugh. 3 plus 5 is 8."]},
             {
@@ -83,6 +83,7 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
             },
         ]
     )
+    store.assign_batch(imported.prompt_ids[1:], 2, "uncertainty", [0.987])  # a later round's item
     store.add_annotator("alice", password="alice-password")
     store.update_settings(mode="thumbs")
     server = bench.Server(url, bench.free_port(), tmp_path / "server.log")
@@ -100,6 +101,7 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
         assert browser.execute_script("return window.__pwned === undefined")
         assert browser.find_elements(By.CSS_SELECTOR, "#responses img, #responses script") == []
         assert "Guidelines" in browser.find_element(By.ID, "guidelines-panel").text
+        assert not browser.find_element(By.ID, "batch").is_displayed()  # imported outside any round
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "feedback-annotate-thumbs.png"))
 
@@ -124,6 +126,9 @@ def test_login_rate_with_keys_rank_and_untrusted_text_stays_text(browser, tmp_pa
             )
         )
         assert browser.find_element(By.ID, "submit").get_attribute("disabled") is not None
+        assert browser.find_element(By.ID, "batch").text == "Batch 2"  # the round, never who chose it or why
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert "uncertainty" not in page and "0.987" not in page
         body = browser.find_element(By.TAG_NAME, "body")
         body.send_keys(Keys.ENTER)  # nothing ranked yet: nothing is sent
         time.sleep(0.5)

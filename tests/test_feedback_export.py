@@ -176,7 +176,7 @@ def test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward(tmp_pa
     run_cli("feedback", "export", "--db", store.url, "--format", "pairs", "--out", str(out), "--test-fraction", "0.2")
     assert (out / "train.jsonl").is_file() and (out / "test.jsonl").is_file()
     first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
-    assert set(first) == {"prompt", "chosen", "rejected", "margin"}
+    assert set(first) == {"prompt", "chosen", "rejected", "margin", *export.PROVENANCE}
     run_dir = tmp_path / "reward"
     run_cli(
         "reward",

@@ -15,9 +15,9 @@ from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from feedback.enums import Mode, Role
-from feedback.store import MAX_TEXT, AnswerView, Invalid, ItemView, unencodable
+from feedback.store import MAX_INTEGER, MAX_TEXT, AnswerView, Invalid, ItemView, unencodable
 
-MAX_ID = 2**31 - 1
+MAX_ID = MAX_INTEGER
 
 
 def _storable(value: str) -> str:
@@ -170,6 +170,9 @@ class ItemOut(BaseModel):
     messages: list[dict[str, str]]
     candidates: list[Candidate] = Field(description="in a random order per annotator; models are not shown")
     mode: Mode
+    batch: int | None = Field(
+        None, description="the annotation round the item belongs to (null: none); its selector is not shown"
+    )
     answer: AnswerOut | None = None
 
     @classmethod
@@ -179,6 +182,7 @@ class ItemOut(BaseModel):
             messages=view.messages,
             candidates=[Candidate(**c) for c in view.candidates],
             mode=view.mode,
+            batch=view.batch,
             answer=AnswerOut.of(answer) if answer is not None else None,
         )
 

@@ -30,6 +30,12 @@ async function refresh() {
       `${progress.items} items · ${progress.complete} complete (${progress.overlap} annotator(s) each) · ` +
       `${progress.in_progress} in progress · ${progress.untouched} untouched · ${progress.answers} answers`;
     fillTable("progress-table", progress.annotators.map((a) => [a.name, a.role, a.answers, a.skipped]));
+    // Per round of iterated RLHF; a store that never had rounds shows no such table.
+    show("rounds", progress.batches.some((b) => b.batch !== null));
+    fillTable("rounds-table", progress.batches.map((b) => [
+      b.batch === null ? "no round" : b.batch, b.selected_by, b.items, b.complete, b.answers,
+      b.mean_selection_score === null ? null : b.mean_selection_score.toFixed(3),
+    ]));
     fillTable("agreement-table", agreement.map((q) => [
       q.question, q.level, q.units, q.annotators,
       q.alpha === null ? null : q.alpha.toFixed(3),

@@ -3,7 +3,7 @@
 "use strict";
 
 const state = {
-  item: null,        // the item shown: {prompt_id, messages, candidates, mode, answer}
+  item: null,        // the item shown: {prompt_id, messages, candidates, mode, batch, answer}
   choices: new Map(), // candidate id -> {up: true|false|null, rank: number|null}; nothing is preset
   focus: 0,          // index of the focused response
   editing: null,     // id of the own answer being changed, or null for a new answer
@@ -125,6 +125,10 @@ function showItem(item, progress) {
   $("digit-help").textContent = item.mode === "thumbs"
     ? "1 thumbs up, 2 thumbs down"
     : `1–${item.candidates.length} set the rank`;
+  // The round only: which selector chose the item, and why, would bias the judgement.
+  const batched = item.batch !== null && item.batch !== undefined;
+  $("batch").textContent = batched ? `Batch ${item.batch}` : "";
+  show("batch", batched);
   renderPrompt(item.messages);
   renderResponses();
   showProgress(progress);

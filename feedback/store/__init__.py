@@ -6,7 +6,7 @@ The store is split by area, each a module of functions over a SQLAlchemy ``Conne
 * :mod:`~feedback.store.db` - URLs, engines, migrations, transactions;
 * :mod:`~feedback.store.settings` - overlap, mode, lease, guidelines;
 * :mod:`~feedback.store.accounts` - annotators, passwords, tokens, sessions;
-* :mod:`~feedback.store.items` - prompts, candidates, imports;
+* :mod:`~feedback.store.items` - prompts, candidates, imports, annotation batches (rounds);
 * :mod:`~feedback.store.queue` - who gets which item next: leases, skips, assignments;
 * :mod:`~feedback.store.answers` - idempotent submissions, compare-and-set edits, stored answers;
 * :mod:`~feedback.store.reporting` - progress and the records for export and agreement;
@@ -22,6 +22,7 @@ Python API (the web app, the CLI and simulated annotators all use it)::
     token = store.add_annotator("alice", "annotator", password="...")  # returns an API token, once
     [pid] = store.add_prompts(["What is 2 plus 3?"])
     cids = store.add_candidates(pid, ["2 plus 3 is 5.", "Ugh. 5."], model="builtin:tiny", generation={...})
+    store.assign_batch([pid], 2, "uncertainty", scores=[0.93])  # round 2 of iterated RLHF chose it
     alice = store.authenticate(token)
     item = store.next_item(alice.id)                         # candidates shuffled, model hidden
     store.submit_ranking(alice.id, pid, {cids[0]: 1, cids[1]: 2}, client_id="uuid-from-the-client")
@@ -37,7 +38,7 @@ dataclasses (:mod:`feedback.store.views`).
 """
 
 from feedback.store.answers import dense_ranks
-from feedback.store.common import MAX_TEXT, unencodable, utcnow
+from feedback.store.common import MAX_INTEGER, MAX_TEXT, unencodable, utcnow
 from feedback.store.db import make_engine, migrate, normalize_url, redact
 from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound, StoreError, Unauthorized
 from feedback.store.facade import Store
@@ -46,6 +47,7 @@ from feedback.store.views import (
     AnnotatorCount,
     AnnotatorProgress,
     AnswerView,
+    BatchProgress,
     ImportReport,
     ItemView,
     Progress,
@@ -57,11 +59,13 @@ from feedback.store.views import (
 )
 
 __all__ = [
+    "MAX_INTEGER",
     "MAX_TEXT",
     "Annotator",
     "AnnotatorCount",
     "AnnotatorProgress",
     "AnswerView",
+    "BatchProgress",
     "Conflict",
     "Forbidden",
     "ImportReport",

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from feedback.store.errors import Invalid
 
 MAX_TEXT = 20_000  # characters of a comment, a correction or the guidelines
+MAX_INTEGER = 2**31 - 1  # INTEGER columns are 32-bit on PostgreSQL: past this, no id exists and no number fits
 E = TypeVar("E", bound=StrEnum)
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -110,6 +110,20 @@ class Store:
     def prompts(self) -> list[tuple[int, records.Messages]]:
         """Every prompt as (id, messages), in id order."""
         return self._read(items.prompts)
+
+    def assign_batch(
+        self,
+        prompt_ids: Sequence[int],
+        batch: int,
+        selected_by: str,
+        scores: Sequence[float | None] | None = None,
+    ) -> int:
+        """Record that round ``batch`` (from 1) of iterated RLHF chose these prompts, with ``selected_by``'s scores.
+
+        Prompts already in a batch keep theirs (a re-run after a crash is a no-op); returns how many
+        prompts this call put into the batch (:func:`.items.assign_batch`).
+        """
+        return self._write(items.assign_batch, prompt_ids, batch, selected_by, scores)
 
     # -- annotators and credentials --------------------------------------------------------
 

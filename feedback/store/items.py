@@ -1,13 +1,16 @@
-"""Items: prompts and their candidate responses, added one by one or imported all or nothing.
+"""Items: prompts and their candidate responses, added one by one or imported all or nothing, and their batches.
 
 A prompt is stored once per external id (or per content when it has none), a candidate once per
-text; an item's candidates are fixed from the moment an annotator holds or answers it.
+text; an item's candidates are fixed from the moment an annotator holds or answers it. A batch is
+one round of iterated RLHF: the prompts a selector chose for it (:func:`assign_batch`).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +19,7 @@ from sqlalchemy.engine import Connection
 from feedback import records
 from feedback import schema as t
 from feedback.enums import AssignmentStatus
-from feedback.store.common import canonical, checked_json, checked_text, sha256, utcnow
+from feedback.store.common import MAX_INTEGER, canonical, checked_json, checked_text, sha256, utcnow
 from feedback.store.errors import Conflict, Invalid, NotFound
 from feedback.store.views import ImportReport
 
@@ -163,3 +166,76 @@ def prompts(c: Connection) -> list[tuple[int, records.Messages]]:
     """Every prompt as (id, messages), in id order."""
     rows = c.execute(sa.select(t.prompts.c.id, t.prompts.c.messages).order_by(t.prompts.c.id))
     return [(row.id, row.messages) for row in rows]
+
+
+SELECTOR_LENGTH = 32  # characters of ``prompts.selected_by``
+
+
+def _selection_scores(scores: Sequence[float | None] | None, count: int) -> list[float | None]:
+    """One finite score (or None) per prompt: a NaN or infinite score would make every mean of the batch meaningless."""
+    if scores is None:
+        return [None] * count
+    values = list(scores)
+    if len(values) != count:
+        raise Invalid(f"assign_batch: {len(values)} scores for {count} prompts; give one score (or None) per prompt")
+    checked: list[float | None] = []
+    for index, score in enumerate(values):
+        if score is None:
+            checked.append(None)
+            continue
+        if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score):
+            raise Invalid(f"assign_batch: score {index} must be a finite number or None, got {score!r}")
+        checked.append(float(score))
+    return checked
+
+
+def assign_batch(
+    c: Connection, prompt_ids: Sequence[int], batch: int, selected_by: str, scores: Sequence[float | None] | None
+) -> int:
+    """Put prompts into annotation batch ``batch`` (a round, from 1), as chosen by ``selected_by`` with ``scores``.
+
+    Only prompts without a batch are changed: a prompt keeps the first batch it was put in (its
+    answers belong to the round that asked for them), so a round re-run after a crash changes
+    nothing. A prompt listed twice (two equal prompts in a selector's pool are one stored prompt)
+    is put in once, with its first score. Returns how many prompts this call put into the batch.
+
+    Everything is checked before anything is written; an unknown prompt id is :class:`NotFound`
+    and changes nothing either. The rows are locked in id order on PostgreSQL (SQLite's write lock
+    serialises writers), so two concurrent calls cannot both count the same prompt.
+    """
+    ids = list(prompt_ids)
+    for prompt_id in ids:
+        if not isinstance(prompt_id, int) or isinstance(prompt_id, bool):
+            raise Invalid(f"assign_batch: prompt ids are whole numbers, got {prompt_id!r}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_INTEGER:
+        raise Invalid(f"assign_batch: batch is a round number, a whole number from 1 to {MAX_INTEGER}; got {batch!r}")
+    if not isinstance(selected_by, str):
+        raise Invalid(f"assign_batch: selected_by names the selector as text, got {selected_by!r}")
+    selector = checked_text(selected_by, "selected_by").strip()
+    if not 1 <= len(selector) <= SELECTOR_LENGTH:
+        raise Invalid(f"assign_batch: selected_by must be 1 to {SELECTOR_LENGTH} characters, got {selected_by!r}")
+    checked_scores = _selection_scores(scores, len(ids))
+    if not ids:
+        return 0
+    rows = c.execute(
+        sa.select(t.prompts.c.id, t.prompts.c.batch)
+        .where(t.prompts.c.id.in_(ids))
+        .order_by(t.prompts.c.id)
+        .with_for_update()
+    ).all()
+    missing = sorted(set(ids) - {row.id for row in rows})
+    if missing:
+        raise NotFound(f"assign_batch: no prompt(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    unbatched = {row.id for row in rows if row.batch is None}
+    first_scores: dict[int, float | None] = {}
+    for prompt_id, score in zip(ids, checked_scores, strict=True):
+        if prompt_id in unbatched:
+            first_scores.setdefault(prompt_id, score)
+    if first_scores:
+        c.execute(
+            sa.update(t.prompts)
+            .where(t.prompts.c.id == sa.bindparam("prompt_id"))
+            .values(batch=batch, selected_by=selector, selection_score=sa.bindparam("score")),
+            [{"prompt_id": prompt_id, "score": score} for prompt_id, score in first_scores.items()],
+        )
+    return len(first_scores)

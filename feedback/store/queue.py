@@ -126,8 +126,8 @@ def assignment(c: Connection, annotator_id: int, prompt_id: int) -> AssignmentSt
 
 
 def item_view(c: Connection, annotator_id: int, prompt_id: int, current: Settings) -> ItemView:
-    messages = c.execute(sa.select(t.prompts.c.messages).where(t.prompts.c.id == prompt_id)).scalar()
-    if messages is None:
+    prompt = c.execute(sa.select(t.prompts.c.messages, t.prompts.c.batch).where(t.prompts.c.id == prompt_id)).first()
+    if prompt is None:
         raise NotFound(f"no prompt {prompt_id}")
     rows = c.execute(
         sa.select(t.candidates.c.id, t.candidates.c.text)
@@ -135,7 +135,9 @@ def item_view(c: Connection, annotator_id: int, prompt_id: int, current: Setting
         .order_by(t.candidates.c.id)
     ).all()
     candidates = shuffled_for(annotator_id, prompt_id, [{"id": r.id, "text": r.text} for r in rows])
-    return ItemView(prompt_id=prompt_id, messages=messages, candidates=candidates, mode=current.mode)
+    return ItemView(
+        prompt_id=prompt_id, messages=prompt.messages, candidates=candidates, mode=current.mode, batch=prompt.batch
+    )
 
 
 def skip(c: Connection, annotator_id: int, prompt_id: int) -> None:

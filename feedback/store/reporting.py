@@ -1,7 +1,9 @@
-"""Reports over all annotation data: progress (overall and per annotator) and the records for export and agreement."""
+"""Reports over all annotation data: progress (overall, per annotator, per batch), records for export and agreement."""
 
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
 from dataclasses import asdict
 
 import sqlalchemy as sa
@@ -13,11 +15,37 @@ from feedback.enums import AssignmentStatus, Role
 from feedback.store import settings
 from feedback.store.answers import content
 from feedback.store.queue import lease_cutoff, open_prompts
-from feedback.store.views import AnnotatorCount, AnnotatorProgress, Progress
+from feedback.store.views import AnnotatorCount, AnnotatorProgress, BatchProgress, Progress
+
+
+def _batches(c: Connection, answered: dict[int, int], overlap: int) -> list[BatchProgress]:
+    """One line per batch in round order, then one for the prompts without a batch (if there are any)."""
+    by_batch: dict[int | None, list[tuple[int, str | None, float | None]]] = defaultdict(list)
+    for prompt_id, batch, selector, score in c.execute(
+        sa.select(t.prompts.c.id, t.prompts.c.batch, t.prompts.c.selected_by, t.prompts.c.selection_score)
+    ).tuples():
+        by_batch[batch].append((prompt_id, selector, score))
+    lines = []
+    for batch in sorted(by_batch, key=r.batch_order):
+        prompts = by_batch[batch]
+        selectors = sorted({selector for _, selector, _ in prompts if selector is not None})
+        scores = [score for _, _, score in prompts if score is not None]
+        counts = [answered.get(prompt_id, 0) for prompt_id, _, _ in prompts]
+        lines.append(
+            BatchProgress(
+                batch=batch,
+                selected_by=", ".join(selectors) or None,
+                items=len(prompts),
+                complete=sum(n >= overlap for n in counts),
+                answers=sum(counts),
+                mean_selection_score=statistics.fmean(scores) if scores else None,
+            )
+        )
+    return lines
 
 
 def progress(c: Connection) -> Progress:
-    """Items total / complete / in progress / untouched, and answers per annotator."""
+    """Items total / complete / in progress / untouched, and answers per annotator and per batch."""
     overlap = settings.read(c).overlap
     answered: dict[int, int] = dict(
         c.execute(sa.select(t.submissions.c.prompt_id, sa.func.count()).group_by(t.submissions.c.prompt_id))
@@ -52,6 +80,7 @@ def progress(c: Connection) -> Progress:
             AnnotatorCount(name=name, role=Role(role), answers=count, skipped=skipped.get(annotator_id, 0))
             for annotator_id, name, role, count in per_annotator
         ],
+        batches=_batches(c, answered, overlap),
     )
 
 
@@ -76,7 +105,15 @@ def annotator_progress(c: Connection, annotator_id: int) -> AnnotatorProgress:
 
 def records(c: Connection) -> list[r.Item]:
     """Every prompt with its candidates and all answers, for export and agreement (pure code)."""
-    prompt_rows = c.execute(sa.select(t.prompts.c.id, t.prompts.c.messages).order_by(t.prompts.c.id)).all()
+    prompt_rows = c.execute(
+        sa.select(
+            t.prompts.c.id,
+            t.prompts.c.messages,
+            t.prompts.c.batch,
+            t.prompts.c.selected_by,
+            t.prompts.c.selection_score,
+        ).order_by(t.prompts.c.id)
+    ).all()
     candidates: dict[int, list[r.Candidate]] = {p.id: [] for p in prompt_rows}
     for row in c.execute(sa.select(t.candidates).order_by(t.candidates.c.id)):
         candidates[row.prompt_id].append(r.Candidate(row.id, row.text, row.model))
@@ -94,7 +131,18 @@ def records(c: Connection) -> list[r.Item]:
     answers: dict[int, list[r.Answer]] = {p.id: [] for p in prompt_rows}
     for s in subs:
         answers[s.prompt_id].append(r.Answer(annotator=s.annotator, **asdict(content(s, thumbs[s.id], ranks[s.id]))))
-    return [r.Item(p.id, p.messages, tuple(candidates[p.id]), tuple(answers[p.id])) for p in prompt_rows]
+    return [
+        r.Item(
+            p.id,
+            p.messages,
+            tuple(candidates[p.id]),
+            tuple(answers[p.id]),
+            batch=p.batch,
+            selected_by=p.selected_by,
+            selection_score=p.selection_score,
+        )
+        for p in prompt_rows
+    ]
 
 
 def submission_ids(c: Connection) -> list[str]:

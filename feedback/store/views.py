@@ -36,12 +36,17 @@ class Settings:
 
 @dataclass(frozen=True)
 class ItemView:
-    """What an annotator sees of an item: candidates in a per-annotator random order, no model names."""
+    """What an annotator sees of an item: candidates in a per-annotator random order, no model names.
+
+    ``batch`` is the item's round (None outside the rounds); its selector and score are left out on
+    purpose: an annotator told that the reward model found an item hard would judge it differently.
+    """
 
     prompt_id: int
     messages: records.Messages
     candidates: list[dict[str, Any]]  # [{"id": ..., "text": ...}]
     mode: Mode
+    batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,25 @@ class AnnotatorCount:
 
 
 @dataclass(frozen=True)
+class BatchProgress:
+    """One annotation batch's line in :class:`Progress` (``batch`` None: the prompts outside the rounds).
+
+    ``selected_by`` names the batch's selector (several, comma-separated, if one round mixed them);
+    ``mean_selection_score`` averages the scores its prompts were chosen with (None without scores),
+    so a round chosen for uncertainty can be told from a random one at a glance.
+    """
+
+    batch: int | None
+    selected_by: str | None
+    items: int
+    complete: int
+    answers: int
+    mean_selection_score: float | None
+
+
+@dataclass(frozen=True)
 class Progress:
-    """Items complete (``overlap`` answers), in progress, untouched; answers in all and per annotator."""
+    """Items complete (``overlap`` answers), in progress, untouched; answers in all, per annotator and per batch."""
 
     overlap: int
     items: int
@@ -139,6 +161,7 @@ class Progress:
     untouched: int
     answers: int
     annotators: list[AnnotatorCount]
+    batches: list[BatchProgress] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
