@@ -36,6 +36,7 @@ from feedback.records import Messages
 from feedback.store import Conflict, Store
 from rlhf import models, sampling
 from rlhf.config import ModelArguments
+from rlhf.ppo.sampler import PolicySampler
 
 logger = logging.getLogger(__name__)
 
@@ -141,25 +142,71 @@ def generate(
         chunk = todo[start : start + batch_size]
         samples = sample_batch(lm, tokenizer, [messages for _, messages in chunk], settings)
         for (prompt_id, _), texts in zip(chunk, samples, strict=True):
-            kept = [t for t in texts if t]
-            unique = list(dict.fromkeys(kept))
-            report.sampled += len(texts)
-            report.empty += len(texts) - len(kept)
-            report.duplicates += len(kept) - len(unique)
-            if not unique:
-                continue
-            try:
-                store.add_candidates(
-                    prompt_id,
-                    unique,
-                    model=model,
-                    adapter=adapter,
-                    generation=generation,
-                    langsmith_project=langsmith_project,
-                )
-            except Conflict:  # handed out while we were sampling: leave it as the annotator saw it
-                report.skipped_in_use += 1
-                continue
-            report.stored += len(unique)
+            store_set(
+                store,
+                report,
+                prompt_id,
+                texts,
+                model=model,
+                adapter=adapter,
+                generation=generation,
+                langsmith_project=langsmith_project,
+            )
     logger.info("generated %s", report)
     return report
+
+
+def distinct(texts: Sequence[str]) -> list[str]:
+    """The non-empty texts, each once, in order: what is worth ranking."""
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+def store_set(
+    store: Store,
+    report: GenerateReport,
+    prompt_id: int,
+    texts: Sequence[str],
+    *,
+    model: str,
+    adapter: str | None,
+    generation: dict[str, Any],
+    langsmith_project: str | None = None,
+) -> None:
+    """Store one prompt's sampled candidates (distinct, non-empty), counting what was dropped in ``report``."""
+    unique = distinct(texts)
+    report.sampled += len(texts)
+    report.empty += sum(1 for t in texts if not t)
+    report.duplicates += sum(1 for t in texts if t) - len(unique)
+    if not unique:
+        return
+    try:
+        store.add_candidates(
+            prompt_id, unique, model=model, adapter=adapter, generation=generation, langsmith_project=langsmith_project
+        )
+    except Conflict:  # handed out while we were sampling: leave it as the annotator saw it
+        report.skipped_in_use += 1
+        return
+    report.stored += len(unique)
+
+
+def propose(
+    sampler: PolicySampler, prompts: Sequence[Messages], num_candidates: int, seed: int = 0, batch_size: int = 64
+) -> tuple[list[list[str]], list[list[float]]]:
+    """``num_candidates`` answers per prompt from a policy, and the reward model's score of each.
+
+    Sampled by the policy's :class:`~rlhf.ppo.sampler.PolicySampler` (its settings, EOS ids, one
+    prompt's answers in consecutive rows as GRPO groups them) and scored as PPO scores them: the
+    candidates a later round of the pipeline chooses from.
+    """
+    texts: list[list[str]] = []
+    scores: list[list[float]] = []
+    k = num_candidates
+    torch.manual_seed(seed)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="sampling candidates", unit="batch"):
+        chunk = [p for p in prompts[start : start + batch_size] for _ in range(k)]
+        answers = sampler.generate(chunk)
+        rewards = sampler.reward_scores(chunk, answers.texts).tolist()
+        for i in range(0, len(chunk), k):
+            texts.append(answers.texts[i : i + k])
+            scores.append(rewards[i : i + k])
+    return texts, scores

@@ -591,6 +591,13 @@ class PPOConfig(RunOptions):
             "choices": ["reward", "random"],
         },
     )
+    policy_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start the policy from this run folder's adapter (an earlier `rlhf ppo` run, e.g. the previous "
+            "round of `rlhf pipeline --rounds`) instead of a fresh LoRA; the KL leash stays to the base (SFT) model."
+        },
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory in updates."})
     # Evaluation and logging
     gold_judge: str | None = field(

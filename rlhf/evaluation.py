@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rlhf import selection
 from rlhf.ppo.sampler import PolicySampler, chunks
 from rlhf.results import Calibration, CalibrationBin, Difference, Evaluation, PolicyScores, WinRate
 
@@ -104,7 +105,23 @@ def compare(samples: Sequence[dict[str, Any]]) -> Evaluation:
         seeds=sorted({s["seed"] for s in samples}),
         win_rate=paired_win_rates(samples),
         gain=paired_gains(samples),
+        reward_model_accuracy={policy: reward_model_accuracy(group) for policy, group in by_policy.items()},
     )
+
+
+def reward_model_accuracy(samples: Sequence[dict[str, Any]]) -> float | None:
+    """How well the reward model orders one policy's answers to each prompt (over seeds), judged by gold.
+
+    ``None`` without a gold judge. This is the reward model's accuracy where the policy now samples:
+    a reward model trained on the SFT model's answers can be right on its held-out pairs and wrong here.
+    """
+    if not samples or "gold" not in samples[0]:
+        return None
+    by_prompt: dict[int, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_prompt.setdefault(sample["prompt_index"], []).append(sample)
+    groups = [([s["reward"] for s in group], [s["gold"] for s in group]) for group in by_prompt.values()]
+    return selection.ranking_accuracy(groups)[0]
 
 
 def win_rate(

@@ -1,9 +1,10 @@
 """`rlhf report`: one HTML page and a few PNG plots that say at a glance whether a run worked.
 
-Reads a pipeline run folder (``sft/``, ``reward/``, ``ppo/``, ``eval/``; any may be missing) and
-writes ``report.html`` beside them and the plots into ``report/``. The verdict at the top compares
-the PPO and SFT policies on held-out prompts (gold judge where the task has one, else the reward
-model). Model output is untrusted text: every string is HTML-escaped.
+Reads a pipeline run folder (``sft/``, ``reward/``, ``ppo/``, ``eval/``; any may be missing; a run with
+``--rounds`` keeps reward, ppo and the annotation steps in ``round-N/``, and gets a section with one
+line and curve point per round) and writes ``report.html`` beside them and the plots into ``report/``.
+The verdict at the top compares the PPO and SFT policies on held-out prompts (gold judge where the
+task has one, else the reward model). Model output is untrusted text: every string is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rlhf.results import (
     PolicyScores,
     PPOResult,
     RewardResult,
+    RoundResult,
     read_stage,
 )
 
@@ -104,6 +106,91 @@ def plot_ppo(history: list[dict[str, Any]], out: Path) -> str | None:
         _plot(ax, history, key)
         ax.set(title=title, xlabel="PPO iteration")
     return _save(fig, out / "ppo.png")
+
+
+def round_folders(run_dir: Path) -> list[Path]:
+    """A multi-round pipeline's ``round-N`` folders, in round order (none for a one-round run)."""
+    found = [p for p in run_dir.glob("round-*") if p.is_dir() and p.name.removeprefix("round-").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("round-")))
+
+
+def stage_folder(run_dir: Path, stage: str) -> Path:
+    """Where a pipeline folder keeps a stage: the last round's folder for the stages rounds repeat."""
+    rounds = round_folders(run_dir)
+    if rounds and (rounds[-1] / stage).is_dir():
+        return rounds[-1] / stage
+    return run_dir / stage
+
+
+def rl_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The RL iterations' metrics, every round's in order (iterations numbered across rounds)."""
+    folders = [r / "ppo" for r in round_folders(run_dir)] or [run_dir / "ppo"]
+    history: list[dict[str, Any]] = []
+    for number, folder in enumerate(folders, start=1):
+        offset = history[-1]["step"] if history else 0
+        history += [{**h, "step": h["step"] + offset, "round": number} for h in _jsonl(folder / "metrics.jsonl")]
+    return history
+
+
+ROUND_CURVES = (
+    ("reward_accuracy_on_policy", "previous RM on this policy's answers", "RM accuracy (gold-ranked pairs)"),
+    ("reward_held_out_accuracy", "RM on held-out pairs", "RM accuracy (gold-ranked pairs)"),
+)
+
+
+def plot_rounds(rounds: Sequence[RoundResult], out: Path) -> str | None:
+    """Per round: the reward model's accuracy where the policy samples and on held-out pairs; RL's scores."""
+    if len(rounds) < 2:
+        return None
+    xs = [r.round for r in rounds]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for key, label, title in ROUND_CURVES:
+        points = [(x, getattr(r, key)) for x, r in zip(xs, rounds, strict=True) if getattr(r, key) is not None]
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+        left.set(title=title, xlabel="round", xticks=xs)
+    left.legend(fontsize=7)
+    for key, label in (("objective/score", "RM score (that round's RM)"), ("gold/score", "gold score")):
+        points = [(x, r.policy[key]) for x, r in zip(xs, rounds, strict=True) if key in r.policy]
+        if points:
+            right.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+    right.set(title="RL, end of each round", xlabel="round", xticks=xs)
+    right.legend(fontsize=7)
+    return _save(fig, out / "rounds.png")
+
+
+def rounds_table(rounds: Sequence[RoundResult]) -> str:
+    """One line per round: what was annotated, how it was chosen, what the reward model and RL reached."""
+    head = (
+        "<tr><th>round</th><th>selector</th><th>items (pool)</th><th>answers</th><th>mean uncertainty: "
+        "pool → chosen</th><th>previous RM on this policy's answers</th><th>RM held-out accuracy</th>"
+        "<th>pairs</th><th>RL iterations</th><th>RM score</th><th>gold</th><th>KL</th></tr>"
+    )
+
+    def number(value: float | None, form: str = "{:.2f}") -> str:
+        return form.format(value) if value is not None else ""
+
+    rows = []
+    for r in rounds:
+        accuracy = number(r.reward_accuracy_on_policy, "{:.1%}")
+        cells = [
+            str(r.round),
+            _e(r.selected_by),
+            f"{r.items} ({r.pool})",
+            str(r.answers),
+            f"{number(r.mean_uncertainty_pool)} → {number(r.mean_uncertainty_selected)}"
+            if r.mean_uncertainty_pool is not None
+            else "",
+            f"{accuracy} ({r.reward_accuracy_pairs} pairs)" if accuracy else "",
+            number(r.reward_held_out_accuracy, "{:.1%}"),
+            str(r.preference_pairs),
+            str(r.policy_steps),
+            number(r.policy.get("objective/score")),
+            number(r.policy.get("gold/score")),
+            number(r.policy.get("objective/kl")),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "<table>" + head + "".join(rows) + "</table>"
 
 
 def _policies(evaluation: Evaluation) -> tuple[PolicyScores, PolicyScores]:
@@ -200,6 +287,13 @@ def _metric_rows(evaluation: Evaluation, rouge: dict[str, dict[str, float]] | No
             f"(95% CI {w.ci_low:.1%}–{w.ci_high:.1%}; {int(w.wins)} wins, {int(w.ties)} ties, "
             f"{int(w.losses)} losses)</td></tr>"
         )
+    if any(v is not None for v in evaluation.reward_model_accuracy.values()):
+        cells = [evaluation.reward_model_accuracy.get(p) for p in ("sft", "ppo")]
+        rows.append(
+            "<tr><td>reward model ranks the policy's answers as the gold judge does</td>"
+            + "".join(f"<td>{v:.1%}</td>" if v is not None else "<td></td>" for v in cells)
+            + "</tr>"
+        )
     for policy, scores in (rouge or {}).items():
         rows.append(
             f"<tr><td>ROUGE-L vs reference ({policy.upper()})</td><td colspan=2>{scores['rougeL']:.3f}</td></tr>"
@@ -224,14 +318,15 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
     plots = run_dir / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     sft_history = _jsonl(run_dir / "sft" / "log_history.jsonl")
-    reward_history = _jsonl(run_dir / "reward" / "log_history.jsonl")
-    reward = RewardResult.read_if_present(run_dir / "reward")
-    ppo_history = _jsonl(run_dir / "ppo" / "metrics.jsonl")
+    reward_history = _jsonl(stage_folder(run_dir, "reward") / "log_history.jsonl")
+    reward = RewardResult.read_if_present(stage_folder(run_dir, "reward"))
+    ppo_history = rl_history(run_dir)
     evaluated = EvalResult.read_if_present(run_dir / "eval")
-    ppo = PPOResult.read_if_present(run_dir / "ppo")
+    ppo = PPOResult.read_if_present(stage_folder(run_dir, "ppo"))
     evaluation = evaluated or (ppo.eval if ppo is not None else None)
-    samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(run_dir / "ppo" / "eval_samples.jsonl")
-    annotation = _json(run_dir / "annotate" / "summary.json")
+    samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(stage_folder(run_dir, "ppo") / "eval_samples.jsonl")
+    annotation = _json(stage_folder(run_dir, "annotate") / "summary.json")
+    rounds = [RoundResult.read(r) for r in round_folders(run_dir) if (r / METRICS_FILE).is_file()]
 
     trained = Path(evaluated.ppo_dir) if evaluated is not None else None
     policy = read_stage(trained).stage.upper() if trained is not None and (trained / METRICS_FILE).is_file() else "PPO"
@@ -253,6 +348,17 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         image = plot_comparison(evaluation, plots)
         if image:
             parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='SFT vs PPO scores'>")
+    if rounds:
+        parts += [
+            f"<h2>Rounds ({len(rounds)})</h2>",
+            rounds_table(rounds),
+            "<p>Each round after the first samples candidate sets from the current policy, scores them with the "
+            "previous round's reward model, and sends the selector's choice to annotators; the reward model is "
+            "retrained on every ranking so far and RL continues from the previous policy.</p>",
+        ]
+        image = plot_rounds(rounds, plots)
+        if image:
+            parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='per-round curves'>")
     if ppo_history:
         parts += ["<h2>PPO training</h2>", f"<img src='{PLOTS_DIR}/{plot_ppo(ppo_history, plots)}' alt='PPO curves'>"]
     if samples:
@@ -277,7 +383,7 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
             f"<img src='{PLOTS_DIR}/{plot_sft(sft_history, plots)}' alt='SFT loss'>",
         ]
     if annotation:
-        pairs = _json(run_dir / "preferences" / "done.json").get("rows", {})
+        pairs = _json(stage_folder(run_dir, "preferences") / "done.json").get("rows", {})
         line = (
             f"{annotation.get('answers', 0)} answers on {annotation.get('items', 0)} prompts by "
             f"{len(annotation.get('annotators', []))} {annotation.get('annotator', '')} annotator(s), "
@@ -310,8 +416,9 @@ def _interval(value: float, low: float, high: float, percent: bool = False) -> s
 
 
 def _ppo_folder(run_dir: Path) -> Path:
-    """A pipeline folder's ``ppo/``, or a PPO run folder itself."""
-    return run_dir / "ppo" if (run_dir / "ppo" / "metrics.json").is_file() else run_dir
+    """A pipeline folder's ``ppo/`` (its last round's), or a PPO run folder itself."""
+    folder = stage_folder(run_dir, "ppo")
+    return folder if (folder / METRICS_FILE).is_file() else run_dir
 
 
 def comparison_table(run_dirs: Sequence[str | Path]) -> str:
@@ -320,7 +427,8 @@ def comparison_table(run_dirs: Sequence[str | Path]) -> str:
     A pipeline folder's figures come from its eval stage (more seeds), a PPO run's from its own evaluation.
     """
     head = (
-        "<tr><th>run</th><th>algorithm</th><th>reward</th><th>gold SFT → policy</th><th>gold gain [95% CI]</th>"
+        "<tr><th>run</th><th>algorithm</th><th>rounds</th><th>reward</th><th>gold SFT → policy</th>"
+        "<th>gold gain [95% CI]</th>"
         "<th>gold win rate [95% CI]</th><th>RM win rate [95% CI]</th><th>KL to SFT</th><th>episodes/s</th></tr>"
     )
     rows = []
@@ -328,6 +436,8 @@ def comparison_table(run_dirs: Sequence[str | Path]) -> str:
         ppo = PPOResult.read(_ppo_folder(Path(run_dir)))
         evaluation: Evaluation | None = EvalResult.read_if_present(Path(run_dir) / "eval") or ppo.eval
         cells = [_e(Path(run_dir).name), ALGORITHMS.get(ppo.advantage_estimator, ppo.advantage_estimator)]
+        rounds = [RoundResult.read(r) for r in round_folders(Path(run_dir)) if (r / METRICS_FILE).is_file()]
+        cells.append(f"{len(rounds)} ({_e(rounds[-1].selected_by)})" if rounds else "1")
         cells.append(_e(" + ".join(ppo.reward_components) or "model") + (" (judge!)" if ppo.judge_is_reward else ""))
         if evaluation is None:
             cells += ["no evaluation"] + [""] * 4

@@ -217,6 +217,9 @@ class Evaluation:
     seeds: list[int]
     win_rate: dict[str, WinRate]  # by judge: "reward", "gold"
     gain: dict[str, Difference] = field(default_factory=dict)  # by judge: trained minus SFT, paired
+    # by policy, where the task has a gold judge: the share of gold-separated pairs of one prompt's answers
+    # (over the seeds) that the reward model orders as the gold judge does (rlhf.selection.ranking_accuracy)
+    reward_model_accuracy: dict[str, float | None] = field(default_factory=dict)
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -292,6 +295,32 @@ class PPOResult(Result):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoundResult(Result):
+    """One round of ``rlhf pipeline --rounds``: what was annotated, how it was chosen, what it trained.
+
+    ``reward_accuracy_on_policy`` is the *previous* round's reward model on the candidate sets the current
+    policy sampled this round, ranked by the gold judge (before any of them was annotated): how well the
+    reward model the policy was just optimised against still ranks the policy's own answers.
+    """
+
+    stage: str = "round"
+    round: int
+    items: int  # candidate sets put in the store in this round
+    answers: int  # rankings collected on them (items x overlap)
+    selected_by: str  # "sequential" (round 1: no reward model yet), "random" or "uncertainty"
+    pool: int  # candidate sets the selector chose from (round 1: the items themselves)
+    mean_uncertainty_pool: float | None = None  # of the previous reward model (rlhf.selection.uncertainty)
+    mean_uncertainty_selected: float | None = None
+    reward_accuracy_on_policy: float | None = None
+    reward_accuracy_pairs: int = 0
+    reward_held_out_accuracy: float | None = None  # this round's reward model, on its held-out pairs
+    preference_pairs: int = 0  # the reward model's training pairs (every round's rankings so far)
+    policy_steps: int = 0  # RL iterations in this round
+    policy: dict[str, float] = field(default_factory=dict)  # this round's RL metrics, mean of its last iterations
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalResult(Evaluation, Result):
     stage: str = "eval"
     output_dir: str
@@ -315,6 +344,7 @@ class ExportResult(Result):
 
 
 STAGE_RESULTS: dict[str, type[Result]] = {
+    "round": RoundResult,
     "sft": SFTResult,
     "reward": RewardResult,
     "dpo": OfflineResult,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import RECIPES
 
+from feedback.store import Store
 from rlhf.core.errors import ConfigError
 from rlhf.results import EvalResult
 from rlhf.stages import pipeline
@@ -104,6 +105,8 @@ def test_pipeline_waits_for_people_in_the_feedback_app(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", TINY, "--output_dir", str(out), *QUICK]
     command += ["--annotator", "human", "--annotation_prompts", "3", "--port", str(port), "--stop_after", "annotate"]
     command += ["--wait_timeout", "600", "--disable_tqdm", "true"]
+    out.mkdir()  # accounts first: a human run without any is refused before it trains
+    token = Store.create(f"sqlite:///{out / 'feedback.db'}").add_annotator("alice")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -115,9 +118,6 @@ def test_pipeline_waits_for_people_in_the_feedback_app(tmp_path: Path) -> None:
             except httpx.TransportError:
                 time.sleep(0.5)
         assert process.poll() is None, process.stderr.read()[-3000:] if process.stderr else ""
-        from feedback.store import Store
-
-        token = Store.create(f"sqlite:///{out / 'feedback.db'}").add_annotator("alice")
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
         ranked = 0
         while (item := client.get("/api/items/next").json()["item"]) is not None:

@@ -38,11 +38,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
+
+from rlhf.core.errors import ConfigError
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 SCORE_KEY = "base_model.model.score.weight"
@@ -131,6 +133,15 @@ class SharedBase(nn.Module):
         self.peft.base_model.set_requires_grad(list(self.trainable), requires_grad=True)
         if self.has_reward_model:
             self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+
+    def load_adapter(self, role: str, folder: str | Path) -> None:
+        """Put a saved LoRA (``folder/adapter_model.safetensors``, as PEFT writes it) into a role's adapter."""
+        path = Path(folder) / "adapter_model.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"{folder}: no adapter_model.safetensors to load as the {role} adapter")
+        device = next(p for p in self.peft.parameters()).device
+        set_peft_model_state_dict(self.peft, load_file(str(path), device=str(device)), adapter_name=role)
+        self.use(self.peft.active_adapter)  # loading may touch requires_grad: put the roles' flags back
 
     @property
     def has_critic(self) -> bool:

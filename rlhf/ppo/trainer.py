@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
@@ -528,8 +528,7 @@ class PPOTrainer:
         if state["world_size"] != dist.world_size():
             raise ValueError(f"{folder} was written by {state['world_size']} processes; resume with as many")
         for role in self.roles.trainable:
-            weights = load_file(str(folder / role / "adapter_model.safetensors"), device=str(self.device))
-            set_peft_model_state_dict(self.roles.peft, weights, adapter_name=role)
+            self.roles.load_adapter(role, folder / role)
         if self.roles.has_critic:
             self.roles.load_value_head(folder / VALUE_HEAD_FILE)
         self.roles.use(POLICY)

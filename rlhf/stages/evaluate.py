@@ -25,14 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft import set_peft_model_state_dict
-from safetensors.torch import load_file
-
 from rlhf import data, evaluation, runs
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, from_options, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
-from rlhf.ppo.roles import POLICY
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge
 from rlhf.results import Calibration, EvalResult, read_stage
@@ -132,10 +128,7 @@ def run(config: EvalConfig) -> EvalResult:
         raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did the run finish?")
     output_dir = Path(config.output_dir) if config.output_dir else ppo_dir.parent / "eval"
     model_args, prompt_set, ppo_config = _run_settings(config, ppo_dir)
-    roles, tokenizer = ppo.build_roles(model_args, ppo_config, critic=False)  # evaluation never needs one
-    set_peft_model_state_dict(roles.peft, load_file(str(ppo_dir / "adapter_model.safetensors")), adapter_name=POLICY)
-    roles.use(POLICY)
-    sampler = PolicySampler.from_config(roles, tokenizer, ppo_config)
+    sampler = ppo.policy_sampler(model_args, ppo_config, ppo_dir)
 
     loaded = data.load_split(prompt_set, config.split)
     if loaded is None:

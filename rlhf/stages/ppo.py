@@ -28,6 +28,7 @@ from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
 from rlhf.results import PPOResult
 
@@ -100,6 +101,16 @@ def build_roles(model_args: ModelArguments, config: PPOConfig, critic: bool = Tr
     return SharedBase(base, lora, config.reward_model_path or None, value_init=value_init), tokenizer
 
 
+def policy_sampler(model_args: ModelArguments, config: PPOConfig, adapter_dir: str | Path) -> PolicySampler:
+    """A sampler of the policy a run trained (its adapter on the shared base), scoring with ``config``'s reward.
+
+    What evaluation and the pipeline's later rounds sample from: no critic, no optimizer.
+    """
+    roles, tokenizer = build_roles(model_args, config, critic=False)
+    roles.load_adapter(POLICY, adapter_dir)
+    return PolicySampler.from_config(roles, tokenizer, config)
+
+
 def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> PPOTrainer:
     """The trainer with its shared base and prompts (train split for rollouts, test split held out)."""
     if not data_args.dataset_name:
@@ -168,6 +179,9 @@ def run(config: StageConfig[PPOConfig]) -> PPOResult:
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
         trainer.load_checkpoint(checkpoint)
+    elif options.policy_init:  # a checkpoint already holds the policy it continued from
+        logger.info("policy starts from %s", options.policy_init)
+        trainer.roles.load_adapter(POLICY, options.policy_init)
     history = trainer.train()
 
     final: dict[str, float] = {}
