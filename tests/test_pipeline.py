@@ -16,8 +16,9 @@ import pytest
 from conftest import RECIPES
 
 from feedback.store import Store
+from rlhf import runs
 from rlhf.core.errors import ConfigError
-from rlhf.results import EvalResult
+from rlhf.results import EvalResult, RoundResult
 from rlhf.stages import pipeline
 
 # The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
@@ -45,51 +46,83 @@ def test_stage_options_are_split_from_the_pipelines_and_checked_before_anything_
 
 
 def _done(out: Path) -> dict[str, float]:
-    return {
-        stage: (out / stage / pipeline.DONE).stat().st_mtime
-        for stage in pipeline.STAGES
-        if (out / stage / pipeline.DONE).exists()
-    }
+    """Every finished stage's (and round's) ``done.json``, by folder, with its modification time."""
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime for p in out.rglob(pipeline.DONE)}
 
 
 @pytest.mark.slow
-def test_pipeline_killed_mid_ppo_resumes_then_skips_finished_stages_and_redoes_from_one(tmp_path: Path) -> None:
-    """One quick pipeline, SIGKILLed mid-PPO: the rerun resumes PPO and redoes nothing finished; a third run
-    has nothing to do; ``--from_stage eval`` redoes eval and what follows it, and only that."""
+def test_two_rounds_killed_mid_ppo_resume_skip_finished_stages_redo_from_one_and_record_the_selection(
+    tmp_path: Path,
+) -> None:
+    """One quick two-round pipeline (the second round annotates what the reward model is least sure of),
+    SIGKILLed in round 2's RL: the rerun resumes that RL from its checkpoint and redoes nothing finished;
+    a third run has nothing to do; ``--from_stage eval`` redoes eval and what follows it, and only that.
+    Round 2 samples the round-1 policy, retrains the reward model on both rounds' rankings and continues
+    RL from round 1's policy; the store, the export and the report show which selector chose what."""
     out = tmp_path / "run"
-    args = ["--recipe", TINY, "--output_dir", str(out), "--disable_tqdm", "true", *QUICK]
+    rounds = ["--rounds", "2", "--annotation_budget", "40", "--select", "uncertainty"]
+    args = ["--recipe", TINY, "--output_dir", str(out), "--disable_tqdm", "true", *QUICK, *rounds]
     command = [sys.executable, "-m", "rlhf", "pipeline", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = dict(os.environ)  # one thread (conftest): two threads per process oversubscribe the xdist workers
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = out / "round-2"
     deadline = time.time() + 900
-    while not (out / "ppo" / "checkpoint-2").is_dir() and time.time() < deadline and process.poll() is None:
+    while not (second / "ppo" / "checkpoint-2").is_dir() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert (out / "ppo" / "checkpoint-2").is_dir() and not (out / "ppo" / pipeline.DONE).exists()
+    assert (second / "ppo" / "checkpoint-2").is_dir() and not (second / "ppo" / pipeline.DONE).exists()
     before = _done(out)
-    assert set(before) == set(pipeline.STAGES[: pipeline.STAGES.index("ppo")])
-    ppo_route = pipeline.stages_for("ppo")
+    planned = pipeline.Pipeline(pipeline.PipelineConfig(recipe=TINY, output_dir=str(out), rounds=2))
+    keys = [str(planned.folder(s, r).relative_to(out)) for s, r in planned.plan()]
+    assert set(before) == {*keys[: keys.index("round-2/ppo")], "round-1"}
 
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr and "checkpoint-" in result.stderr
     first = _done(out)
-    assert set(first) == set(ppo_route)
+    assert set(first) == {*keys, "round-1", "round-2"}
     assert all(first[s] == before[s] for s in before)  # finished stages were not redone
-    steps = [json.loads(line)["step"] for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7))
+    history = [json.loads(line) for line in (second / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3]  # the recipe's 6 iterations, split over 2 rounds
     assert (out / "report.html").is_file() and (out / "export" / "merged" / "model.safetensors").is_file()
 
     summary = pipeline.main(args)  # nothing to do: every stage is finished
-    assert list(summary) == list(ppo_route) and _done(out) == first
-    assert summary["annotate"]["answers"] == summary["annotate"]["items"] > 50
-    assert summary["preferences"]["rows"]["train"] > 100
+    assert [k for k in summary if k not in ("round-1", "round-2")] == keys and _done(out) == first
+    assert summary["round-1/annotate"]["answers"] == summary["round-1/annotate"]["items"] == 20
+    assert summary["round-2/preferences"]["rows"]["train"] > summary["round-1/preferences"]["rows"]["train"] > 30
+
+    rounds_done = [RoundResult.read(out / f"round-{n}") for n in (1, 2)]
+    assert [r.selected_by for r in rounds_done] == ["sequential", "uncertainty"]
+    assert [r.items for r in rounds_done] == [20, 20] and [r.answers for r in rounds_done] == [20, 20]
+    assert [r.policy_steps for r in rounds_done] == [3, 3]
+    second_round = rounds_done[1]
+    assert second_round.pool > second_round.items and second_round.reward_accuracy_on_policy is not None
+    assert second_round.mean_uncertainty_selected is not None and second_round.mean_uncertainty_pool is not None
+    assert second_round.mean_uncertainty_selected >= second_round.mean_uncertainty_pool  # the least certain
+    # round 2 continues round 1's policy (its first iteration is already away from SFT); the leash is to SFT
+    config = runs.read_config(second / "ppo")
+    assert config["policy_init"] == str(out / "round-1" / "ppo")
+    assert config["reward_model_path"] == str(second / "reward")
+    assert history[0]["objective/kl"] > 0.01
+    store = Store.create(f"sqlite:///{out / 'feedback.db'}")
+    batches = {b.batch: b for b in store.progress().batches}
+    assert set(batches) == {1, 2} and batches[2].selected_by == "uncertainty" and batches[2].complete == 20
+    pool = [json.loads(line) for line in (second / "generate" / pipeline.SELECTION_FILE).read_text().splitlines()]
+    chosen = {json.dumps(r["prompt"], sort_keys=True): r["uncertainty"] for r in pool if r["chosen"]}
+    stored = {json.dumps(i.messages, sort_keys=True): i for i in store.records() if i.batch == 2}
+    assert set(stored) == set(chosen) and all(i.selection_score == chosen[k] for k, i in stored.items())
+    assert all(i.selected_by == "uncertainty" for i in stored.values())
+    pairs = [json.loads(line) for line in (second / "preferences" / "train.jsonl").read_text().splitlines()]
+    assert {p["batch"] for p in pairs} == {1, 2}
+    assert EvalResult.read(out / "eval").ppo_dir == str(second / "ppo")  # the last round's policy is judged
+    assert "Rounds (2)" in (out / "report.html").read_text()
 
     pipeline.main([*args, "--from_stage", "eval"])
     again = _done(out)
-    assert all(again[s] == first[s] for s in ppo_route[: ppo_route.index("eval")])
-    assert all(again[s] > first[s] for s in ("eval", "export", "report"))
+    redone = {"eval", "export", "report"}
+    assert all(again[s] == first[s] for s in first if s not in redone)
+    assert all(again[s] > first[s] for s in redone)
 
 
 def _free_port() -> int:

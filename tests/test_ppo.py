@@ -244,7 +244,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
 ) -> None:
     common = ["--steps", "6", "--save_steps", "2", "--lr_scheduler_type", "linear", "--adaptive_kl_target", "0.5"]
     common += algorithm
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = dict(os.environ)  # one thread (conftest): two threads per process oversubscribe the xdist workers
     straight = tmp_path / "straight"
     subprocess.run(
         _ppo_command(*ppo_args(straight, tiny_sft_run, tiny_reward_run), *common),

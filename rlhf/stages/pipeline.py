@@ -280,19 +280,21 @@ class Pipeline:
         return (self.folder(stage, rnd) / DONE).is_file()
 
     def clear_from(self, stage: str) -> None:
-        plan = self.plan()
-        start = next(i for i, (s, _) in enumerate(plan) if s == stage)
+        """Remove the folders of ``stage`` and of every stage after it (in every round: a round stage
+        after generate is refused with rounds, since later rounds' items would stay in the store)."""
         if self.config.rounds > 1 and stage in ROUND_STAGES and stage != "generate":
             raise ConfigError(
                 f"from_stage: {stage} of round 1 would leave later rounds' items in the feedback store; with "
                 "--rounds, redo from generate (or sft), or from eval"
             )
-        for later, rnd in plan[start:]:
-            shutil.rmtree(self.folder(later, rnd), ignore_errors=True)
-            if rnd and self.config.rounds > 1:
+        first = STAGES.index(stage)
+        for later in STAGES[first:]:
+            shutil.rmtree(self.folder(later), ignore_errors=True)
+        if first <= STAGES.index("generate"):
+            for rnd in range(1, self.config.rounds + 1):
                 shutil.rmtree(self.out / round_folder(rnd), ignore_errors=True)
-        if STAGES.index(stage) <= STAGES.index("generate") and self.db.startswith("sqlite:///"):
-            Path(self.db.removeprefix("sqlite:///")).unlink(missing_ok=True)  # candidates and answers go too
+            if self.db.startswith("sqlite:///"):
+                Path(self.db.removeprefix("sqlite:///")).unlink(missing_ok=True)  # candidates and answers go too
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
