@@ -24,6 +24,7 @@ from feedback.store import (
     accounts,
     make_engine,
     migrate,
+    queue,
 )
 
 
@@ -177,6 +178,36 @@ def test_an_item_handed_out_holds_its_slot_until_answered_skipped_or_expired(sto
         )
     store.add_annotator("c")
     assert store.next_item(store.annotator("c").id).prompt_id == item.prompt_id
+
+
+def test_a_hand_out_in_progress_does_not_make_others_wait_and_progress_comes_with_the_item(store: Store) -> None:
+    """While one annotator's hand-out holds its item (a transaction not yet committed), another
+    annotator gets the next item at once on PostgreSQL (``SKIP LOCKED``); on SQLite writers queue on
+    the process's lock, so the second waits for the first to commit. Either way no item is overfilled."""
+    _ids(store, n_prompts=3)
+    for name in ("a", "b"):
+        store.add_annotator(name)
+    a, b = store.annotator("a"), store.annotator("b")
+    got: dict[str, float | int] = {}
+    with store._tx() as held:  # a's hand-out, still open
+        first = queue.next_item(held, a.id)
+        assert first is not None
+
+        def other() -> None:
+            started = time.monotonic()
+            item, progress = store.next_with_progress(b.id)
+            assert item is not None and progress.answered == 0
+            got.update(prompt_id=item.prompt_id, seconds=time.monotonic() - started)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=1.0)
+        if store.backend == "postgresql":
+            assert not thread.is_alive() and got["prompt_id"] != first.prompt_id and got["seconds"] < 1.0
+        else:
+            assert thread.is_alive()  # queued behind a's write transaction
+    thread.join(timeout=30)
+    assert "prompt_id" in got and got["prompt_id"] != first.prompt_id  # overlap 1: the held item is a's
 
 
 def test_concurrent_annotators_never_overfill_an_item(store: Store) -> None:

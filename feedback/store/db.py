@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,13 +113,32 @@ def transaction(engine: Engine, write: bool = True) -> Iterator[Connection]:
     gives a read transaction one snapshot from its first read on. Writes stay READ COMMITTED
     and take locks (``BEGIN IMMEDIATE`` on SQLite, row locks on PostgreSQL).
     """
-    with engine.connect() as connection:
+    queue = _writer_queue(engine) if write and engine.dialect.name == "sqlite" else contextlib.nullcontext()
+    with queue, engine.connect() as connection:
         if write:
             connection.execution_options(immediate=True)
         elif engine.dialect.name == "postgresql":
             connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with connection.begin():
             yield connection
+
+
+_WRITER_QUEUES: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITER_QUEUES_LOCK = threading.Lock()
+
+
+def _writer_queue(engine: Engine) -> threading.Lock:
+    """The lock this process's SQLite writers queue on before ``BEGIN IMMEDIATE``.
+
+    SQLite lets one writer in at a time either way; what this changes is how the others wait.
+    Without it they wait in SQLite's busy handler, which sleeps and retries (up to 100 ms a
+    sleep, first come not first served): under 32 concurrent annotators that made the slowest
+    answers wait seconds while the median waited a tenth of one. Queued on a lock, a writer starts
+    as soon as the one before it commits. Other processes (the CLI, a second server) still meet
+    at SQLite's lock, with its busy timeout.
+    """
+    with _WRITER_QUEUES_LOCK:
+        return _WRITER_QUEUES.setdefault(engine, threading.Lock())
 
 
 # Alembic is imported where it is used: importing it logs a line per plugin, before the CLI can quiet it.

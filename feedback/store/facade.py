@@ -174,6 +174,19 @@ class Store:
         """The item this annotator should answer next, or None (:func:`feedback.store.queue.next_item`)."""
         return self._write(queue.next_item, annotator_id)
 
+    def next_with_progress(self, annotator_id: int) -> tuple[views.ItemView | None, views.AnnotatorProgress]:
+        """:meth:`next_item` and then :meth:`annotator_progress`, in one transaction with one settings read.
+
+        What the annotation page asks for on every item: one transaction instead of two halves its
+        round trips to the database (on PostgreSQL under load, each costs more than the queries).
+        """
+
+        def both(c: Connection) -> tuple[views.ItemView | None, views.AnnotatorProgress]:
+            current = settings.read(c)
+            return queue.next_item(c, annotator_id, current), reporting.annotator_progress(c, annotator_id, current)
+
+        return self._write(both)
+
     def held_item(self, annotator_id: int, prompt_id: int) -> tuple[views.ItemView, views.AnswerView | None]:
         """An item handed to this annotator (to revisit it), with their answer if they gave one."""
         with self._tx(write=False) as c:

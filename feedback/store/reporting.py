@@ -15,7 +15,7 @@ from feedback.enums import AssignmentStatus, Role
 from feedback.store import settings
 from feedback.store.answers import content
 from feedback.store.queue import lease_cutoff, open_prompts
-from feedback.store.views import AnnotatorCount, AnnotatorProgress, BatchProgress, Progress
+from feedback.store.views import AnnotatorCount, AnnotatorProgress, BatchProgress, Progress, Settings
 
 
 def _batches(c: Connection, answered: dict[int, int], overlap: int) -> list[BatchProgress]:
@@ -84,9 +84,9 @@ def progress(c: Connection) -> Progress:
     )
 
 
-def annotator_progress(c: Connection, annotator_id: int) -> AnnotatorProgress:
+def annotator_progress(c: Connection, annotator_id: int, current: Settings | None = None) -> AnnotatorProgress:
     """This annotator's answers so far and how many items are still open to them."""
-    current = settings.read(c)
+    current = current or settings.read(c)
     done = c.execute(
         sa.select(sa.func.count()).select_from(t.submissions).where(t.submissions.c.annotator_id == annotator_id)
     ).scalar_one()

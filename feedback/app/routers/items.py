@@ -15,8 +15,8 @@ router = APIRouter(prefix="/api/items", tags=["annotate"], responses=ERRORS)
 @router.get("/next")
 def next_item(me: Me, store: StoreDep) -> NextOut:
     """The next item to answer (the same one until it is answered or skipped), or null when none is left."""
-    view = store.next_item(me.id)
-    return NextOut(item=ItemOut.of(view) if view else None, progress=asdict(store.annotator_progress(me.id)))
+    view, progress = store.next_with_progress(me.id)
+    return NextOut(item=ItemOut.of(view) if view else None, progress=asdict(progress))
 
 
 @router.get("/{prompt_id}")
