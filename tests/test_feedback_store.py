@@ -17,6 +17,7 @@ from feedback.store import (
     Conflict,
     Forbidden,
     Invalid,
+    ItemView,
     NotFound,
     Store,
     StoreError,
@@ -208,6 +209,27 @@ def test_a_hand_out_in_progress_does_not_make_others_wait_and_progress_comes_wit
             assert thread.is_alive()  # queued behind a's write transaction
     thread.join(timeout=30)
     assert "prompt_id" in got and got["prompt_id"] != first.prompt_id  # overlap 1: the held item is a's
+
+
+def test_an_item_held_by_a_hand_out_in_progress_still_goes_to_the_next_annotator(store: Store) -> None:
+    """The only item, overlap 2, its row held by a's uncommitted hand-out: b waits for it and gets the
+    free slot, instead of being told the queue is empty (PostgreSQL's SKIP LOCKED alone would)."""
+    _ids(store, n_prompts=1)
+    store.update_settings(overlap=2)
+    for name in ("a", "b"):
+        store.add_annotator(name)
+    a, b = store.annotator("a"), store.annotator("b")
+    got: dict[str, ItemView | None] = {}
+    with store._tx() as held:
+        first = queue.next_item(held, a.id)
+        assert first is not None
+        thread = threading.Thread(target=lambda: got.update(item=store.next_item(b.id)))
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # waiting for a's hand-out to commit, not answering "nothing left"
+    thread.join(timeout=30)
+    item = got["item"]
+    assert item is not None and item.prompt_id == first.prompt_id
 
 
 def test_concurrent_annotators_never_overfill_an_item(store: Store) -> None:

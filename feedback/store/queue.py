@@ -94,18 +94,21 @@ def next_item(c: Connection, annotator_id: int, current: Settings | None = None)
             )
             return item_view(c, annotator_id, prompt_id, current)
     first_open = sa.select(t.prompts.c.id).where(open_prompts(annotator_id, current, cutoff)).order_by(t.prompts.c.id)
-    if c.dialect.name == "postgresql":
-        # The first open item whose row no other hand-out or answer holds right now, locked: concurrent
-        # annotators spread over the next items instead of queueing on one row lock and retrying.
-        first_open = first_open.with_for_update(of=t.prompts, skip_locked=True)
+    locking = c.dialect.name == "postgresql"  # SQLite: the write lock already serialises hand-outs
     for _ in range(20):  # retry when another annotator took the last slot first (PostgreSQL)
-        prompt_id = c.execute(first_open.limit(1)).scalar()
+        if locking:
+            # The first open item whose row no other hand-out or answer holds right now, locked:
+            # concurrent annotators spread over the next items instead of queueing on one row lock.
+            # Only when every open item is held this instant, wait for the first of them: a held
+            # item may still have a free slot once its holder commits (an empty queue is final).
+            prompt_id = c.execute(first_open.with_for_update(of=t.prompts, skip_locked=True).limit(1)).scalar()
+            if prompt_id is None:
+                prompt_id = c.execute(first_open.with_for_update(of=t.prompts).limit(1)).scalar()
+        else:
+            prompt_id = c.execute(first_open.limit(1)).scalar()
         if prompt_id is None:
             return None
-        if (
-            c.dialect.name == "postgresql"
-            and _slots_taken(c, prompt_id, cutoff, exclude=annotator_id) >= current.overlap
-        ):
+        if locking and _slots_taken(c, prompt_id, cutoff, exclude=annotator_id) >= current.overlap:
             continue  # filled between the snapshot the query saw and the lock
         set_assignment(c, annotator_id, prompt_id, AssignmentStatus.ASSIGNED, exists=False, now=now)
         return item_view(c, annotator_id, prompt_id, current)
