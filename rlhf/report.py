@@ -114,6 +114,11 @@ def round_folders(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix("round-")))
 
 
+def read_rounds(run_dir: Path) -> list[RoundResult]:
+    """The finished rounds of a multi-round pipeline folder, in order."""
+    return [RoundResult.read(r) for r in round_folders(run_dir) if (r / METRICS_FILE).is_file()]
+
+
 def stage_folder(run_dir: Path, stage: str) -> Path:
     """Where a pipeline folder keeps a stage: the last round's folder for the stages rounds repeat."""
     rounds = round_folders(run_dir)
@@ -326,7 +331,7 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
     evaluation = evaluated or (ppo.eval if ppo is not None else None)
     samples = _jsonl(run_dir / "eval" / "samples.jsonl") or _jsonl(stage_folder(run_dir, "ppo") / "eval_samples.jsonl")
     annotation = _json(stage_folder(run_dir, "annotate") / "summary.json")
-    rounds = [RoundResult.read(r) for r in round_folders(run_dir) if (r / METRICS_FILE).is_file()]
+    rounds = read_rounds(run_dir)
 
     trained = Path(evaluated.ppo_dir) if evaluated is not None else None
     policy = read_stage(trained).stage.upper() if trained is not None and (trained / METRICS_FILE).is_file() else "PPO"
@@ -436,7 +441,7 @@ def comparison_table(run_dirs: Sequence[str | Path]) -> str:
         ppo = PPOResult.read(_ppo_folder(Path(run_dir)))
         evaluation: Evaluation | None = EvalResult.read_if_present(Path(run_dir) / "eval") or ppo.eval
         cells = [_e(Path(run_dir).name), ALGORITHMS.get(ppo.advantage_estimator, ppo.advantage_estimator)]
-        rounds = [RoundResult.read(r) for r in round_folders(Path(run_dir)) if (r / METRICS_FILE).is_file()]
+        rounds = read_rounds(Path(run_dir))
         cells.append(f"{len(rounds)} ({_e(rounds[-1].selected_by)})" if rounds else "1")
         cells.append(_e(" + ".join(ppo.reward_components) or "model") + (" (judge!)" if ppo.judge_is_reward else ""))
         if evaluation is None:

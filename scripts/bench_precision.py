@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 TRAINING_STAGES = ("sft", "reward", "ppo")
 
 
-def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """One pipeline in a child process: wall time, the child's peak RSS, stage times and evaluation figures."""
+def launch_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> tuple[float, float]:
+    """`rlhf pipeline` in a child process (log in `output_dir/pipeline.log`): wall seconds, its peak RSS (MiB)."""
     command = [sys.executable, "-m", "rlhf", "pipeline", "--recipe", str(recipe), "--output_dir", str(output_dir)]
     command += overrides
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +46,12 @@ def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> di
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """One pipeline in a child process: wall time, the child's peak RSS, stage times and evaluation figures."""
+    wall, peak_rss_mib = launch_pipeline(recipe, output_dir, overrides)
     evaluation = EvalResult.read(output_dir / "eval")
     stages = {  # the stages this route ran (an offline route has dpo or kto instead of ppo)
         stage: json.loads((output_dir / stage / "done.json").read_text())["seconds"]
@@ -54,7 +60,7 @@ def run_pipeline(recipe: Path, output_dir: Path, overrides: Sequence[str]) -> di
     }
     return {
         "wall_seconds": wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib,
         "stages": stages,
         "gold_sft": evaluation.sft.gold,
         "gold_ppo": evaluation.ppo.gold,

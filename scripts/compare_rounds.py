@@ -29,13 +29,10 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_precision import REPO, run_pipeline
+from bench_precision import REPO, launch_pipeline, run_pipeline
 
 from rlhf.results import EvalResult, RoundResult
 
@@ -79,8 +76,8 @@ def main() -> None:
     out = Path(args.output_dir)
     recipe = REPO / "recipes" / "tiny"
     shared = out / "sft-only"
-    if not (shared / "sft" / "done.json").is_file():
-        run_pipeline_sft(recipe, shared)
+    if not (shared / "sft" / "done.json").is_file():  # the SFT stage every arm starts from
+        launch_pipeline(recipe, shared, ["--stop_after", "sft"])
     sft_seconds = json.loads((shared / "sft" / "done.json").read_text())["seconds"]
 
     results: dict[str, list[dict[str, float]]] = {arm: [] for arm in args.arms}
@@ -141,23 +138,6 @@ def main() -> None:
                 f"{statistics.fmean(pool):.3f} → {statistics.fmean(chosen):.3f} |" if pool else " |",
                 f"{statistics.fmean(held):.1%} | {statistics.fmean(r.preference_pairs for r in rounds):.0f} |",
             )
-
-
-def run_pipeline_sft(recipe: Path, folder: Path) -> None:
-    """The SFT stage every arm starts from (the pipeline, stopped after it)."""
-    started = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "pipeline.log").open("w") as handle:
-        subprocess.run(
-            [
-                *(sys.executable, "-m", "rlhf", "pipeline", "--recipe", str(recipe), "--output_dir", str(folder)),
-                *("--stop_after", "sft", "--disable_tqdm", "true"),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
-    print(f"SFT: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

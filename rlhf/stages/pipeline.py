@@ -279,6 +279,10 @@ class Pipeline:
     def done(self, stage: str, rnd: int = 0) -> bool:
         return (self.folder(stage, rnd) / DONE).is_file()
 
+    def record(self, stage: str, rnd: int = 0) -> dict[str, Any]:
+        """What a finished stage wrote into its ``done.json``."""
+        return dict(json.loads((self.folder(stage, rnd) / DONE).read_text()))
+
     def clear_from(self, stage: str) -> None:
         """Remove the folders of ``stage`` and of every stage after it (in every round: a round stage
         after generate is refused with rounds, since later rounds' items would stay in the store)."""
@@ -311,7 +315,7 @@ class Pipeline:
             folder = self.folder(stage, rnd)
             if self.done(stage, rnd):
                 logger.info("pipeline: %s already done, skipped", key)
-                summary[key] = json.loads((folder / DONE).read_text())
+                summary[key] = self.record(stage, rnd)
             else:
                 started = time.time()
                 logger.info("pipeline: %s", key)
@@ -346,15 +350,18 @@ class Pipeline:
     def _sft_model(self) -> str:
         return str(self.folder("sft") / sft.MERGED_DIR)
 
-    def _distinct_prompts(self, limit: int | None = None) -> list[Any]:
-        """The prompt split's distinct prompts in order (of its first ``limit`` rows): the store keeps each once."""
+    def _prompts(self, limit: int | None = None) -> list[Any]:
+        """The prompts of the split to annotate, in order (its first ``limit`` rows)."""
         loaded = data.load_split(self.config.prompts, self.config.prompts_split)
         if loaded is None:
             raise ConfigError(f"{self.config.prompts}: no {self.config.prompts_split!r} split")
-        rows = loaded[0][:limit] if limit is not None else loaded[0]
+        return [row["prompt"] for row in loaded[0][:limit]]
+
+    def _distinct_prompts(self, limit: int | None = None) -> list[Any]:
+        """The prompt split's distinct prompts in order (of its first ``limit`` rows): the store keeps each once."""
         unique: dict[str, Any] = {}
-        for row in rows:
-            unique.setdefault(_key(row["prompt"]), row["prompt"])
+        for prompt in self._prompts(limit):
+            unique.setdefault(_key(prompt), prompt)
         return list(unique.values())
 
     # -- stages ---------------------------------------------------------------------------------
@@ -382,10 +389,7 @@ class Pipeline:
             return self._generate_selected(out, rnd)
         prompts_file = out / "prompts.jsonl"
         if self.round_items is None:  # the one-round pipeline: the first annotation_prompts rows
-            loaded = data.load_split(self.config.prompts, self.config.prompts_split)
-            if loaded is None:
-                raise ConfigError(f"{self.config.prompts}: no {self.config.prompts_split!r} split")
-            prompts = [row["prompt"] for row in loaded[0][: self.config.annotation_prompts]]
+            prompts = self._prompts(self.config.annotation_prompts)
         else:  # this round's share of the budget: that many distinct prompts
             prompts = self._distinct_prompts()[: self.round_items[0]]
         with prompts_file.open("w") as handle:
@@ -640,14 +644,11 @@ class Pipeline:
         folder = self.out / round_folder(rnd)
         if (folder / DONE).is_file():
             return dict(json.loads((folder / DONE).read_text()))
-        generated = json.loads((self.folder("generate", rnd) / DONE).read_text())
-        annotated = json.loads((self.folder("annotate", rnd) / DONE).read_text())
-        pairs = json.loads((self.folder("preferences", rnd) / DONE).read_text())["rows"]
+        generated, annotated = self.record("generate", rnd), self.record("annotate", rnd)
+        pairs = self.record("preferences", rnd)["rows"]
         reward_model = RewardResult.read(self.folder("reward", rnd))
         policy = PPOResult.read(self.folder(self.config.algorithm, rnd))
-        seconds = sum(
-            json.loads((self.folder(stage, rnd) / DONE).read_text())["seconds"] for stage, r in self.plan() if r == rnd
-        )
+        seconds = sum(self.record(stage, rnd)["seconds"] for stage, r in self.plan() if r == rnd)
         result = RoundResult(
             round=rnd,
             items=generated["items"],
