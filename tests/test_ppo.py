@@ -16,12 +16,14 @@ import torch
 from conftest import ppo_args, torchrun
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
+from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, models, runs
 from rlhf.config import parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo import losses
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.ppo.sampler import Samples
 from rlhf.results import PPOResult
 from rlhf.stages import ppo
 from rlhf.stages.reward import score_sequences
@@ -145,6 +147,61 @@ def test_policy_starts_as_the_reference(trainer) -> None:
         trainer.sampler.logprobs(rollout), trainer.sampler.logprobs(rollout, reference=True), atol=1e-5
     )
     assert trainer.sampler.kl_to_reference(rollout).abs().max() < 1e-5
+
+
+def test_trimming_padding_changes_no_measurement_and_no_gradient(trainer) -> None:
+    """Minibatches and scoring batches drop the columns that are padding in all their rows.
+
+    Compared directly with the same rows at the rollout's full width: log-probs, values and the
+    gradient of the policy's log-likelihood agree, and a batch of short answers is narrower.
+    """
+    sampler = trainer.sampler
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:12]]
+    torch.manual_seed(0)
+    samples = sampler.generate(prompts)
+    lengths = samples.mask.sum(1)
+    assert lengths.min() < lengths.max(), "the rollout needs answers of different lengths"
+
+    def untrimmed(rows: torch.Tensor) -> Samples:
+        picked = rows.tolist()
+        return Samples(
+            [samples.prompts[i] for i in picked], samples.query[rows], samples.query_mask[rows],
+            samples.response[rows], samples.mask[rows], [samples.texts[i] for i in picked], samples.ended[rows],
+        )  # fmt: skip
+
+    def full_width_logprobs() -> torch.Tensor:
+        with sampler.scoring():
+            return selective_log_softmax(sampler.response_logits(samples), samples.response) * samples.mask
+
+    size = sampler.forward_batch_size
+    sampler.forward_batch_size = 5  # several length-grouped, trimmed batches, put back in order
+    try:
+        assert torch.allclose(sampler.logprobs(samples), full_width_logprobs(), atol=1e-5)
+        with sampler.scoring():
+            trainer.roles.use(VALUE)
+            full_values = trainer.roles.values(sampler.response_hidden(samples)) * samples.mask
+            trainer.roles.use(POLICY)
+        assert torch.allclose(sampler.values(samples), full_values, atol=1e-5)
+    finally:
+        sampler.forward_batch_size = size
+
+    short = torch.argsort(lengths)[:4]
+    trimmed = samples.select(short)
+    assert trimmed.response.shape[1] == int(lengths[short].max()) < samples.response.shape[1]
+    assert trimmed.texts == [samples.texts[i] for i in short.tolist()]
+
+    def gradient(batch: Samples) -> list[torch.Tensor]:
+        trainer.roles.peft.zero_grad(set_to_none=True)
+        logprobs = selective_log_softmax(sampler.response_logits(batch), batch.response)
+        (logprobs * batch.mask).sum().backward()
+        return [p.grad.clone() for p in trainer.roles.trainable_parameters(POLICY)]
+
+    trainer.roles.peft.train()
+    try:
+        for a, b in zip(gradient(trimmed), gradient(untrimmed(short)), strict=True):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    finally:
+        trainer.roles.peft.zero_grad(set_to_none=True)
 
 
 def test_missing_eos_is_penalised(trainer) -> None:

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from rlhf.ppo import losses
+from rlhf.ppo.logprobs import token_logprobs
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -185,3 +187,49 @@ def test_reinforce_pp_advantages_are_returns_whitened_over_the_batch() -> None:
     expected = [(2 - 4 / 3) / std, (2 - 4 / 3) / std, (0 - 4 / 3) / std]
     assert [advantages[0, 0].item(), advantages[0, 1].item(), advantages[1, 0].item()] == pytest.approx(expected)
     assert advantages[1, 1].item() == 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_elements", [1 << 24, 3 * 50])  # one chunk; chunks of 3 positions, the last of 2
+def test_chunked_token_logprobs_equal_the_full_logits_and_their_gradient(
+    temperature: float, chunk_elements: int
+) -> None:
+    """The chunked projection gives the log-probs, entropy and gradients of log_softmax(head(hidden)) itself."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)  # a trainable head with a bias: every gradient path is used
+    hidden = torch.randn(2, 7, 8, requires_grad=True)
+    tokens = torch.randint(0, 50, (2, 7))
+    weights = torch.randn(2, 7)  # an arbitrary incoming gradient
+
+    logprobs, entropy = token_logprobs(
+        hidden, head, tokens, temperature, with_entropy=True, chunk_elements=chunk_elements
+    )
+    (logprobs * weights).sum().backward()
+    chunked = [hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()]
+    for t in (hidden, head.weight, head.bias):
+        t.grad = None
+
+    logits = head(hidden) / temperature
+    expected = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * weights).sum().backward()
+    assert torch.allclose(logprobs, expected, atol=1e-6)
+    assert entropy is not None and not entropy.requires_grad
+    assert torch.allclose(entropy, entropy_from_logits(logits.detach()), atol=1e-6)
+    for a, b in zip(chunked, [hidden.grad, head.weight.grad, head.bias.grad], strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_chunked_token_logprobs_under_mixed_precision_match_the_full_logits() -> None:
+    """Under bf16 autocast (the real recipes' compute dtype) forward and recomputed backward use bf16 projections."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False).requires_grad_(False)
+    hidden = torch.randn(3, 5, 16, requires_grad=True)
+    tokens = torch.randint(0, 40, (3, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logprobs, entropy = token_logprobs(hidden, head, tokens, chunk_elements=4 * 40)
+        expected = selective_log_softmax(head(hidden).float(), tokens)
+    assert entropy is None and logprobs.dtype == torch.float32
+    assert torch.allclose(logprobs, expected, atol=1e-5)
+    (grad,) = torch.autograd.grad(logprobs.sum(), hidden)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), hidden)
+    assert torch.allclose(grad, expected_grad, atol=2e-2, rtol=2e-2)

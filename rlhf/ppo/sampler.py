@@ -9,18 +9,19 @@ Shapes: ``B`` episodes, ``P`` (left-padded) prompt tokens, ``R`` response tokens
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
-from trl.trainer.utils import selective_log_softmax
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from rlhf import data, sampling
 from rlhf.config import PPOConfig
 from rlhf.ppo import rewards
+from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.roles import POLICY, VALUE, SharedBase
 
 
@@ -45,6 +46,29 @@ class Samples:
         """Prompt and response as one batch: ids and attention mask, B x (P + R)."""
         return torch.cat([self.query, self.response], 1), torch.cat([self.query_mask, self.mask.long()], 1)
 
+    def select(self, rows: torch.Tensor) -> Samples:
+        """These rows, without the columns that are padding in every one of them.
+
+        Prompts are left-padded to the batch's longest and answers right-padded to its longest, so a
+        minibatch of shorter ones carries columns that cost a forward and backward and change nothing:
+        the leading columns where all these prompts are padding and the trailing ones past the longest
+        of these answers. Each row keeps its tokens, positions (counted from the attention mask) and
+        attention, so what is measured on it does not change; the padding does not cost compute.
+        """
+        query_mask = self.query_mask[rows]
+        start = self.query.shape[1] - int(query_mask.sum(1).max())
+        width = max(1, int(self.mask[rows].sum(1).max()))
+        picked = rows.tolist()
+        return Samples(
+            prompts=[self.prompts[i] for i in picked],
+            query=self.query[rows, start:],
+            query_mask=query_mask[:, start:],
+            response=self.response[rows, :width],
+            mask=self.mask[rows, :width],
+            texts=[self.texts[i] for i in picked],
+            ended=self.ended[rows],
+        )
+
 
 @dataclass(frozen=True)
 class Trajectory:
@@ -57,9 +81,34 @@ class Trajectory:
     scores: torch.Tensor  # B float: the weighted sum of reward_parts (before the EOS penalty)
     reward_parts: dict[str, torch.Tensor]  # B float each: raw reward-model score ("model") and each function's
 
+    def select(self, rows: torch.Tensor) -> Trajectory:
+        """These rows, trimmed as :meth:`Samples.select` trims them (per-token tensors cut to the same width)."""
+        samples = self.samples.select(rows)
+        width = samples.response.shape[1]
+        cut = lambda t: None if t is None else t[rows, :width]  # noqa: E731
+        return Trajectory(
+            samples=samples,
+            logprobs=self.logprobs[rows, :width],
+            ref_logprobs=cut(self.ref_logprobs),
+            values=cut(self.values),
+            scores=self.scores[rows],
+            reward_parts={name: value[rows] for name, value in self.reward_parts.items()},
+        )
+
 
 def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def by_length(samples: Samples, size: int) -> Iterator[tuple[torch.Tensor, Samples]]:
+    """Batches of at most ``size`` rows, grouped by answer length and trimmed (:meth:`Samples.select`).
+
+    For passes without gradients, where which rows share a batch changes nothing but the padding:
+    each batch comes with its rows' indices, to put the results back in the samples' order.
+    """
+    order = torch.argsort(samples.mask.sum(1), stable=True)
+    for part in chunks(len(order), size):
+        yield order[part], samples.select(order[part])
 
 
 class PolicySampler:
@@ -144,20 +193,50 @@ class PolicySampler:
         texts = sampling.decode(self.tokenizer, response, self.eos_ids, self.tokenizer.pad_token_id)
         return Samples(list(prompts), query, query_mask, response, mask, texts, ended)
 
-    def response_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
-        """Logits predicting each response token (B x R x V), at the sampling temperature."""
-        hidden = self.roles.hidden_states(ids, mask)[:, prompt_length - 1 : -1]
-        return self.roles.token_logits(hidden).float() / self.settings.temperature
+    def response_hidden(self, samples: Samples) -> torch.Tensor:
+        """The active role's last hidden states before each response token, B x R x H."""
+        ids, mask = samples.sequences
+        return self.roles.hidden_states(ids, mask)[:, samples.query.shape[1] - 1 : -1]
+
+    def response_logits(self, samples: Samples) -> torch.Tensor:
+        """Logits predicting each response token (B x R x V), at the sampling temperature.
+
+        Divided in place: the vocabulary projection's backward does not need its output, and at a
+        real vocabulary (152k) a second B x R x V tensor is hundreds of MiB.
+        """
+        logits = self.roles.token_logits(self.response_hidden(samples)).float()
+        return logits.div_(self.settings.temperature) if self.settings.temperature != 1.0 else logits
+
+    def response_logprobs(
+        self, samples: Samples, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-prob of each response token (B x R) and, with ``with_entropy``, each position's entropy (no grad).
+
+        Through the vocabulary projection a chunk of positions at a time (:func:`~rlhf.ppo.logprobs.token_logprobs`):
+        the B x R x V logits never exist at once, in the forward pass or the backward. A head that is not
+        a plain linear layer (a LoRA on ``lm_head``) goes through :meth:`response_logits`.
+        """
+        head = self.roles.causal_lm.get_output_embeddings()
+        if type(head) is torch.nn.Linear:
+            return token_logprobs(
+                self.response_hidden(samples), head, samples.response, self.settings.temperature, with_entropy
+            )
+        logits = self.response_logits(samples)
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits) if with_entropy else None
+        return selective_log_softmax(logits, samples.response), entropy
+
+    def _per_token(self, samples: Samples, measure: Callable[[Samples], torch.Tensor]) -> torch.Tensor:
+        """``measure`` (B x R of one batch) over length-grouped, trimmed batches, in the samples' order, 0 past EOS."""
+        out = torch.zeros_like(samples.mask)
+        for rows, batch in by_length(samples, self.forward_batch_size):
+            out[rows, : batch.response.shape[1]] = measure(batch).to(out.dtype)
+        return out * samples.mask
 
     def logprobs(self, samples: Samples, reference: bool = False) -> torch.Tensor:
         """Log-prob of each sampled token under the policy (or the reference), B x R, 0 past EOS."""
-        ids, mask = samples.sequences
-        out = []
         with self.scoring(), self.roles.reference() if reference else nullcontext():
-            for part in chunks(len(ids), self.forward_batch_size):
-                logits = self.response_logits(ids[part], mask[part], samples.query.shape[1])
-                out.append(selective_log_softmax(logits, samples.response[part]))
-        return torch.cat(out) * samples.mask
+            return self._per_token(samples, lambda b: self.response_logprobs(b)[0])
 
     def kl_to_reference(self, samples: Samples) -> torch.Tensor:
         """Exact KL(policy || reference) summed over each response's tokens (one value per answer).
@@ -167,32 +246,24 @@ class PolicySampler:
         unbiased estimate of the sequence-level KL with far less variance than the sampled log-ratio,
         which goes negative on small evaluations.
         """
-        ids, mask = samples.sequences
-        prompt_length = samples.query.shape[1]
-        out = []
+
+        def per_token(batch: Samples) -> torch.Tensor:
+            policy = torch.log_softmax(self.response_logits(batch), -1)
+            with self.roles.reference():
+                reference = torch.log_softmax(self.response_logits(batch), -1)
+            return (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
+
         with self.scoring():
-            for part in chunks(len(ids), self.forward_batch_size):
-                policy = torch.log_softmax(self.response_logits(ids[part], mask[part], prompt_length), -1)
-                with self.roles.reference():
-                    reference = torch.log_softmax(self.response_logits(ids[part], mask[part], prompt_length), -1)
-                per_token = (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
-                out.append((per_token * samples.mask[part]).sum(1))
-        return torch.cat(out)
+            return self._per_token(samples, per_token).sum(1)
 
     def values(self, samples: Samples) -> torch.Tensor:
         """The critic's value before each response token, B x R, 0 past EOS."""
-        ids, mask = samples.sequences
-        prompt_length = samples.query.shape[1]
-        out = []
         self.roles.use(VALUE)
         try:
             with self.scoring():
-                for part in chunks(len(ids), self.forward_batch_size):
-                    hidden = self.roles.hidden_states(ids[part], mask[part])[:, prompt_length - 1 : -1]
-                    out.append(self.roles.values(hidden))
+                return self._per_token(samples, lambda b: self.roles.values(self.response_hidden(b)))
         finally:
             self.roles.use(POLICY)
-        return torch.cat(out) * samples.mask
 
     def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
         """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""

@@ -50,7 +50,6 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
-from trl.trainer.utils import selective_log_softmax
 
 from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
@@ -258,8 +257,6 @@ class PPOTrainer:
         scaling, where a ``vf_coef`` would cancel out; ``value_learning_rate`` sets the critic's pace.
         """
         config, roles, samples = self.config, self.roles, trajectory.samples
-        ids, mask = samples.sequences
-        prompt_length = samples.query.shape[1]
         micro = config.micro_batch_size or config.mini_batch_size
         kl_loss_coef = self.kl_controller.coef if config.kl_penalty == "loss" else 0.0
         stats: dict[str, list[float]] = {
@@ -269,8 +266,8 @@ class PPOTrainer:
         roles.peft.train()
         epochs_done, steps_done, stop = 0, 0, False
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(ids))
-            for mb in chunks(len(ids), config.mini_batch_size):
+            order = torch.randperm(len(samples.texts))
+            for mb in chunks(len(order), config.mini_batch_size):
                 rows = order[mb]
                 tokens = float(samples.mask[rows].sum())
                 self.optimizer.zero_grad(set_to_none=True)
@@ -279,25 +276,24 @@ class PPOTrainer:
                 # policy: forward and backward as a pair
                 roles.use(POLICY)
                 for part in chunks(len(rows), micro):
-                    r = rows[part]
+                    batch = trajectory.select(rows[part])  # the rows, without columns that are padding in all
+                    advantages = targets.advantages[rows[part], : batch.samples.response.shape[1]]
+                    mask = batch.samples.mask
                     with self.sampler.autocast():
-                        logits = self.sampler.response_logits(ids[r], mask[r], prompt_length)
-                    new_logprobs = selective_log_softmax(logits, samples.response[r])
+                        new_logprobs, entropies = self.sampler.response_logprobs(batch.samples, with_entropy=True)
+                    assert entropies is not None
+                    entropy = losses.masked_mean(entropies, mask)
                     per_token, part_stats = losses.policy_loss(
-                        new_logprobs, trajectory.logprobs[r], targets.advantages[r], samples.mask[r], config.cliprange
+                        new_logprobs, batch.logprobs, advantages, mask, config.cliprange
                     )
-                    if kl_loss_coef > 0 and trajectory.ref_logprobs is not None:
-                        kl = losses.kl_estimate(new_logprobs, trajectory.ref_logprobs[r], str(config.kl_estimator))
+                    if kl_loss_coef > 0 and batch.ref_logprobs is not None:
+                        kl = losses.kl_estimate(new_logprobs, batch.ref_logprobs, str(config.kl_estimator))
                         per_token = per_token + kl_loss_coef * kl
-                        stats["kl_loss"].append(float(losses.masked_mean(kl.detach(), samples.mask[r])))
-                    loss = losses.aggregate(
-                        per_token, samples.mask[r], config.loss_type, len(rows), tokens, config.max_new_tokens
-                    )
+                        stats["kl_loss"].append(float(losses.masked_mean(kl.detach(), mask)))
+                    loss = losses.aggregate(per_token, mask, config.loss_type, len(rows), tokens, config.max_new_tokens)
                     loss.backward()
                     minibatch_loss += float(loss.detach())
-                    with torch.no_grad():
-                        entropy = losses.masked_mean(losses.entropy_from_logits(logits), samples.mask[r])
-                    share = float(samples.mask[r].sum()) / max(tokens, 1.0)
+                    share = float(mask.sum()) / max(tokens, 1.0)
                     approx_kl += part_stats["approx_kl"] * share
                     stats["clipfrac"].append(float(part_stats["clipfrac"]))
                     stats["entropy"].append(float(entropy))
@@ -338,21 +334,24 @@ class PPOTrainer:
         stats: dict[str, list[float]],
     ) -> None:
         """The critic's clipped value loss on a minibatch, forward and backward as a pair (token-weighted)."""
-        roles, samples = self.roles, trajectory.samples
+        roles = self.roles
         if targets.values is None or targets.returns is None:
             raise RuntimeError("a critic needs the targets' values and returns")
-        ids, mask = samples.sequences
-        prompt_length = samples.query.shape[1]
         roles.use(VALUE)
         for part in chunks(len(rows), micro):
-            r = rows[part]
+            batch = trajectory.samples.select(rows[part])
+            width = batch.response.shape[1]
             with self.sampler.autocast():
-                hidden = roles.hidden_states(ids[r], mask[r])[:, prompt_length - 1 : -1]
+                hidden = self.sampler.response_hidden(batch)
             new_values = roles.values(hidden)
             vloss, part_stats = losses.value_loss(
-                new_values, targets.values[r], targets.returns[r], samples.mask[r], self.config.cliprange_value
+                new_values,
+                targets.values[rows[part], :width],
+                targets.returns[rows[part], :width],
+                batch.mask,
+                self.config.cliprange_value,
             )
-            (vloss * float(samples.mask[r].sum()) / max(tokens, 1.0)).backward()
+            (vloss * float(batch.mask.sum()) / max(tokens, 1.0)).backward()
             stats["value_loss"].append(float(vloss.detach()))
             stats["value_clipfrac"].append(float(part_stats["value_clipfrac"]))
         roles.use(POLICY)
