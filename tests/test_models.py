@@ -29,7 +29,9 @@ def test_builtin_model_resolves_and_unknown_builtin_is_named() -> None:
 
 def test_a_missing_local_model_names_the_stage_that_writes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`rlhf reward` before `rlhf sft` says what to run, instead of a hub traceback about repo ids."""
-    monkeypatch.chdir(models.BUILTIN_MODELS["builtin:tiny"].parents[2])  # the repository, where recipes/ is
+    # a folder with the repository's recipes/ and no runs/ (the repository may hold the README's main job)
+    (tmp_path / "recipes").symlink_to(models.BUILTIN_MODELS["builtin:tiny"].parents[2] / "recipes")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"runs/tiny/sft/merged: no such folder.*rlhf sft --config recipes/tiny"):
         models.resolve_model_path("runs/tiny/sft/merged")
     with pytest.raises(ConfigError, match="no such folder"):
