@@ -204,6 +204,28 @@ def test_trimming_padding_changes_no_measurement_and_no_gradient(trainer) -> Non
         trainer.roles.peft.zero_grad(set_to_none=True)
 
 
+def test_a_head_that_is_not_a_plain_linear_layer_gives_the_same_logprobs(
+    trainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head the chunked projection cannot take (a LoRA on ``lm_head``) goes through the full logits, same results."""
+    sampler = trainer.sampler
+    prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:6]]
+    torch.manual_seed(0)
+    samples = sampler.generate(prompts)
+    with sampler.scoring():
+        chunked = sampler.response_logprobs(samples, with_entropy=True)
+        head = trainer.roles.causal_lm.get_output_embeddings()
+
+        class Wrapped(torch.nn.Module):  # what PEFT puts where a LoRA targets lm_head: not an nn.Linear
+            def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+                return head(hidden)
+
+        monkeypatch.setattr(trainer.roles.causal_lm, "get_output_embeddings", Wrapped)
+        full = sampler.response_logprobs(samples, with_entropy=True)
+    for a, b in zip(chunked, full, strict=True):
+        assert torch.allclose(a * samples.mask, b * samples.mask, atol=1e-5)
+
+
 def test_missing_eos_is_penalised(trainer) -> None:
     prompts = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:4]]
     torch.manual_seed(0)

@@ -56,9 +56,9 @@ class _TokenLogprobs(torch.autograd.Function):
             logits = _logits(hidden[start:end], weight, bias, temperature)
             lse[start:end] = torch.logsumexp(logits, -1)
             logprobs[start:end] = logits.gather(-1, tokens[start:end, None]).squeeze(-1) - lse[start:end]
-            if with_entropy:  # H = logsumexp - sum(p * logits)
-                p_logits = logits.sub(lse[start:end, None]).exp_().mul_(logits)
-                entropy[start:end] = lse[start:end] - p_logits.sum(-1)
+            if with_entropy:  # -sum(p log p), from the log-probs (lse - sum(p * logits) cancels when H is small)
+                logp = logits.sub_(lse[start:end, None])
+                entropy[start:end] = -logp.exp().mul_(logp).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
         ctx.temperature, ctx.chunk_elements = temperature, chunk_elements
         # the backward pass recomputes the logits as the forward pass computed them (mixed precision too)
