@@ -421,8 +421,10 @@ def resolved_dict(*instances: Any) -> dict[str, Any]:
         for key, value in values.items():
             if key not in init_fields:
                 continue
-            if key == "hub_token":
-                value = None  # never write secrets into run folders
+            if key.endswith("_token"):
+                # TrainingArguments.to_dict writes every *_token field as a placeholder ("<EOS_TOKEN>"),
+                # which is not what ran and breaks a re-run; write the value, except the hub's secrets
+                value = None if "hub" in key else getattr(instance, key)
             out[key] = value.value if hasattr(value, "value") and not isinstance(value, (str, int, float)) else value
     return out
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import RECIPES
 
-from rlhf.config import parse
+from rlhf.config import parse, resolved_dict
 from rlhf.core.errors import ConfigError
 from rlhf.stages import dpo, kto, pipeline, ppo, reward, sft
 
@@ -147,6 +147,12 @@ def test_the_run_file_records_what_ran(tiny_sft_run: Path) -> None:
     assert options["dtype"] == "float32" and options["bnb_4bit_compute_dtype"] == "float32"
     assert options["assistant_only_loss"] is True
     assert options["quantization"] == "4bit" and options["merge_base"] == "dequantized"
+    # tokens are written as they ran (transformers' to_dict writes "<EOS_TOKEN>"), secrets are not
+    assert not any(isinstance(v, str) and v.endswith("_TOKEN>") for v in options.values())
+    assert options["hub_token"] is None
+    recorded = parse(sft.CONFIG_TYPES, ["--config", str(tiny_sft_run / "rlhf_config.yaml")], prog="t", description="")
+    rerun = yaml.safe_load(yaml.safe_dump(resolved_dict(*recorded)))
+    assert rerun == options  # the file re-runs as the same configuration
 
 
 @pytest.mark.parametrize(
