@@ -16,6 +16,7 @@ model moves when it is quantized again, as the next stage (reward, PPO) loads it
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import asdict
@@ -143,7 +144,9 @@ def verify_merge(
 ) -> MergeCheck:
     """Compare a merged checkpoint with the model as trained (base loaded as in training + adapter).
 
-    The models are loaded one after another, so the check needs no more memory than the merge.
+    The models are loaded one after another, so the check needs no more memory than the merge; each
+    is collected before the next loads (PEFT models hold reference cycles, which ``del`` alone does
+    not free: measured on a 494M model in 4-bit on CPU, the check then held three copies at once).
     """
     tokenizer = models.load_adapter_tokenizer(adapter_dir)
     ids, mask = _probe_batch(tokenizer)
@@ -152,9 +155,11 @@ def verify_merge(
     with trained.disable_adapter():
         base_logits = _logits(trained, ids, mask)
     del trained
+    gc.collect()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     merged_logits = _logits(merged, ids, mask)
     del merged
+    gc.collect()
     requantized = None
     if model_args.quantization != "none":
         again = ModelArguments(**{**vars(model_args), "model_name_or_path": str(merged_dir)})
@@ -190,6 +195,7 @@ def merge_and_verify(
     merge (one RL framework shipped such a merger) fails the KL check, unless the adapter is zero.
     """
     merge_adapter(model_args, adapter_dir, output_dir, dtype, merge_base)
+    gc.collect()  # the merge's base and merged model, before the check loads its own
     record_path = Path(output_dir) / MERGE_FILE
     record = json.loads(record_path.read_text())
     used = record["merge_base"]

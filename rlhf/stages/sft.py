@@ -10,6 +10,7 @@ as trained (:mod:`rlhf.merging`); the reward and PPO stages start from that merg
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -92,36 +93,46 @@ def run(config: StageConfig[SFTConfig]) -> SFTResult:
     if eval_set is not None:
         trainer.evaluate()  # logged: the history's last eval_loss is the final model's
     trainer.save_model(options.output_dir)
-
-    merged, check = None, None
-    if trainer.is_world_process_zero():
+    main_process = trainer.is_world_process_zero()
+    if main_process:
         runs.write_history(options.output_dir, trainer.state.log_history)
-        if options.merge_adapter:
-            if not model_args.use_peft:
-                raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
-            merged = Path(options.output_dir) / MERGED_DIR
-            check = merging.merge_and_verify(
-                model_args, options.output_dir, merged, options.merged_dtype, options.merge_base
-            )
-    result = SFTResult(
-        output_dir=options.output_dir,
-        train_loss=trained.training_loss,
-        train_rows=len(trainer.train_dataset),
-        eval_rows=len(trainer.eval_dataset) if eval_set is not None else 0,
-        loss_tokens_per_epoch=sum(
+    summary = {
+        "train_loss": trained.training_loss,
+        "train_rows": len(trainer.train_dataset),
+        "eval_rows": len(trainer.eval_dataset) if eval_set is not None else 0,
+        "loss_tokens_per_epoch": sum(
             sum(1 for label in row["labels"] if label != -100)
             for row in trainer.train_dataset.select_columns(["labels"])
         ),
-        length_policy=trainer.length_reports,
-        global_steps=trainer.state.global_step,
-        world_size=trainer.args.world_size,
-        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "length_policy": trainer.length_reports,
+        "global_steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **runs.summarize_history(trainer.state.log_history),
+    }
+    # The merge loads the base and the merged model again (and verify_merge the model as trained):
+    # the training copy, its optimizer state and the accelerator's references are freed first
+    # (measured on a 494M model in 4-bit on CPU: the stage's peak was the merge, with them still held).
+    trainer.accelerator.free_memory()
+    del trainer
+    gc.collect()
+
+    merged, check = None, None
+    if main_process and options.merge_adapter:
+        if not model_args.use_peft:
+            raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
+        merged = Path(options.output_dir) / MERGED_DIR
+        check = merging.merge_and_verify(
+            model_args, options.output_dir, merged, options.merged_dtype, options.merge_base
+        )
+    result = SFTResult(
+        output_dir=options.output_dir,
+        **summary,
         merged_model=str(merged) if merged else None,
         merge=check,
         runtime_seconds=round(time.time() - started, 1),
     )
-    if trainer.is_world_process_zero():
+    if main_process:
         result.write(options.output_dir)
     return result
 
