@@ -62,8 +62,7 @@ class _TokenLogprobs(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
         ctx.temperature, ctx.chunk_elements = temperature, chunk_elements
         # the backward pass recomputes the logits as the forward pass computed them (mixed precision too)
-        device = hidden.device.type
-        ctx.device = device
+        ctx.device = device = hidden.device.type
         ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
