@@ -494,6 +494,14 @@ class PPOConfig(RunOptions):
         metadata={"help": "Episodes per forward/backward (gradient accumulation); unset: mini_batch_size."},
     )
     forward_batch_size: int = field(default=64, metadata={"help": "Episodes per no-grad forward (scoring)."})
+    pack_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "Measure the answers to one prompt as one row holding the prompt once (a block mask keeps "
+            "answers apart; same log-probs and gradients), when the model's attention takes it (eager, sdpa) "
+            "and it costs less compute than a padded row per answer. Minibatches then keep groups together."
+        },
+    )
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the policy LoRA."})
     value_learning_rate: float | None = field(

@@ -10,7 +10,7 @@ from conftest import ppo_args
 
 from rlhf import data
 from rlhf.config import parse
-from rlhf.ppo import losses, rewards
+from rlhf.ppo import losses, packing, rewards
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
 from rlhf.results import PPOResult
 from rlhf.stages import evaluate, ppo
@@ -143,3 +143,37 @@ def test_a_run_rewarded_by_functions_alone_loads_no_reward_model_and_says_the_ju
     assert not (tmp_path / VALUE).exists()
     evaluated = evaluate.run(evaluate.EvalConfig(ppo_dir=str(tmp_path), max_prompts=4, seeds=[0], disable_tqdm=True))
     assert evaluated.reward_model is None and evaluated.ppo.gold is not None  # no reward model to score pairs with
+
+
+@pytest.mark.parametrize(("pack", "micro"), [(True, 8), (True, 2), (False, 8)])
+def test_groups_are_packed_and_every_forward_keeps_a_groups_answers_together(
+    pack: bool, micro: int, tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring batches and minibatches keep a prompt's answers together, so they go through the model packed.
+
+    Groups of 4, minibatches of 8: micro-batches of 8 hold two whole groups, micro-batches of 2 half
+    a group each (packed too). With ``pack_groups: false`` nothing is packed and rows are shuffled
+    one by one, as before.
+    """
+    overrides = ("--advantage_estimator", "grpo", "--steps", "1", "--pack_groups", str(pack).lower())
+    trainer = _build(tmp_path, tiny_sft_run, tiny_reward_run, *overrides, "--micro_batch_size", str(micro))
+    assert trainer.sampler.packs_groups == pack
+    runs_seen: list[list[int]] = []
+    packed: list[int] = []
+    pack_rows, response_hidden = packing.pack, trainer.sampler.response_hidden
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: packed.append(1) or pack_rows(*a, **k))
+
+    def spy(batch):
+        runs_seen.append(packing.prompt_runs(batch.query, batch.query_mask))
+        return response_hidden(batch)
+
+    monkeypatch.setattr(trainer.sampler, "response_hidden", spy)
+    metrics = trainer.train_step()
+    assert metrics["policy/optimizer_steps"] == 2 * trainer.config.ppo_epochs  # 16 answers, minibatches of 8
+    update = runs_seen[-2 * trainer.config.ppo_epochs * (8 // micro) :]  # the update's forward passes
+    if pack:
+        assert all(run % min(4, micro) == 0 for runs in runs_seen for run in runs)
+        assert all(runs == [micro] if micro < 4 else all(run % 4 == 0 for run in runs) for runs in update)
+        assert len(packed) == len(runs_seen)
+    else:
+        assert not packed and any(run % 4 for runs in update for run in runs)

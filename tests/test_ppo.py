@@ -21,7 +21,7 @@ from trl.trainer.utils import selective_log_softmax
 from rlhf import data, models, runs
 from rlhf.config import parse
 from rlhf.core.errors import ConfigError
-from rlhf.ppo import losses
+from rlhf.ppo import losses, packing
 from rlhf.ppo.roles import POLICY, REWARD, VALUE
 from rlhf.ppo.sampler import Samples
 from rlhf.results import PPOResult
@@ -202,6 +202,64 @@ def test_trimming_padding_changes_no_measurement_and_no_gradient(trainer) -> Non
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     finally:
         trainer.roles.peft.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_groups_measure_what_padded_rows_measure(
+    trainer, attention: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers to one prompt packed into one row (prompt once, block mask) = one padded row per answer.
+
+    On the 4-bit tiny base, with runs of 3, 1 and 2 answers to prompts of different lengths and
+    answers of different lengths: the policy's and the reference's log-probs, entropies, the
+    critic's values, and the gradient of the policy's log-likelihood all agree with the padded
+    layout; the packed layout is what was measured (fewer tokens went through the model).
+    """
+    sampler, roles = trainer.sampler, trainer.roles
+    assert sampler.packs_groups
+    base = [r["prompt"] for r in data.load_split("builtin:tiny/prompts", "test")[0][:3]]
+    prompts = [base[0]] * 3 + [base[1]] + [base[2]] * 2
+    torch.manual_seed(1)
+    samples = sampler.generate(prompts)
+    assert packing.prompt_runs(samples.query, samples.query_mask) == [3, 1, 2]
+    assert len(set(samples.mask.sum(1).tolist())) > 2, "the answers need different lengths"
+    assert packing.packing_saves([3, 1, 2], samples.query_mask, samples.mask, sampler.packing_weight)
+    monkeypatch.setattr(roles.causal_lm.config, "_attn_implementation", attention)
+
+    def measure() -> dict[str, torch.Tensor]:
+        with sampler.scoring():
+            logprobs, entropy = sampler.response_logprobs(samples, with_entropy=True)
+        roles.peft.train()
+        roles.peft.zero_grad(set_to_none=True)
+        (sampler.response_logprobs(samples)[0] * samples.mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in roles.trainable_parameters(POLICY)])
+        roles.peft.zero_grad(set_to_none=True)
+        assert entropy is not None
+        return {
+            "logprobs": logprobs * samples.mask,
+            "entropy": entropy * samples.mask,
+            "reference": sampler.logprobs(samples, reference=True),
+            "values": sampler.values(samples),
+            "gradient": grads,
+        }
+
+    seen: list[int] = []
+    hidden_states = roles.hidden_states
+
+    def counting(ids: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        seen.append(ids.numel())
+        return hidden_states(ids, *args)
+
+    monkeypatch.setattr(roles, "hidden_states", counting)
+    packed = measure()
+    packed_tokens = list(seen)
+    monkeypatch.setattr(sampler, "packing_weight", None)
+    seen.clear()
+    padded = measure()
+    assert max(packed_tokens) < min(seen) == samples.query.numel() + samples.response.numel()
+    for name, value in packed.items():
+        assert torch.allclose(value, padded[name], atol=1e-5, rtol=1e-4), name
+    assert packed["gradient"].abs().sum() > 0
 
 
 def test_a_head_that_is_not_a_plain_linear_layer_gives_the_same_logprobs(

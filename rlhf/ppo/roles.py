@@ -45,6 +45,7 @@ from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
 from rlhf.core.errors import ConfigError
+from rlhf.ppo import packing
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 SCORE_KEY = "base_model.model.score.weight"
@@ -209,13 +210,43 @@ class SharedBase(nn.Module):
     def causal_lm(self) -> PreTrainedModel:
         return self.peft.base_model.model
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states of the active adapter (or the reference), without the vocabulary projection."""
+    @property
+    def packing_weight(self) -> float | None:
+        """What a key position's attention costs relative to a token's linear layers, if groups can be packed.
+
+        None when the model cannot take packed groups' block masks (:mod:`rlhf.ppo.packing`): an
+        attention implementation other than eager or SDPA, or sliding-window layers.
+        """
+        config = self.causal_lm.config.get_text_config()
+        if self.causal_lm.config._attn_implementation not in packing.PACKABLE_ATTENTION:
+            return None
+        windowed = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+        if windowed or any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+            return None
+        return packing.attention_weight(config.hidden_size, getattr(config, "intermediate_size", None))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last hidden states of the active adapter (or the reference), without the vocabulary projection.
+
+        ``attention_mask`` is a batch's 2-D padding mask (positions then skip left padding), or the
+        4-D boolean block mask of packed groups with their ``positions``; eager attention adds its
+        mask to the scores, so a boolean one becomes 0 / -inf there.
+        """
+        if attention_mask.dim() == 4:
+            if positions is None:
+                raise ValueError("a 4-D attention mask needs explicit positions")
+            if self.causal_lm.config._attn_implementation == "eager":
+                blocked = torch.finfo(torch.float32).min
+                attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill(
+                    ~attention_mask, blocked
+                )
         decoder = getattr(self.causal_lm, self.causal_lm.base_model_prefix)
         out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
+            position_ids=position_ids(attention_mask) if positions is None else positions,
             use_cache=False,
         )
         return out.last_hidden_state

@@ -20,7 +20,7 @@ from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from rlhf import data, sampling
 from rlhf.config import PPOConfig
-from rlhf.ppo import rewards
+from rlhf.ppo import packing, rewards
 from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.roles import POLICY, VALUE, SharedBase
 
@@ -100,15 +100,28 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def by_length(samples: Samples, size: int) -> Iterator[tuple[torch.Tensor, Samples]]:
+def by_length(samples: Samples, size: int, runs: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, Samples]]:
     """Batches of at most ``size`` rows, grouped by answer length and trimmed (:meth:`Samples.select`).
 
     For passes without gradients, where which rows share a batch changes nothing but the padding:
-    each batch comes with its rows' indices, to put the results back in the samples' order.
+    each batch comes with its rows' indices, to put the results back in the samples' order. With
+    ``runs`` (sizes of consecutive row runs, e.g. the answers to one prompt), a run is never split:
+    runs are ordered by their answers' total length and a batch holds whole runs (at least one).
     """
-    order = torch.argsort(samples.mask.sum(1), stable=True)
-    for part in chunks(len(order), size):
-        yield order[part], samples.select(order[part])
+    runs = list(runs) if runs is not None else [1] * len(samples.texts)
+    starts = torch.tensor([0, *runs[:-1]]).cumsum(0).tolist()
+    answers = samples.mask.sum(1).tolist()
+    totals = torch.tensor([sum(answers[a : a + n]) for a, n in zip(starts, runs, strict=True)])
+    batch: list[int] = []
+    for unit in torch.argsort(totals, stable=True).tolist():
+        if batch and len(batch) + runs[unit] > size:
+            rows = torch.tensor(batch)
+            yield rows, samples.select(rows)
+            batch = []
+        batch += range(starts[unit], starts[unit] + runs[unit])
+    if batch:
+        rows = torch.tensor(batch)
+        yield rows, samples.select(rows)
 
 
 class PolicySampler:
@@ -123,8 +136,11 @@ class PolicySampler:
         autocast_dtype: torch.dtype | None = None,
         reward_functions: rewards.RewardFunctions | None = None,
         reward_model_weight: float = 1.0,
+        pack_groups: bool = True,
     ) -> None:
         self.roles = roles
+        # answers to one prompt go through the model as one packed row when the model can take it (packing)
+        self.packing_weight = roles.packing_weight if pack_groups else None
         self.reward_functions = reward_functions
         # the components of the training reward and their weights, in the order they are logged
         self.reward_weights = {rewards.MODEL: reward_model_weight} if roles.has_reward_model else {}
@@ -145,7 +161,21 @@ class PolicySampler:
         functions = (
             rewards.RewardFunctions.load(config.reward_funcs, config.reward_weights) if config.reward_funcs else None
         )
-        return cls(roles, tokenizer, settings, config.forward_batch_size, dtype, functions, config.reward_model_weight)
+        return cls(
+            roles,
+            tokenizer,
+            settings,
+            config.forward_batch_size,
+            dtype,
+            functions,
+            config.reward_model_weight,
+            config.pack_groups,
+        )
+
+    @property
+    def packs_groups(self) -> bool:
+        """Whether answers that share a prompt are measured as packed rows (then keep them together)."""
+        return self.packing_weight is not None
 
     def autocast(self) -> Any:
         dtype = self.autocast_dtype
@@ -194,7 +224,19 @@ class PolicySampler:
         return Samples(list(prompts), query, query_mask, response, mask, texts, ended)
 
     def response_hidden(self, samples: Samples) -> torch.Tensor:
-        """The active role's last hidden states before each response token, B x R x H."""
+        """The active role's last hidden states before each response token, B x R x H.
+
+        Consecutive answers to the same prompt are packed, one row per prompt with the prompt once
+        (:mod:`rlhf.ppo.packing`), when the model can take it and the estimated compute is lower;
+        otherwise each answer is a row of prompt and answer, padded to the batch's widest.
+        """
+        if self.packing_weight is not None:
+            runs = packing.prompt_runs(samples.query, samples.query_mask)
+            if packing.packing_saves(runs, samples.query_mask, samples.mask, self.packing_weight):
+                rows = packing.pack(
+                    samples.query, samples.query_mask, samples.response, samples.mask, runs, self.tokenizer.pad_token_id
+                )
+                return packing.unpack(self.roles.hidden_states(rows.input_ids, rows.attention, rows.position_ids), rows)
         ids, mask = samples.sequences
         return self.roles.hidden_states(ids, mask)[:, samples.query.shape[1] - 1 : -1]
 
@@ -229,7 +271,8 @@ class PolicySampler:
     def _per_token(self, samples: Samples, measure: Callable[[Samples], torch.Tensor]) -> torch.Tensor:
         """``measure`` (B x R of one batch) over length-grouped, trimmed batches, in the samples' order, 0 past EOS."""
         out = torch.zeros_like(samples.mask)
-        for rows, batch in by_length(samples, self.forward_batch_size):
+        runs = packing.prompt_runs(samples.query, samples.query_mask) if self.packs_groups else None
+        for rows, batch in by_length(samples, self.forward_batch_size, runs):
             out[rows, : batch.response.shape[1]] = measure(batch).to(out.dtype)
         return out * samples.mask
 

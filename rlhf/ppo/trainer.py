@@ -266,7 +266,7 @@ class PPOTrainer:
         roles.peft.train()
         epochs_done, steps_done, stop = 0, 0, False
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(samples.texts))
+            order = self._shuffled_rows(len(samples.texts))
             for mb in chunks(len(order), config.mini_batch_size):
                 rows = order[mb]
                 tokens = float(samples.mask[rows].sum())
@@ -323,6 +323,18 @@ class PPOTrainer:
         out["policy/optimizer_steps"] = steps_done
         out["policy/early_stopped"] = float(stop)
         return out
+
+    def _shuffled_rows(self, count: int) -> torch.Tensor:
+        """A random order of the rollout's rows for the minibatches: groups stay together when they are packed.
+
+        Answers to one prompt share a packed row (:mod:`rlhf.ppo.packing`) only when they are
+        consecutive rows of one forward pass, so groups are shuffled rather than rows: a micro-batch
+        then holds whole groups, or part of one (a micro-batch of 4 in groups of 8 packs 4 answers).
+        """
+        group = self.group_size
+        if group > 1 and self.sampler.packs_groups:
+            return (torch.randperm(count // group)[:, None] * group + torch.arange(group)).flatten()
+        return torch.randperm(count)
 
     def _value_backward(
         self,

@@ -1,0 +1,114 @@
+"""Packing answers that share a prompt (rlhf.ppo.packing): layout, mask, cost model, which models can pack.
+
+That a packed row measures what padded rows measure, on a real model, is in test_ppo.py
+(test_packed_groups_measure_what_padded_rows_measure).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+from rlhf.ppo import packing
+from rlhf.ppo.roles import SharedBase
+
+PAD = 0
+
+
+def _group() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows 0-1 answer prompt [5, 6] (left-padded), row 2 answers [7, 8, 9]; answers of 2, 3 and 2 tokens."""
+    query = torch.tensor([[PAD, 5, 6], [PAD, 5, 6], [7, 8, 9]])
+    query_mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1]])
+    response = torch.tensor([[10, 2, PAD], [11, 12, 2], [13, 2, PAD]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    return query, query_mask, response, mask
+
+
+def test_prompt_runs_are_consecutive_rows_with_the_same_prompt() -> None:
+    query, query_mask, _, _ = _group()
+    assert packing.prompt_runs(query, query_mask) == [2, 1]
+    again = torch.cat([query, query[:1]])  # the same prompt after another one is a new run
+    assert packing.prompt_runs(again, torch.cat([query_mask, query_mask[:1]])) == [2, 1, 1]
+    shifted = query_mask.clone()
+    shifted[1, 0] = 1  # same ids, different padding: not the same prompt
+    assert packing.prompt_runs(query, shifted) == [1, 1, 1]
+    assert packing.prompt_runs(query[:0], query_mask[:0]) == []
+
+
+def test_a_packed_row_holds_the_prompt_once_then_each_answer_at_its_own_positions() -> None:
+    packed = packing.pack(*_group(), runs=[2, 1], pad_token_id=PAD)
+    assert packed.input_ids.tolist() == [[5, 6, 10, 2, 11, 12, 2], [7, 8, 9, 13, 2, PAD, PAD]]
+    # each answer continues from the prompt's length, as in its own padded row
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 3, 4, 0, 0]]
+    # the hidden state predicting each answer token: the prompt's last token, then the answer's previous
+    # one (row * 7 + column); answer padding points at the prompt's last token
+    assert packed.source.tolist() == [[1, 2, 1], [1, 4, 5], [9, 10, 9]]
+    allowed = packed.attention[:, 0]
+    assert allowed.shape == (2, 7, 7)
+    first, second = allowed[0], allowed[1]
+    # the prompt is causal; answer 1 sees the prompt and itself
+    assert first[1].tolist() == [True, True, False, False, False, False, False]
+    assert first[3].tolist() == [True, True, True, True, False, False, False]
+    # answer 2 sees the prompt and its own tokens, never answer 1
+    assert first[4].tolist() == [True, True, False, False, True, False, False]
+    assert first[6].tolist() == [True, True, False, False, True, True, True]
+    # a lone answer behaves like a plain causal row; the row's end padding sees only itself
+    assert second[4].tolist() == [True, True, True, True, True, False, False]
+    assert second[5].tolist() == [False, False, False, False, False, True, False]
+
+
+def test_unpack_reads_the_hidden_state_that_predicts_each_answer_token() -> None:
+    packed = packing.pack(*_group(), runs=[2, 1], pad_token_id=PAD)
+    hidden = torch.arange(2 * 7, dtype=torch.float32).reshape(2, 7, 1)  # each position holds its flat index
+    assert packing.unpack(hidden, packed)[..., 0].tolist() == [[1, 2, 1], [1, 4, 5], [9, 10, 9]]
+
+
+def test_runs_that_do_not_cover_the_rows_are_an_error() -> None:
+    with pytest.raises(ValueError, match="do not cover"):
+        packing.pack(*_group(), runs=[2], pad_token_id=PAD)
+
+
+def test_packing_is_chosen_when_it_costs_less_compute() -> None:
+    """Short answers to long prompts pack; long answers in a big group (attention-bound) or single answers do not."""
+    weight = packing.attention_weight(hidden_size=896, intermediate_size=4864)  # Qwen2.5-0.5B's shape
+
+    def batch(prompt: int, answers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        query_mask = torch.ones(len(answers), prompt)
+        width = max(answers)
+        mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in answers])
+        return query_mask, mask
+
+    short = batch(100, [50] * 8)  # padded 8 x 150 tokens; packed 1 x 500
+    assert packing.packing_saves([8], *short, weight)
+    long = batch(100, [500] * 8)  # padded 8 x 600; packed 1 x 4100 attends over 4100^2 pairs
+    assert not packing.packing_saves([8], *long, weight)
+    assert not packing.packing_saves([1] * 8, *short, weight)  # nothing shared
+    no_prompt = (torch.zeros(8, 3), short[1])
+    assert not packing.packing_saves([8], *no_prompt, weight)
+
+
+def _base(config: LlamaConfig | MistralConfig | Qwen2Config, attention: str = "sdpa") -> SharedBase:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    return SharedBase(model, lora, reward_dir=None, value_init=None)
+
+
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+SMALL |= {"num_key_value_heads": 1, "vocab_size": 50}
+
+
+def test_models_whose_attention_takes_a_block_mask_can_pack() -> None:
+    assert _base(LlamaConfig(**SMALL)).packing_weight == pytest.approx(2 / (4 * 32 + 3 * 64))
+    assert _base(Qwen2Config(**SMALL)).packing_weight is not None  # Qwen2.5: no sliding window by default
+    assert _base(LlamaConfig(**SMALL), attention="eager").packing_weight is not None
+
+
+def test_sliding_windows_and_other_attention_kernels_do_not_pack() -> None:
+    assert _base(MistralConfig(**SMALL, sliding_window=16)).packing_weight is None
+    assert _base(Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=16)).packing_weight is None
+    roles = _base(LlamaConfig(**SMALL))
+    roles.causal_lm.config._attn_implementation = "flash_attention_2"  # its kernels take no 4-D mask
+    assert roles.packing_weight is None
