@@ -14,7 +14,8 @@ real architectures' shapes (Qwen2.5-0.5B: 494M parameters; Qwen2.5-7B: 7.6B), bu
 
 What runs, per model, each stage in its own process through ``rlhf.cli.main`` (so each peak is that stage's):
 ``rlhf sft`` with the recipe for ``--steps`` optimizer steps (then merged, as the recipe says), ``rlhf reward`` on
-the merged SFT model for ``--steps`` steps, ``rlhf ppo`` on that base and reward model for ``--steps`` iterations.
+the merged SFT model for ``--steps`` steps, ``rlhf ppo`` on that base and reward model for ``--steps`` iterations,
+then (not for the 7B shape) ``rlhf ppo`` with the GRPO recipe (groups of 8 answers, packed) on the same base.
 Only paths, step counts, ``max_length`` (the data is packed to it) and the PPO rollout/minibatch sizes are passed
 on the command line; everything else (quantization, optimizer, batch sizes, ``max_new_tokens``, precision: bf16 on
 Ampere or newer, fp16 on a T4) comes from the recipes as they are, so recipe changes flow through.
@@ -302,11 +303,14 @@ class Check:
         return pack_data(raw, out, self.args.max_length, model_dir)
 
     def stage(self, name: str, stage: str, plan: Plan, options: dict[str, Any]) -> dict[str, Any]:
-        argv = [stage, "--config", str(REPO / "recipes" / plan.recipe / f"{stage}.yaml")]
+        """One stage's process with the recipe ``stage``.yaml; ``grpo`` is ``rlhf ppo`` with ``grpo.yaml``."""
+        command = "ppo" if stage == "grpo" else stage
+        argv = [command, "--config", str(REPO / "recipes" / plan.recipe / f"{stage}.yaml")]
         argv += [item for key, value in options.items() for item in (f"--{key}", str(value))]
         result = self.process(f"{name}-{stage}", "_stage", argv)
         out = Path(options["output_dir"])
-        result["tokens_per_second"] = ppo_tokens_per_second(out) if stage == "ppo" else trainer_tokens_per_second(out)
+        rate = ppo_tokens_per_second if command == "ppo" else trainer_tokens_per_second
+        result["tokens_per_second"] = rate(out)
         result["argv"] = argv
         self.results["models"][name]["stages"][stage] = result
         self.save()
@@ -338,9 +342,13 @@ class Check:
         ppo = {"model_name_or_path": base, "reward_model_path": root / "reward", "dataset_name": data / "prompts"}
         ppo |= {"output_dir": root / "ppo", "steps": steps, "eval_max_prompts": 0, "disable_tqdm": "true"}
         self.stage(name, "ppo", plan, {**ppo, **plan.ppo_sizes})
+        if name != BIG:  # the GRPO recipe (groups of 8, packed), on the same base and reward model
+            self.stage(name, "grpo", plan, {**ppo, "output_dir": root / "grpo", **plan.ppo_sizes})
         basis = "peak_allocated_mib" if args.device == "cuda" else "peak_rss_mib"
         model["peak_basis"] = basis
-        model["ppo_over_sft_peak"] = model["stages"]["ppo"][basis] / model["stages"]["sft"][basis]
+        for stage in ("ppo", "grpo"):
+            if stage in model["stages"]:
+                model[f"{stage}_over_sft_peak"] = model["stages"][stage][basis] / model["stages"]["sft"][basis]
         self.save()
 
 
@@ -378,9 +386,11 @@ def render(results: dict[str, Any]) -> str:
                     f"{stage['tokens_per_second']:.0f}",
                 ]
             )
-        if "ppo_over_sft_peak" in model:
-            what = "GPU memory allocated" if model["peak_basis"] == "peak_allocated_mib" else "RSS"
-            ratios.append(f"{name}: PPO / SFT peak {what}: {model['ppo_over_sft_peak']:.2f}x")
+        what = "GPU memory allocated" if model.get("peak_basis") == "peak_allocated_mib" else "RSS"
+        for stage_name in ("ppo", "grpo"):
+            if f"{stage_name}_over_sft_peak" in model:
+                ratio = model[f"{stage_name}_over_sft_peak"]
+                ratios.append(f"{name}: {stage_name.upper()} / SFT peak {what}: {ratio:.2f}x")
     gpu = next((s["gpu"] for m in results["models"].values() for s in m["stages"].values() if "gpu" in s), "CPU")
     title = f"gpu_check on {gpu}: {results['settings']['steps']} steps, max_length {results['settings']['max_length']}"
     header = ["stage", "wall s", "peak alloc MiB", "peak reserved MiB", "peak RSS MiB", "tokens/s"]

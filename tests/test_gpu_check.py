@@ -22,9 +22,10 @@ def test_gpu_check_cpu_smoke_run_reports_every_stage(tmp_path: Path) -> None:
     assert "PPO / SFT peak" in done.stdout
 
     model = json.loads(out.read_text())["models"]["tiny"]
-    assert set(model["stages"]) == {"sft", "reward", "ppo"}
+    assert set(model["stages"]) == {"sft", "reward", "ppo", "grpo"}
     for name, stage in model["stages"].items():
         assert stage["wall_seconds"] > 0 and stage["tokens_per_second"] > 0 and stage["peak_rss_mib"] > 0
         config = (tmp_path / "work" / "tiny" / name / "rlhf_config.yaml").read_text()
         assert "quantization: 4bit" in config and "optim: paged_adamw_8bit" in config  # the recipe's QLoRA path
-    assert model["peak_basis"] == "peak_rss_mib" and model["ppo_over_sft_peak"] > 0
+    assert model["peak_basis"] == "peak_rss_mib" and model["ppo_over_sft_peak"] > 0 and model["grpo_over_sft_peak"] > 0
+    assert "advantage_estimator: grpo" in (tmp_path / "work" / "tiny" / "grpo" / "rlhf_config.yaml").read_text()
