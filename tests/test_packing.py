@@ -112,3 +112,33 @@ def test_sliding_windows_and_other_attention_kernels_do_not_pack() -> None:
     roles = _base(LlamaConfig(**SMALL))
     roles.causal_lm.config._attn_implementation = "flash_attention_2"  # its kernels take no 4-D mask
     assert roles.packing_weight is None
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_each_answer_the_hidden_states_of_its_padded_row(architecture: str, attention: str) -> None:
+    """Through a real architecture (Llama; Qwen2: q/k/v biases, grouped KV heads): the same hidden states.
+
+    Runs of 3 and 2 answers to left-padded prompts of 4 and 6 tokens, answers of 1 to 5 tokens, against
+    the padded rows the sampler uses otherwise (positions from the attention mask).
+    """
+    config = (LlamaConfig if architecture == "llama" else Qwen2Config)(**SMALL)
+    roles = _base(config, attention)
+    roles.eval()
+    torch.manual_seed(1)
+    prompts = [torch.randint(4, 50, (4,)), torch.randint(4, 50, (6,))]
+    lengths = [5, 1, 3, 4, 2]
+    query = torch.zeros(5, 6, dtype=torch.long)
+    query_mask = torch.zeros(5, 6, dtype=torch.long)
+    for row, prompt in enumerate([prompts[0]] * 3 + [prompts[1]] * 2):
+        query[row, 6 - len(prompt) :], query_mask[row, 6 - len(prompt) :] = prompt, 1
+    mask = torch.tensor([[1.0] * n + [0.0] * (5 - n) for n in lengths])
+    response = torch.randint(4, 50, (5, 5)) * mask.long()
+    runs = packing.prompt_runs(query, query_mask)
+    assert runs == [3, 2]
+    packed = packing.pack(query, query_mask, response, mask, runs, pad_token_id=PAD)
+    with torch.no_grad():
+        hidden = packing.unpack(roles.hidden_states(packed.input_ids, packed.attention, packed.position_ids), packed)
+        padded = roles.hidden_states(torch.cat([query, response], 1), torch.cat([query_mask, mask.long()], 1))
+    padded = padded[:, query.shape[1] - 1 : -1]
+    assert torch.allclose(hidden * mask[..., None], padded * mask[..., None], atol=1e-5)
