@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from rlhf.ppo import packing
 from rlhf.ppo.roles import SharedBase
+from rlhf.ppo.sampler import Samples, by_length
 
 PAD = 0
 
@@ -142,3 +143,30 @@ def test_packed_rows_give_each_answer_the_hidden_states_of_its_padded_row(archit
         padded = roles.hidden_states(torch.cat([query, response], 1), torch.cat([query_mask, mask.long()], 1))
     padded = padded[:, query.shape[1] - 1 : -1]
     assert torch.allclose(hidden * mask[..., None], padded * mask[..., None], atol=1e-5)
+
+
+def test_scoring_batches_keep_runs_together_and_never_exceed_their_size() -> None:
+    """Runs of 3, 1, 6 and 2 answers in batches of at most 4 rows: a run stays whole unless longer than 4."""
+    runs = [3, 1, 6, 2]
+    rows = sum(runs)
+    lengths = [2, 2, 2, 9, 1, 1, 1, 1, 1, 1, 5, 5]
+    query = torch.repeat_interleave(torch.arange(len(runs)), torch.tensor(runs))[:, None] + 10
+    mask = torch.tensor([[1.0] * n + [0.0] * (9 - n) for n in lengths])
+    samples = Samples(
+        prompts=list(range(rows)), query=query, query_mask=torch.ones_like(query), response=mask.long() + 4,
+        mask=mask, texts=[""] * rows, ended=torch.ones(rows, dtype=torch.bool),
+    )  # fmt: skip
+    batches = [rows_.tolist() for rows_, _ in by_length(samples, 4, runs)]
+    assert sorted(row for batch in batches for row in batch) == list(range(rows))
+    assert all(len(batch) <= 4 for batch in batches)
+    # the run of 6 (rows 4-9) in pieces of 4 and 2; every other run whole, in one batch
+    pieces = [[row for row in batch if 4 <= row <= 9] for batch in batches]
+    assert sorted(len(piece) for piece in pieces if piece) == [2, 4]
+    for run in ([0, 1, 2], [3], [10, 11]):
+        assert any(set(run) <= set(batch) for batch in batches)
+    # shortest answers first: the 2-row piece of one-token answers (total 2) leads
+    assert batches[0][:2] == [8, 9]
+    # without runs: single rows sorted by answer length, as before packing
+    assert [r for b, _ in by_length(samples, 4) for r in b.tolist()] == torch.argsort(
+        torch.tensor(lengths), stable=True
+    ).tolist()

@@ -105,20 +105,25 @@ def by_length(samples: Samples, size: int, runs: Sequence[int] | None = None) ->
 
     For passes without gradients, where which rows share a batch changes nothing but the padding:
     each batch comes with its rows' indices, to put the results back in the samples' order. With
-    ``runs`` (sizes of consecutive row runs, e.g. the answers to one prompt), a run is never split:
-    runs are ordered by their answers' total length and a batch holds whole runs (at least one).
+    ``runs`` (sizes of consecutive row runs, e.g. the answers to one prompt), a run stays in one batch
+    (cut in pieces of ``size`` only when longer), so it can be packed; runs are ordered by their
+    answers' total length.
     """
-    runs = list(runs) if runs is not None else [1] * len(samples.texts)
-    starts = torch.tensor([0, *runs[:-1]]).cumsum(0).tolist()
+    runs = runs if runs is not None else [1] * len(samples.texts)
+    units: list[range] = []  # consecutive rows that go together
+    start = 0
+    for run in runs:
+        units += [range(first, min(first + size, start + run)) for first in range(start, start + run, size)]
+        start += run
     answers = samples.mask.sum(1).tolist()
-    totals = torch.tensor([sum(answers[a : a + n]) for a, n in zip(starts, runs, strict=True)])
+    totals = torch.tensor([sum(answers[unit.start : unit.stop]) for unit in units])
     batch: list[int] = []
-    for unit in torch.argsort(totals, stable=True).tolist():
-        if batch and len(batch) + runs[unit] > size:
+    for index in torch.argsort(totals, stable=True).tolist():
+        if batch and len(batch) + len(units[index]) > size:
             rows = torch.tensor(batch)
             yield rows, samples.select(rows)
             batch = []
-        batch += range(starts[unit], starts[unit] + runs[unit])
+        batch += units[index]
     if batch:
         rows = torch.tensor(batch)
         yield rows, samples.select(rows)
