@@ -177,3 +177,42 @@ def test_groups_are_packed_and_every_forward_keeps_a_groups_answers_together(
         assert len(packed) == len(runs_seen)
     else:
         assert not packed and any(run % 4 for runs in update for run in runs)
+
+
+def test_one_step_per_rollout_measures_the_sampling_policy_in_the_update(
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One epoch, one minibatch, KL as a loss: no separate log-prob pass, and the same step and KL as with it.
+
+    The update's forward pass runs before the policy moves, so it is the sampling policy's measurement
+    (TRL's GRPO skips the pass the same way). Compared directly with a run that makes the pass.
+    """
+    overrides = ("--advantage_estimator", "grpo", "--kl_penalty", "loss", "--ppo_epochs", "1")
+    overrides += ("--mini_batch_size", "16", "--micro_batch_size", "8", "--steps", "1")
+    runs = {}
+    for measured_in_update in (True, False):
+        trainer = _build(tmp_path / str(measured_in_update), tiny_sft_run, tiny_reward_run, *overrides)
+        assert trainer.measures_in_update
+        policy_passes: list[bool] = []
+        logprobs = trainer.sampler.logprobs
+
+        def counting(samples, reference=False, logprobs=logprobs, seen=policy_passes):
+            seen.append(not reference)
+            return logprobs(samples, reference=reference)
+
+        monkeypatch.setattr(trainer.sampler, "logprobs", counting)
+        before = torch.cat([p.detach().clone().flatten() for p in trainer.roles.trainable_parameters(POLICY)])
+        with monkeypatch.context() as patch:
+            if not measured_in_update:
+                patch.setattr(type(trainer), "measures_in_update", property(lambda self: False))
+            torch.manual_seed(0)
+            metrics = trainer.train_step()
+        assert any(policy_passes) != measured_in_update  # the policy's scoring pass ran only when asked to
+        weights = torch.cat([p.detach().flatten() for p in trainer.roles.trainable_parameters(POLICY)])
+        assert not torch.equal(weights, before)  # the step moved the policy
+        runs[measured_in_update] = (metrics, weights)
+    (measured, after), (separate, separate_after) = runs[True], runs[False]
+    assert measured["objective/kl"] == pytest.approx(separate["objective/kl"], abs=1e-5)
+    assert measured["objective/kl"] > 0 and measured["policy/optimizer_steps"] == 1
+    assert torch.allclose(after, separate_after, atol=1e-6)
+    assert measured["policy/approx_kl"] == 0.0 and abs(separate["policy/approx_kl"]) < 1e-5

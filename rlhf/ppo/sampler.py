@@ -75,7 +75,9 @@ class Trajectory:
     """Samples measured by every role of the shared base: what PPO's losses read (:meth:`PolicySampler.score`)."""
 
     samples: Samples
-    logprobs: torch.Tensor  # B x R float: the sampling policy's log-prob of each response token (0 past EOS)
+    # B x R float: the sampling policy's log-prob of each response token (0 past EOS); None: the update
+    # measures them with its own first forward pass (one optimizer step per rollout, PPOTrainer.measures_in_update)
+    logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None  # B x R float: the same under the reference; None when no KL is used
     values: torch.Tensor | None  # B x R float: the critic's value before each response token; None: no critic
     scores: torch.Tensor  # B float: the weighted sum of reward_parts (before the EOS penalty)
@@ -88,7 +90,7 @@ class Trajectory:
         cut = lambda t: None if t is None else t[rows, :width]  # noqa: E731
         return Trajectory(
             samples=samples,
-            logprobs=self.logprobs[rows, :width],
+            logprobs=cut(self.logprobs),
             ref_logprobs=cut(self.ref_logprobs),
             values=cut(self.values),
             scores=self.scores[rows],
@@ -342,13 +344,13 @@ class PolicySampler:
         """The weighted sum of :meth:`rewards`: the training reward of each answer (B,)."""
         return rewards.total(self.rewards(samples), self.reward_weights)
 
-    def score(self, samples: Samples, reference: bool = True) -> Trajectory:
-        """Every role's pass over the samples: log-probs, the reference's (if ``reference``), values (if
-        the base has a critic) and the reward's components."""
+    def score(self, samples: Samples, reference: bool = True, policy: bool = True) -> Trajectory:
+        """Every role's pass over the samples: log-probs (if ``policy``), the reference's (if ``reference``),
+        values (if the base has a critic) and the reward's components."""
         parts = self.rewards(samples)
         return Trajectory(
             samples=samples,
-            logprobs=self.logprobs(samples),
+            logprobs=self.logprobs(samples) if policy else None,
             ref_logprobs=self.logprobs(samples, reference=True) if reference else None,
             values=self.values(samples) if self.roles.has_critic else None,
             scores=rewards.total(parts, self.reward_weights),

@@ -11,7 +11,8 @@ One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared s
    adapter, KV cache, a generation config built from this config alone, any of the model's EOS ids);
 2. recompute the sampled tokens' log-probs with a forward pass (generate()'s scores differ in
    precision and would cost a batch x length x vocabulary tensor), and the reference's with
-   adapters disabled;
+   adapters disabled; with one optimizer step per rollout and no KL in the rewards, the update's
+   own forward pass, before its step, is that measurement (:attr:`PPOTrainer.measures_in_update`);
 3. values per response token from the value adapter and head;
 4. the reward model's score of prompt + response rendered exactly as the reward stage rendered its
    data, minus a penalty when the response did not end with EOS; normalised by running moments;
@@ -39,7 +40,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,11 +215,15 @@ class PPOTrainer:
             scores = self.score_moments.normalize(scores, config.reward_clip)
         elif config.reward_clip is not None:
             scores = scores.clamp(-config.reward_clip, config.reward_clip)
-        if trajectory.ref_logprobs is None:
-            kl = torch.zeros_like(mask)
+        penalty = self.kl_controller.coef if config.kl_penalty == "reward" else 0.0
+        if trajectory.ref_logprobs is None or trajectory.logprobs is None:
+            if trajectory.ref_logprobs is not None and penalty:
+                raise RuntimeError(
+                    "a KL penalty in the rewards needs the sampling policy's log-probs before the update"
+                )
+            kl = torch.zeros_like(mask)  # no reference; or measured by the update (train_step)
         else:
             kl = losses.kl_estimate(trajectory.logprobs, trajectory.ref_logprobs, str(config.kl_estimator)) * mask
-        penalty = self.kl_controller.coef if config.kl_penalty == "reward" else 0.0
         estimator = config.advantage_estimator
         if estimator == "gae":
             rewards = losses.token_rewards(scores, kl, mask, penalty)
@@ -245,7 +250,19 @@ class PPOTrainer:
         rewards = losses.token_rewards(baselined, kl, mask, penalty)
         return Targets(losses.returns_to_go(rewards, mask), kl, rewards, scores)
 
-    def update(self, trajectory: Trajectory, targets: Targets) -> dict[str, float]:
+    @property
+    def measures_in_update(self) -> bool:
+        """Whether the sampling policy's log-probs come from the update's forward pass, not a scoring pass.
+
+        With one optimizer step per rollout (one epoch, one minibatch) every forward pass of the update
+        runs before the policy moves, so it measures the policy that sampled; the separate pass is
+        needed only when the KL shapes the rewards before the update. TRL's GRPO skips it the same way.
+        """
+        config = self.config
+        one_step = config.ppo_epochs == 1 and config.mini_batch_size == config.rollout_batch_size
+        return one_step and (config.kl_penalty == "loss" or not config.uses_reference)
+
+    def update(self, trajectory: Trajectory, targets: Targets) -> tuple[dict[str, float], torch.Tensor]:
         """Epochs over minibatches of the clipped surrogate (and, with a critic, the clipped value loss).
 
         Token losses become a minibatch loss as ``loss_type`` says (:func:`losses.aggregate`); with
@@ -255,8 +272,13 @@ class PPOTrainer:
         over ``max_approx_kl`` is not applied, and the iteration ends there. No loss weight between
         policy and value: they are disjoint parameters, clipped separately, with Adam's per-parameter
         scaling, where a ``vf_coef`` would cancel out; ``value_learning_rate`` sets the critic's pace.
+
+        Returns the statistics and the policy's log-prob of each response token at each row's last
+        forward pass (B x R): with a trajectory without log-probs (:attr:`measures_in_update`), the
+        sampling policy's, which the first forward pass also uses as the ratio's denominator.
         """
         config, roles, samples = self.config, self.roles, trajectory.samples
+        measured = torch.zeros_like(samples.mask)
         micro = config.micro_batch_size or config.mini_batch_size
         kl_loss_coef = self.kl_controller.coef if config.kl_penalty == "loss" else 0.0
         stats: dict[str, list[float]] = {
@@ -283,8 +305,10 @@ class PPOTrainer:
                         new_logprobs, entropies = self.sampler.response_logprobs(batch.samples, with_entropy=True)
                     assert entropies is not None
                     entropy = losses.masked_mean(entropies, mask)
+                    measured[rows[part], : mask.shape[1]] = new_logprobs.detach() * mask
+                    old_logprobs = batch.logprobs if batch.logprobs is not None else new_logprobs.detach()
                     per_token, part_stats = losses.policy_loss(
-                        new_logprobs, batch.logprobs, advantages, mask, config.cliprange
+                        new_logprobs, old_logprobs, advantages, mask, config.cliprange
                     )
                     if kl_loss_coef > 0 and batch.ref_logprobs is not None:
                         kl = losses.kl_estimate(new_logprobs, batch.ref_logprobs, str(config.kl_estimator))
@@ -322,7 +346,7 @@ class PPOTrainer:
         out["policy/update_epochs"] = epochs_done
         out["policy/optimizer_steps"] = steps_done
         out["policy/early_stopped"] = float(stop)
-        return out
+        return out, measured
 
     def _shuffled_rows(self, count: int) -> torch.Tensor:
         """A random order of the rollout's rows for the minibatches: groups stay together when they are packed.
@@ -377,12 +401,16 @@ class PPOTrainer:
         prompts = self._next_prompts()
         samples = self.sampler.generate(prompts)  # the policy adapter samples
         generated = time.perf_counter()
-        # policy, reference (unless kl_coef is 0), value (gae) and reward passes, no grad
-        trajectory = self.sampler.score(samples, reference=self.config.uses_reference)
+        # policy (unless the update measures it), reference (unless kl_coef is 0), value (gae), reward: no grad
+        config = self.config
+        trajectory = self.sampler.score(samples, reference=config.uses_reference, policy=not self.measures_in_update)
         scored = time.perf_counter()
         targets = self.advantages(trajectory)  # shaped rewards; GAE or a critic-free estimator
-        update_stats = self.update(trajectory, targets)  # policy then value, forward and backward per minibatch
+        update_stats, measured = self.update(trajectory, targets)  # policy then value, forward+backward per minibatch
         updated = time.perf_counter()
+        if trajectory.logprobs is None and trajectory.ref_logprobs is not None:  # the KL at sampling time
+            kl = losses.kl_estimate(measured, trajectory.ref_logprobs, str(config.kl_estimator)) * samples.mask
+            targets = replace(targets, kl=kl)
 
         scores = trajectory.scores
         seq_kl = targets.kl.sum(1)
