@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
@@ -121,14 +122,11 @@ def pack(
             start += n
         packed.append((torch.cat(ids), torch.cat(segment), torch.cat(position)))
         first += size
-    length, count = max(len(ids) for ids, _, _ in packed), len(packed)
-    input_ids = torch.full((count, length), pad_token_id, dtype=query.dtype, device=device)
-    segments = torch.full((count, length), -1, dtype=torch.long, device=device)
-    positions = torch.zeros((count, length), dtype=torch.long, device=device)
-    for n, (ids_n, segment_n, position_n) in enumerate(packed):
-        input_ids[n, : len(ids_n)] = ids_n
-        segments[n, : len(segment_n)] = segment_n
-        positions[n, : len(position_n)] = position_n
+    ids_rows, segment_rows, position_rows = zip(*packed, strict=True)
+    input_ids = pad_sequence(list(ids_rows), batch_first=True, padding_value=pad_token_id)
+    segments = pad_sequence(list(segment_rows), batch_first=True, padding_value=-1)
+    positions = pad_sequence(list(position_rows), batch_first=True, padding_value=0)
+    count, length = input_ids.shape
     columns = torch.arange(length, device=device)
     causal = columns[None, :] <= columns[:, None]  # query x key
     key, query_segment = segments[:, None, :], segments[:, :, None]
