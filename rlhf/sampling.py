@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,34 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k filter
     num_return_sequences: int = 1
+
+    @property
+    def truncates(self) -> bool:
+        """Whether top-k or top-p cut the distribution (then a token's log-prob is not a plain log-softmax)."""
+        return self.top_k > 0 or self.top_p < 1.0
+
+
+def sampled_logits(logits: torch.Tensor, settings: SamplingSettings, tokens: torch.Tensor) -> torch.Tensor:
+    """``logits`` (... x V, already divided by the temperature) restricted to what the sampler draws from.
+
+    generate() applies temperature, then top-k, then top-p (transformers' own warpers, used here so
+    the cut is the same to the tie) and samples from the softmax of what is left; the log-prob of a
+    sampled token is its logit minus the log-sum-exp over the kept tokens only, and its gradient is
+    zero outside them. Every token outside the kept set becomes ``-inf``, except ``tokens`` (... long):
+    a token that was drawn is always kept, so a recompute whose set differs at the boundary by a
+    rounding, or a reference whose own top-p set excludes what the policy drew, gives a finite
+    log-prob rather than ``-inf``. Without top-k/top-p the logits come back unchanged.
+    """
+    if not settings.truncates:
+        return logits
+    flat = logits.reshape(-1, logits.shape[-1])
+    cut = flat
+    if settings.top_k > 0:
+        cut = TopKLogitsWarper(settings.top_k)(None, cut)
+    if settings.top_p < 1.0:
+        cut = TopPLogitsWarper(settings.top_p)(None, cut)
+    drawn = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, tokens.reshape(-1, 1), True)
+    return torch.where(drawn, flat, cut).view_as(logits)
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -30,6 +30,30 @@ def test_win_rate_interval_narrows_with_more_pairs() -> None:
     assert large.ci_high - large.ci_low < small.ci_high - small.ci_low
 
 
+@pytest.mark.parametrize(("confidence", "z"), [(None, 1.959964), (0.90, 1.644854)])  # None: the default, 95 %
+def test_win_rate_interval_has_its_stated_level(confidence: float | None, z: float) -> None:
+    """The bootstrap interval of 1000 pairs matches the normal interval p +- z * sd / sqrt(n), worked by hand.
+
+    With 450 wins, 100 ties and 450 losses the outcomes (1, .5, 0) have mean .5 and variance
+    (.9 * .25) = .225, so the 95 % interval is .5 +- 1.96 * sqrt(.225 / 1000) = .5 +- .0294 (the 50 %
+    one would be +- .0101); the percentile bootstrap agrees to within its resampling noise.
+    """
+    first = [1.0] * 450 + [0.5] * 100 + [0.0] * 450
+    level = {} if confidence is None else {"confidence": confidence}
+    result = evaluation.win_rate(first, [0.5] * 1000, **level)
+    half_width = z * math.sqrt(0.9 * 0.25 / 1000)
+    assert result.win_rate == pytest.approx(0.5)
+    assert result.ci_low == pytest.approx(0.5 - half_width, abs=0.004)
+    assert result.ci_high == pytest.approx(0.5 + half_width, abs=0.004)
+
+
+def test_paired_difference_interval_is_the_mean_plus_minus_1_96_standard_errors() -> None:
+    # differences 1, 2, 3, 6: mean 3, sample sd sqrt(((-2)^2 + 1 + 0 + 9) / 3) = sqrt(14 / 3), se = sd / 2
+    result = evaluation.paired_difference([1.0, 2.0, 3.0, 6.0], [0.0] * 4)
+    se = math.sqrt(14 / 3) / 2
+    assert (result.mean, result.ci_low, result.ci_high) == pytest.approx((3.0, 3 - 1.96 * se, 3 + 1.96 * se))
+
+
 def test_reward_calibration_by_hand() -> None:
     # gaps 4, 4, -4: claimed P(chosen) = sigmoid(4) = .982 for two pairs (both right), .018 for one (wrong)
     result = evaluation.reward_calibration([4.0, 4.0, 0.0], [0.0, 0.0, 4.0], bins=5)

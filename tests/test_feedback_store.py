@@ -6,6 +6,7 @@ import re
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -239,16 +240,16 @@ def test_concurrent_annotators_never_overfill_an_item(store: Store) -> None:
     for name in names:
         store.add_annotator(name)
     ids = [store.annotator(n).id for n in names]
-    done = []
+    start = threading.Barrier(len(ids))  # every annotator asks at once
 
-    def work(annotator_id: int) -> None:
-        done.append(annotate_all(store, annotator_id))
+    def work(annotator_id: int) -> int:
+        start.wait(timeout=30)
+        return annotate_all(store, annotator_id)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # .result() re-raises a worker's exception here (a Conflict from an item handed out twice fails
+    # the test; a bare thread's exception would only be a warning)
+    with ThreadPoolExecutor(len(ids)) as pool:
+        done = [future.result(timeout=60) for future in [pool.submit(work, i) for i in ids]]
     assert sum(done) == 6  # 3 items x 2 annotators, no more
     assert all(len(item.answers) == 2 for item in store.records())
 

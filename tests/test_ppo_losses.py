@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from trl.trainer.utils import selective_log_softmax
 
 from rlhf.ppo import losses
 from rlhf.ppo.logprobs import token_logprobs
+from rlhf.sampling import SamplingSettings
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -61,11 +63,41 @@ def test_clipped_policy_loss_by_hand() -> None:
     assert stats["approx_kl"].item() == pytest.approx(0.5 - math.log(1.5))
 
 
+def test_the_ratio_is_clipped_below_too_with_a_negative_advantage() -> None:
+    """PPO's lower bound: a token made less likely (ratio 0.5 < 1 - clip) with advantage -1 is held at 0.8.
+
+    max(-A * 0.5, -A * clip(0.5, 0.8, 1.2)) = max(0.5, 0.8) = 0.8, with no gradient (the objective is
+    flat there); without the lower bound the loss would be 0.5 and keep pushing the ratio down.
+    """
+    old = torch.zeros(1, 2)
+    new = torch.full((1, 2), math.log(0.5), requires_grad=True)
+    per_token, stats = losses.policy_loss(new, old, t([-1.0, 1.0]), t([1, 1]), clip=0.2)
+    # advantage -1 at ratio .5: clipped, 0.8; advantage +1 at ratio .5: min(.5, .8) -> loss -.5 (unclipped)
+    assert per_token.tolist() == [pytest.approx([0.8, -0.5])]
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    (grad,) = torch.autograd.grad(per_token.sum(), new)
+    assert grad.tolist() == [pytest.approx([0.0, -0.5])]  # d(-A * r)/d log r = -A * r on the unclipped token
+
+
 def test_clipped_value_loss_by_hand() -> None:
     # V=2, old 1, R=1: clipped V=1.2, errors 1 vs .04 -> .5 * 1; V=.5, old 1, R=2: clipped .8, errors 2.25 vs 1.44
     loss, stats = losses.value_loss(t([2.0, 0.5]), t([1.0, 1.0]), t([1.0, 2.0]), t([1, 1]), clip=0.2)
     assert loss.item() == pytest.approx(0.5 * (1.0 + 2.25) / 2)
     assert stats["value_clipfrac"].item() == pytest.approx(0.0)
+
+
+def test_value_clipping_takes_the_larger_clipped_error() -> None:
+    """The clipped error wins when the new value jumped onto the return: the critic may not move that far.
+
+    V=1, old 0, R=1: unclipped error 0, clipped V=0.2 -> error .64 -> loss .5 * .64, and its gradient
+    is zero (the clipped value does not depend on V); V=0, old 0, R=1: both errors 1 (not clipped).
+    """
+    values = t([1.0, 0.0]).requires_grad_(True)
+    loss, stats = losses.value_loss(values, t([0.0, 0.0]), t([1.0, 1.0]), t([1, 1]), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 1.0) / 2)
+    assert stats["value_clipfrac"].item() == pytest.approx(0.5)
+    (grad,) = torch.autograd.grad(loss, values)
+    assert grad.tolist() == [pytest.approx([0.0, -0.5])]  # d .5 * mean((V - R)^2) / dV = (V - R) / 2
 
 
 def test_masked_statistics_ignore_padding_and_reduce_over_ranks() -> None:
@@ -189,34 +221,73 @@ def test_reinforce_pp_advantages_are_returns_whitened_over_the_batch() -> None:
     assert advantages[1, 1].item() == 0.0
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
+SETTINGS = [  # (temperature, top_p, top_k): plain softmax, temperature, top-p, top-k, both
+    (1.0, 1.0, 0),
+    (0.7, 1.0, 0),
+    (0.9, 0.8, 0),
+    (1.0, 1.0, 5),
+    (0.8, 0.9, 12),
+]
+
+
+def sampler_distribution(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
+    """What generate() draws from: its warpers in the order it applies them (temperature, top-k, top-p)."""
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    flat = logits.reshape(-1, logits.shape[-1])
+    return torch.log_softmax(processors(None, flat), -1).view_as(logits)
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), SETTINGS)
 @pytest.mark.parametrize("chunk_elements", [1 << 24, 3 * 50])  # one chunk; chunks of 3 positions, the last of 2
-def test_chunked_token_logprobs_equal_the_full_logits_and_their_gradient(
-    temperature: float, chunk_elements: int
+def test_chunked_token_logprobs_are_the_sampled_distributions_and_their_gradient(
+    temperature: float, top_p: float, top_k: int, chunk_elements: int
 ) -> None:
-    """The chunked projection gives the log-probs, entropy and gradients of log_softmax(head(hidden)) itself."""
+    """The chunked projection gives the log-probs, entropy and gradients of the distribution generate() samples.
+
+    That is log_softmax of head(hidden) after generate()'s own temperature, top-k and top-p processors;
+    tokens drawn from it, and one that the cut left out (its log-prob must be finite: a reference's
+    top-p set can exclude what the policy drew).
+    """
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=True)  # a trainable head with a bias: every gradient path is used
     hidden = torch.randn(2, 7, 8, requires_grad=True)
-    tokens = torch.randint(0, 50, (2, 7))
     weights = torch.randn(2, 7)  # an arbitrary incoming gradient
+    settings = SamplingSettings(max_new_tokens=7, temperature=temperature, top_p=top_p, top_k=top_k)
+    with torch.no_grad():
+        drawn = sampler_distribution(head(hidden), temperature, top_p, top_k)
+    tokens = torch.multinomial(drawn.exp().view(-1, 50), 1).view(2, 7)
+    if settings.truncates:  # position (0, 0) gets a token outside its kept set
+        tokens[0, 0] = int(drawn[0, 0].argmin())
+        assert drawn[0, 0, tokens[0, 0]] == -math.inf
 
-    logprobs, entropy = token_logprobs(
-        hidden, head, tokens, temperature, with_entropy=True, chunk_elements=chunk_elements
-    )
+    logprobs, entropy = token_logprobs(hidden, head, tokens, settings, with_entropy=True, chunk_elements=chunk_elements)
     (logprobs * weights).sum().backward()
     chunked = [hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()]
     for t in (hidden, head.weight, head.bias):
         t.grad = None
 
-    logits = head(hidden) / temperature
+    cut = sampler_distribution(head(hidden), temperature, top_p, top_k)  # with gradients
+    kept = cut.isfinite()
+    kept[0, 0, tokens[0, 0]] = True  # the drawn token is always in: its own logit, renormalised with it
+    logits = (head(hidden) / temperature).masked_fill(~kept, -math.inf)
     expected = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
     (expected * weights).sum().backward()
+    assert torch.isfinite(logprobs).all()
     assert torch.allclose(logprobs, expected, atol=1e-6)
+    with torch.no_grad():
+        probs = logits.softmax(-1)
+        expected_entropy = -torch.special.xlogy(probs, probs).sum(-1)
     assert entropy is not None and not entropy.requires_grad
-    assert torch.allclose(entropy, entropy_from_logits(logits.detach()), atol=1e-6)
+    assert torch.allclose(entropy, expected_entropy, atol=1e-6)
     for a, b in zip(chunked, [hidden.grad, head.weight.grad, head.bias.grad], strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    if settings.truncates:  # the cut is really applied: a plain log-softmax would differ
+        plain = torch.log_softmax(head(hidden) / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        assert (logprobs - plain).abs().max() > 1e-3
 
 
 def test_chunked_token_logprobs_under_mixed_precision_match_the_full_logits() -> None:
@@ -226,7 +297,7 @@ def test_chunked_token_logprobs_under_mixed_precision_match_the_full_logits() ->
     hidden = torch.randn(3, 5, 16, requires_grad=True)
     tokens = torch.randint(0, 40, (3, 5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logprobs, entropy = token_logprobs(hidden, head, tokens, chunk_elements=4 * 40)
+        logprobs, entropy = token_logprobs(hidden, head, tokens, SamplingSettings(5), chunk_elements=4 * 40)
         expected = selective_log_softmax(head(hidden).float(), tokens)
     assert entropy is None and logprobs.dtype == torch.float32
     assert torch.allclose(logprobs, expected, atol=1e-5)

@@ -72,10 +72,27 @@ def test_every_declared_eos_id_ends_an_answer(sampler: PolicySampler) -> None:
     assert all(EXTRA_EOS not in text for text in rollout.texts)
 
 
+SETTINGS = [  # (temperature, top_p, top_k): the base's saved repetition penalty, top-k and top-p must not leak
+    (0.9, 1.0, 0),
+    (1.0, 1.0, 0),
+    (0.7, 0.8, 0),
+    (1.0, 1.0, 8),
+    (0.8, 0.9, 20),
+]
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), SETTINGS)
 def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
-    sampler: PolicySampler, monkeypatch: pytest.MonkeyPatch
+    sampler: PolicySampler, monkeypatch: pytest.MonkeyPatch, temperature: float, top_p: float, top_k: int
 ) -> None:
-    """Log-probs under the distribution each token was drawn from == PPO's recomputed ones (<= 1e-4)."""
+    """Log-probs under the distribution each token was drawn from == PPO's recomputed ones (<= 1e-4).
+
+    At each setting of temperature, top-p and top-k, on a base whose saved generation config sets a
+    repetition penalty, no-repeat n-grams, its own top-k/top-p and two EOS ids: the distribution
+    generate() draws from (its processed scores) is the one the trainer's ratio uses.
+    """
+    settings = sampling.SamplingSettings(24, temperature, top_p, top_k)
+    policy = PolicySampler(sampler.roles, sampler.tokenizer, settings)
     drawn: list[torch.Tensor] = []
 
     def recording_sample(*args: object, **kwargs: object) -> torch.Tensor:
@@ -86,12 +103,36 @@ def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
     monkeypatch.setattr(sampling, "sample", recording_sample)
     prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0][:32]]
     torch.manual_seed(1)
-    rollout = sampler.generate(prompts)
+    rollout = policy.generate(prompts)
     (sampled,) = drawn
     sampled = sampled[:, : rollout.mask.shape[1]].masked_fill(~rollout.mask.bool(), 0.0)
-    recomputed = sampler.logprobs(rollout)
+    recomputed = policy.logprobs(rollout)
     gap = (sampled - recomputed).abs().max()
     assert gap <= 1e-4, gap
+    if settings.truncates:  # the cut matters here: the untruncated softmax is another distribution
+        with policy.scoring():
+            full = torch.log_softmax(policy.response_logits(rollout, truncated=False), -1)
+        untruncated = full.gather(-1, rollout.response[..., None]).squeeze(-1) * rollout.mask
+        assert (sampled - untruncated).abs().max() > 1e-2
+
+
+def test_the_reference_is_measured_as_the_same_sampler(sampler: PolicySampler) -> None:
+    """With top-p / top-k the reference's log-probs are under its own cut distribution: KL 0 while policy = reference.
+
+    The policy adapter is fresh (LoRA B = 0), so the policy is the reference: the two samplers are one
+    distribution and the KL estimate must be 0 at every token, where a reference measured by its plain
+    softmax would differ from the cut policy by the log of the mass the cut removed.
+    """
+    policy = PolicySampler(sampler.roles, sampler.tokenizer, sampling.SamplingSettings(24, 0.8, 0.7, 10))
+    prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0][:16]]
+    torch.manual_seed(2)
+    rollout = policy.generate(prompts)
+    kl = policy.logprobs(rollout) - policy.logprobs(rollout, reference=True)
+    assert kl.abs().max() <= 1e-5
+    with policy.scoring(), policy.roles.reference():
+        plain = torch.log_softmax(policy.response_logits(rollout, truncated=False), -1)
+    plain = plain.gather(-1, rollout.response[..., None]).squeeze(-1) * rollout.mask
+    assert (policy.logprobs(rollout) - plain).abs().max() > 1e-2
 
 
 def test_generation_config_leaves_nothing_to_inherit(sampler: PolicySampler) -> None:

@@ -140,28 +140,8 @@ def test_sft_four_bit_path_with_paged_8bit_adamw(tmp_path: Path) -> None:
     assert all(not torch.equal(p, after[n]) for n, p in before.items() if "lora_B" in n)
 
 
-@pytest.mark.slow
-def test_sft_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
-    common = [
-        "--config",
-        str(RECIPES / "tiny" / "sft.yaml"),
-        "--output_dir",
-        str(tmp_path),
-        "--eval_strategy",
-        "no",
-        "--save_steps",
-        "4",
-        "--disable_tqdm",
-        "true",
-        "--merge_adapter",
-        "false",
-    ]
-    run_cli("sft", *common, "--max_steps", "4")
-    assert (tmp_path / "checkpoint-4").is_dir()
-    run_cli("sft", *common, "--max_steps", "8", "--resume")
-    history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
-    assert history[-1]["step"] == 8
-    assert SFTResult.read(tmp_path).global_steps == 8
+def test_resume_without_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    """`--resume` in a folder with no checkpoint is an error (resume itself: tests/test_resume.py)."""
     with pytest.raises(ConfigError, match="no checkpoint"):
         sft.run(StageConfig(*_parsed("sft", tmp_path / "fresh", "--resume", "--max_steps", "1")))
 

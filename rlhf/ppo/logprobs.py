@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlhf.sampling import SamplingSettings, sampled_logits
+
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MiB in fp32, about 110 positions of a 152k vocabulary
 
 
@@ -28,10 +30,22 @@ def _spans(n: int, vocabulary: int, chunk_elements: int) -> list[tuple[int, int]
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """One chunk's logits in fp32 at the sampling temperature (the projection in the weight's dtype)."""
+def _logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    settings: SamplingSettings,
+    tokens: torch.Tensor,
+) -> torch.Tensor:
+    """One chunk's logits in fp32 as the sampler draws from them (the projection in the weight's dtype).
+
+    At the sampling temperature, and ``-inf`` outside the top-k / top-p set (the drawn token kept):
+    :func:`rlhf.sampling.sampled_logits`.
+    """
     logits = F.linear(hidden.to(weight.dtype), weight, bias).float()
-    return logits.div_(temperature) if temperature != 1.0 else logits
+    if settings.temperature != 1.0:
+        logits.div_(settings.temperature)
+    return sampled_logits(logits, settings, tokens)
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -44,7 +58,7 @@ class _TokenLogprobs(torch.autograd.Function):
         weight: torch.Tensor,  # V x H
         bias: torch.Tensor | None,  # V
         tokens: torch.Tensor,  # N long
-        temperature: float,
+        settings: SamplingSettings,
         chunk_elements: int,
         with_entropy: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,14 +67,15 @@ class _TokenLogprobs(torch.autograd.Function):
         lse = hidden.new_empty(n, dtype=torch.float32)
         entropy = hidden.new_zeros(n if with_entropy else 0, dtype=torch.float32)
         for start, end in _spans(n, weight.shape[0], chunk_elements):
-            logits = _logits(hidden[start:end], weight, bias, temperature)
+            logits = _logits(hidden[start:end], weight, bias, settings, tokens[start:end])
             lse[start:end] = torch.logsumexp(logits, -1)
             logprobs[start:end] = logits.gather(-1, tokens[start:end, None]).squeeze(-1) - lse[start:end]
             if with_entropy:  # -sum(p log p), from the log-probs (lse - sum(p * logits) cancels when H is small)
                 logp = logits.sub_(lse[start:end, None])
-                entropy[start:end] = -logp.exp().mul_(logp).sum(-1)
+                p = logp.exp()  # 0 outside a top-k / top-p set, where log p is -inf
+                entropy[start:end] = -p.mul_(logp.nan_to_num_(neginf=0.0)).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
-        ctx.temperature, ctx.chunk_elements = temperature, chunk_elements
+        ctx.settings, ctx.chunk_elements = settings, chunk_elements
         # the backward pass recomputes the logits as the forward pass computed them (mixed precision too)
         ctx.device = device = hidden.device.type
         ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
@@ -70,16 +85,17 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, tokens, lse = ctx.saved_tensors
-        temperature = ctx.temperature
+        temperature = ctx.settings.temperature
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
         for start, end in _spans(hidden.shape[0], weight.shape[0], ctx.chunk_elements):
             g = grad_logprobs[start:end].float()
-            # d logprob / d logits = (onehot(token) - softmax) / temperature, times the incoming gradient
+            # d logprob / d logits = (onehot(token) - softmax) / temperature, times the incoming gradient;
+            # the softmax over the kept tokens only (exp(-inf) = 0 outside a top-k / top-p set)
             with torch.autocast(ctx.device, dtype=ctx.autocast, enabled=ctx.autocast is not None):
-                logits = _logits(hidden[start:end], weight, bias, temperature)
+                logits = _logits(hidden[start:end], weight, bias, ctx.settings, tokens[start:end])
             grad = logits.sub_(lse[start:end, None]).exp_()
             grad.mul_(-g[:, None])
             grad[torch.arange(end - start, device=grad.device), tokens[start:end]] += g
@@ -101,20 +117,22 @@ def token_logprobs(
     hidden: torch.Tensor,
     head: torch.nn.Linear,
     tokens: torch.Tensor,
-    temperature: float = 1.0,
+    settings: SamplingSettings,
     with_entropy: bool = False,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob of each of ``tokens`` under ``head(hidden) / temperature`` (``...`` x H and ``...`` -> ``...``).
+    """Log-prob of each of ``tokens`` under the distribution the sampler draws from (``...`` x H, ``...`` -> ``...``).
 
-    Returns the log-probs (fp32, differentiable with respect to ``hidden`` and, if it trains, the head)
-    and, with ``with_entropy``, the entropy of each position's distribution (fp32, no gradient; a
-    metric), else None. Equal to ``log_softmax(head(hidden) / temperature).gather(tokens)`` and its
-    gradient, without materialising the ``...`` x V logits.
+    That is ``head(hidden) / temperature``, cut to the top-k / top-p set when ``settings`` set them
+    (:func:`rlhf.sampling.sampled_logits`), renormalised. Returns the log-probs (fp32,
+    differentiable with respect to ``hidden`` and, if it trains, the head) and, with ``with_entropy``,
+    the entropy of each position's distribution (fp32, no gradient; a metric), else None. Equal to
+    ``log_softmax(sampled_logits(head(hidden) / temperature)).gather(tokens)`` and its gradient,
+    without materialising the ``...`` x V logits.
     """
     shape = tokens.shape
     flat = hidden.reshape(-1, hidden.shape[-1])
     logprobs, entropy = _TokenLogprobs.apply(  # type: ignore[no-untyped-call]  # torch leaves apply untyped
-        flat, head.weight, head.bias, tokens.reshape(-1), temperature, chunk_elements, with_entropy
+        flat, head.weight, head.bias, tokens.reshape(-1), settings, chunk_elements, with_entropy
     )
     return logprobs.view(shape), entropy.view(shape) if with_entropy else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, sampling
 from rlhf.config import PPOConfig
@@ -247,32 +247,39 @@ class PolicySampler:
         ids, mask = samples.sequences
         return self.roles.hidden_states(ids, mask)[:, samples.query.shape[1] - 1 : -1]
 
-    def response_logits(self, samples: Samples) -> torch.Tensor:
-        """Logits predicting each response token (B x R x V), at the sampling temperature.
+    def response_logits(self, samples: Samples, truncated: bool = True) -> torch.Tensor:
+        """Logits predicting each response token (B x R x V), as the sampler draws from them.
 
-        Divided in place: the vocabulary projection's backward does not need its output, and at a
-        real vocabulary (152k) a second B x R x V tensor is hundreds of MiB.
+        At the sampling temperature and, if ``truncated``, ``-inf`` outside the top-k / top-p set
+        (the sampled token kept: :func:`rlhf.sampling.sampled_logits`). Divided in place: the
+        vocabulary projection's backward does not need its output, and at a real vocabulary (152k) a
+        second B x R x V tensor is hundreds of MiB.
         """
         logits = self.roles.token_logits(self.response_hidden(samples)).float()
-        return logits.div_(self.settings.temperature) if self.settings.temperature != 1.0 else logits
+        if self.settings.temperature != 1.0:
+            logits.div_(self.settings.temperature)
+        return sampling.sampled_logits(logits, self.settings, samples.response) if truncated else logits
 
     def response_logprobs(
         self, samples: Samples, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-prob of each response token (B x R) and, with ``with_entropy``, each position's entropy (no grad).
 
+        Under the distribution the sampler draws from: temperature, then top-k / top-p, renormalised
+        (:func:`rlhf.sampling.sampled_logits`), so PPO's ratio compares the policy with the sampler it
+        was. The reference is measured the same way (its own top-k / top-p set, the sampled token always
+        in it), so the KL is between the two samplers as configured, 0 while the policy is the reference.
         Through the vocabulary projection a chunk of positions at a time (:func:`~rlhf.ppo.logprobs.token_logprobs`):
         the B x R x V logits never exist at once, in the forward pass or the backward. A head that is not
         a plain linear layer (a LoRA on ``lm_head``) goes through :meth:`response_logits`.
         """
         head = self.roles.causal_lm.get_output_embeddings()
         if type(head) is torch.nn.Linear:
-            return token_logprobs(
-                self.response_hidden(samples), head, samples.response, self.settings.temperature, with_entropy
-            )
+            return token_logprobs(self.response_hidden(samples), head, samples.response, self.settings, with_entropy)
         logits = self.response_logits(samples)
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits) if with_entropy else None
+        with torch.no_grad():  # p log p outside a top-k / top-p set: 0 (xlogy), not exp(-inf) * -inf = NaN
+            probs = logits.softmax(-1)
+            entropy = -torch.special.xlogy(probs, probs).sum(-1) if with_entropy else None
         return selective_log_softmax(logits, samples.response), entropy
 
     def _per_token(self, samples: Samples, measure: Callable[[Samples], torch.Tensor]) -> torch.Tensor:
@@ -294,13 +301,15 @@ class PolicySampler:
         At every response position the full next-token distributions are compared (a sum over the
         vocabulary), so each term is >= 0; summed along the policy's own sampled answer this is an
         unbiased estimate of the sequence-level KL with far less variance than the sampled log-ratio,
-        which goes negative on small evaluations.
+        which goes negative on small evaluations. The models' distributions at the sampling
+        temperature, without top-k / top-p: the reference's own top-p set may leave out tokens the
+        policy keeps, where a KL between the truncated distributions would be infinite.
         """
 
         def per_token(batch: Samples) -> torch.Tensor:
-            policy = torch.log_softmax(self.response_logits(batch), -1)
+            policy = torch.log_softmax(self.response_logits(batch, truncated=False), -1)
             with self.roles.reference():
-                reference = torch.log_softmax(self.response_logits(batch), -1)
+                reference = torch.log_softmax(self.response_logits(batch, truncated=False), -1)
             return (policy.exp() * (policy - reference)).sum(-1).clamp_min(0)
 
         with self.scoring():
