@@ -171,3 +171,13 @@ def tiny_tokenizer():
     from rlhf.config import ModelArguments
 
     return models.load_tokenizer(ModelArguments(model_name_or_path="builtin:tiny"))
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every ``tag`` scalar in the TensorBoard event files under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {path.parent for path in folder.rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]

@@ -184,3 +184,39 @@ def test_group_size_and_kl_estimator_follow_the_algorithm_when_unset(tmp_path: P
     grpo = rl(advantage_estimator="grpo", kl_penalty="loss")
     assert (grpo.num_generations, grpo.kl_estimator, grpo.uses_critic) == (4, "k3", False)
     assert not rl(kl_coef=0.0).uses_reference
+
+
+@pytest.mark.parametrize(
+    ("gpu", "asked", "expected"),
+    [
+        (None, (None, None), (False, False, "float32")),  # CPU: fp32
+        ((8, 0), (None, None), (True, False, "bfloat16")),  # Ampere (A100) and newer: bf16
+        ((9, 0), (None, None), (True, False, "bfloat16")),  # Hopper (H100)
+        ((7, 5), (None, None), (False, True, "float16")),  # Turing (T4): no bf16, fp16
+        ((8, 0), (None, True), (False, True, "float16")),  # asked for fp16 on an A100: kept
+        ((7, 5), (False, False), (False, False, "float32")),  # asked for fp32: kept
+    ],
+)
+def test_precision_left_unset_is_chosen_for_the_hardware(
+    gpu: tuple[int, int] | None,
+    asked: tuple[bool | None, bool | None],
+    expected: tuple[bool, bool, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the README promises: bf16 on GPUs that have it, fp16 on older ones such as the T4, fp32 on CPU;
+    the model's dtype and the 4-bit compute dtype follow."""
+    import types
+
+    import torch
+
+    from rlhf import models
+    from rlhf.config import ModelArguments, _auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: gpu)
+    config = types.SimpleNamespace(bf16=asked[0], fp16=asked[1])
+    _auto_precision(config)
+    model_args = ModelArguments(model_name_or_path="builtin:tiny", quantization="4bit")
+    models.resolve_dtypes(model_args, config)
+    assert (config.bf16, config.fp16, model_args.dtype) == expected
+    assert model_args.bnb_4bit_compute_dtype == expected[2]

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ppo_args, torchrun
+from conftest import ppo_args, tensorboard_scalars, torchrun
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file
 from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, models, runs
 from rlhf.config import parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo import losses, packing
-from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.ppo.roles import POLICY, REWARD, VALUE, position_ids
 from rlhf.ppo.sampler import Samples
 from rlhf.results import PPOResult
 from rlhf.stages import ppo
@@ -319,6 +319,21 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
     # the evaluation's exact KL is >= 0 per answer (the sampled log-ratio can go negative), and > 0 once trained
     assert (trainer.sampler.kl_to_reference(fixed) > 0).all()
     assert len(history) == 3
+    # the adapter as saved, loaded by plain PEFT on the base quantized as in training, is the trained policy
+    trainer.save_adapter(POLICY, tmp_path / "saved")
+    args = ppo_args(tmp_path, tiny_sft_run, tiny_reward_run)
+    model_args, *_ = parse(ppo.CONFIG_TYPES, args, prog="t", description="")
+    models.resolve_dtypes(model_args, trainer.config)
+    base = models.load_causal_lm(model_args, trainer.tokenizer)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "saved")).eval()
+    ids, mask = fixed.sequences
+    with torch.no_grad():
+        logits = loaded(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    width = fixed.query.shape[1]
+    logits = logits[:, width - 1 : -1].float() / trainer.config.temperature
+    plain = selective_log_softmax(logits, fixed.response) * fixed.mask
+    assert (plain - trainer.sampler.logprobs(fixed)).abs().max() < 1e-4
+    assert (plain - reference_before).abs().max() > 1e-2  # and it is not the reference: training moved it
     for key in (
         "objective/score",
         "objective/kl",
@@ -341,11 +356,17 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
 def test_ppo_stage_writes_a_plain_peft_policy_and_the_comparison(
     tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
 ) -> None:
-    ppo.main(ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--report_to", "tensorboard"))
+    ppo.main(ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--report_to", "tensorboard", "--logging_steps", "1"))
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "value" / "value_head.safetensors").is_file()
-    base = AutoModelForCausalLM.from_pretrained(tiny_sft_run / "merged")
-    policy = PeftModel.from_pretrained(base, str(tmp_path))
-    assert sum(p.abs().sum() for n, p in policy.named_parameters() if "lora_B" in n) > 0
+    # the run's adapter is the final checkpoint's policy (what training ended with; loading it: test above)
+    final = load_file(str(tmp_path / "adapter_model.safetensors"))
+    last = load_file(str(tmp_path / "checkpoint-3" / POLICY / "adapter_model.safetensors"))
+    assert final.keys() == last.keys() and all(torch.equal(tensor, last[k]) for k, tensor in final.items())
+    # TensorBoard holds what metrics.jsonl holds, step by step
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert tensorboard_scalars(tmp_path / "runs", "objective/score") == [
+        (m["step"], pytest.approx(m["objective/score"], rel=1e-6)) for m in logged
+    ]
     evaluation = PPOResult.read(tmp_path).eval
     assert evaluation is not None and evaluation.prompts == 16
     assert evaluation.sft.gold is not None and evaluation.ppo.gold is not None  # the task's gold judge scored both

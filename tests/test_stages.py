@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES, run_cli
+from conftest import RECIPES, run_cli, tensorboard_scalars
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -205,7 +205,9 @@ def test_sft_writes_tensorboard_logs_when_asked(tmp_path: Path) -> None:
         "--disable_tqdm",
         "true",
     )
-    assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
+    losses = [(entry["step"], pytest.approx(entry["loss"], rel=1e-6)) for entry in history if "loss" in entry]
+    assert len(losses) == 2 and tensorboard_scalars(tmp_path / "runs", "train/loss") == losses
 
 
 def test_reward_model_ranks_held_out_pairs_and_reports_distributions(tiny_reward_run: Path) -> None:
