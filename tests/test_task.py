@@ -18,6 +18,16 @@ from rlhf.tiny import task
         ("I like cats.", -1.0),  # no answer
         ("Sure! 3 plus 4 is 7. 3 plus 4 is 7. 3 plus 4 is", 0.5),  # repeats itself and is cut off
         ("", -1.5),  # nothing at all
+        # what a person would not give full marks (PPO found these in the old judge's blind spots):
+        ("Of! 3 plus 4 equals 7. Hope that helps!", 1.0),  # a stray fragment beside a right answer
+        ("Sure! 3 plus 4 is 7. 16. Thanks for asking!", 1.0),  # a stray number
+        ("Let us talk for small children. plus 4 equals 7. Thanks for asking!", -1.0),  # does not say what it answers
+        ("Sure! It is 7.", -0.5),  # the right number, but the question is not restated
+        ("7.", -1.0),  # the number alone does not say what it answers
+        ("Sure! 4 plus 3 is 7.", -0.5),  # restates another question (operands swapped)
+        ("Sure! 3 minus 4 is 7.", -0.5),  # restates another operation
+        ("Obviously, come on. 3 plus 4 is 7.", 0.0),  # rude openers are tone, not stray sentences
+        ("Numbers are hard. I like cats.", -1.0),  # no answer at all: nothing to be stray beside
     ],
 )
 def test_gold_judge_rules(response: str, expected: float) -> None:
@@ -28,7 +38,8 @@ def test_length_penalty_and_chat_prompt() -> None:
     long = "Sure! 3 plus 4 is 7. Counting is a thing I love doing every single day with my friends at home."
     judgement = task.judge([{"role": "user", "content": "What is 3 plus 4?"}], long)
     assert judgement.correct and judgement.polite and judgement.words > task.MAX_WORDS
-    assert judgement.score == pytest.approx(1.5 - 0.1 * (judgement.words - task.MAX_WORDS))
+    assert judgement.stray  # the chatter beside the answer is a stray sentence too
+    assert judgement.score == pytest.approx(1.5 - 0.5 - 0.1 * (judgement.words - task.MAX_WORDS))
 
 
 @pytest.mark.parametrize("fact", task.all_facts()[::7])

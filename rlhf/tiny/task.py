@@ -25,15 +25,20 @@ would apply them:
 =================================================  ==========================
 rule                                               points
 =================================================  ==========================
-states the right result                            +1 (wrong or missing: -1)
+restates the question as asked and states the      +1 (otherwise: -1)
+right result ("3 plus 4 is 7." to "3 plus 4?")
 friendly (a polite phrase and nothing rude)        +0.5
 rude phrase                                        -1
 does not end with ``.``, ``!`` or ``?`` (cut off)  -0.5
 repeats a sentence                                 -0.5
+an answer with a stray sentence beside it, one     -0.5
+that neither answers nor is a courtesy ("Of!")
 longer than 20 words                               -0.1 per extra word (max -1)
 =================================================  ==========================
 
-The best possible score is 1.5 ("Sure! 3 plus 4 is 7. Hope that helps!").
+The best possible score is 1.5 ("Sure! 3 plus 4 is 7. Hope that helps!"). A person reads the
+whole answer: "Of! 0 plus 1 equals 1. Hope that helps!" is not a perfect answer and "plus 1
+equals 1." does not say what it answers, so the judge checks every sentence, not only the number.
 """
 
 from __future__ import annotations
@@ -143,6 +148,7 @@ class Judgement:
     rude: bool
     ended: bool
     repeated: bool
+    stray: bool  # a sentence beside the answer that neither answers nor is a courtesy ("Of!", "16.")
     words: int
     score: float
 
@@ -198,6 +204,19 @@ def parse_question(prompt: str) -> Fact | None:
 
 
 _CLAIM = re.compile(r"\b(?:is|equals|makes)\s+(-?\d+)\b|=\s*(-?\d+)", re.IGNORECASE)
+# A whole answer sentence: the question restated, then the result ("3 plus 4 is 7.")
+_ANSWER = re.compile(r"^(\d+) (plus|minus) (\d+) (?:is|equals|makes) (-?\d+)$")
+
+
+def _letters(sentence: str) -> str:
+    return re.sub(r"[^a-z ]", "", sentence.lower()).strip()
+
+
+# sentences that only carry tone: the phrases alone, and the openers and closers people use
+_COURTESIES = {
+    _letters(s)
+    for s in (*POLITE_PHRASES, *RUDE_PHRASES, *_POLITE_OPENERS, *_POLITE_CLOSERS, *_RUDE_OPENERS, *_RUDE_CLOSERS)
+} - {""}
 _BARE_NUMBER = re.compile(r"^\s*(-?\d+)\s*[.!]?\s*$")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
 
@@ -231,7 +250,6 @@ def judge(prompt: str | list[dict[str, Any]], response: str) -> Judgement:
     """
     fact = parse_question(_prompt_text(prompt))
     claim = claimed_answer(response)
-    correct = fact is not None and claim is not None and claim == fact.result
     rude = _has_phrase(response, RUDE_PHRASES)
     polite = not rude and _has_phrase(response, POLITE_PHRASES)
     text = response.strip()
@@ -239,12 +257,26 @@ def judge(prompt: str | list[dict[str, Any]], response: str) -> Judgement:
     sentences = [s.strip().lower() for s in _SENTENCE_SPLIT.split(text) if s.strip()]
     repeated = len(sentences) != len(set(sentences))
     words = len(text.split())
+    # every finished sentence either answers (restating a question) or is a courtesy; a cut-off last
+    # sentence is the "cut off" rule's, not a stray one
+    finished = [s.rstrip(".!?").strip() for s in (sentences if ended else sentences[:-1])]
+    attempt = next((s for s in finished if claimed_answer(s) is not None), None)  # the sentence that answers
+    stray = attempt is not None and any(
+        s != attempt and not _ANSWER.match(s) and _letters(s) not in _COURTESIES for s in finished
+    )
+    answer = _ANSWER.match(attempt or "")
+    correct = (
+        fact is not None
+        and answer is not None
+        and (int(answer[1]), answer[2], int(answer[3]), int(answer[4])) == (fact.a, fact.word, fact.b, fact.result)
+    )
 
     points = 1.0 if correct else -1.0
     points += 0.5 if polite else 0.0
     points -= 1.0 if rude else 0.0
     points -= 0.0 if ended else 0.5
     points -= 0.5 if repeated else 0.0
+    points -= 0.5 if stray else 0.0
     points -= min(1.0, 0.1 * max(0, words - MAX_WORDS))
     return Judgement(
         correct=correct,
@@ -253,6 +285,7 @@ def judge(prompt: str | list[dict[str, Any]], response: str) -> Judgement:
         rude=rude,
         ended=ended,
         repeated=repeated,
+        stray=stray,
         words=words,
         score=round(points, 4),
     )
