@@ -315,7 +315,10 @@ def _clock_trainers(monitor: Monitor) -> None:
 
 
 def _clock_sampler(monitor: Monitor) -> None:
-    """Record, per rollout, the answer tokens sampled and how many tokens their decoded texts encode to."""
+    """Record, per rollout, the answer tokens sampled and how many tokens their decoded texts encode to.
+
+    The encoding runs inside the iteration's sampling time: milliseconds for a rollout of 16 x 128 tokens.
+    """
     from rlhf.ppo.sampler import PolicySampler
 
     original = PolicySampler.generate

@@ -169,9 +169,10 @@ def test_gpu_check_cpu_run_reports_every_stage(tmp_path: Path) -> None:
         expected_new_tokens = {"ppo": 8, "grpo": 6}.get(name)
         if expected_new_tokens:
             assert f"max_new_tokens: {expected_new_tokens}" in config
-            # answers are scored at about the length sampled (0.27 when ids beyond the tiny tokenizer's decode to
-            # nothing; above 1 as the first word loses its space, a tenth of an 8-token answer)
-            assert 0.9 < stage["decoded_over_sampled"] < 1.3
+            # answers are scored at about the length sampled: 0.27 when ids beyond the tiny tokenizer's decode to
+            # nothing; measured 1.10 and 1.31, as an answer's first word loses its space to strip() and splits into
+            # letters (two more tokens of 6 or 8; of 128 on a GPU)
+            assert 0.9 < stage["decoded_over_sampled"] < 1.6
     assert model["ppo_over_sft_peak"] > 0 and model["grpo_over_sft_peak"] > 0
     with tarfile.open(out / "gpu_check-logs.tar.gz") as archive:
         names = set(archive.getnames())
