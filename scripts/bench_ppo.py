@@ -28,15 +28,17 @@ through the chat template before scoring (as the reward stage rendered its data)
 responses differ between the two sides, so the rollout width (the longest response in the batch,
 which sets the cost of the scoring and update passes) is recorded for both.
 
-Memory. A random-weight model with a real architecture's shape (Qwen2.5-0.5B's config by default,
-~494M parameters; speed and memory do not depend on the weights' values) is written to a temp folder
-with the tiny tokenizer. Then, each in a fresh process: our SFT stage (``rlhf.stages.sft.main``) for
-a few steps, our DPO and KTO stages for as many steps (the tiny pairs and thumbs; the reference is the
-adapter disabled), our PPO stage (``rlhf.stages.ppo.main``) and the same stage as GRPO (critic-free: no
-value adapter or head in memory) for a couple of iterations, same LoRA, same
-batch size, same sequence length (SFT rows of ``prompt + response`` tokens), fp32 on CPU. The peak
-RSS of each process (``wait4``'s ``ru_maxrss``) is compared: the goal is PPO <= 1.3x SFT. For
-reference TRL 1.12's PPO runs on the same model and settings too (``--skip-trl-memory`` to skip it).
+Memory. A random-weight model with a real architecture's shape (Qwen2.5-0.5B's config by default, ~494M
+parameters; speed and memory do not depend on the weights' values) is written to a temp folder with the
+tiny tokenizer grown to the shape's vocabulary (``grow_vocabulary``: every id the random policy samples
+decodes to text, so the reward model scores answers of the sampled length). Then, each in a fresh
+process: our SFT stage (``rlhf.stages.sft.main``) for a few steps, our DPO and KTO stages for as many
+steps (the tiny pairs and thumbs; the reference is the adapter disabled), our PPO stage
+(``rlhf.stages.ppo.main``) and the same stage as GRPO (critic-free: no value adapter or head in memory)
+for a couple of iterations, same LoRA, same batch size, same sequence length (SFT rows of ``prompt +
+response`` tokens), fp32 on CPU. The peak RSS of each process (``wait4``'s ``ru_maxrss``) is compared:
+the goal is PPO <= 1.3x SFT. For reference TRL 1.12's PPO runs on the same model and settings too
+(``--skip-trl-memory`` to skip it).
 
 Results are printed as tables and written as JSON to ``--out``. Nothing here is part of the test suite.
 The script imports only the standard library at the top, because it also runs as the worker inside
@@ -54,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +229,60 @@ def worker_prepare_prompts(spec: dict[str, Any]) -> dict[str, Any]:
     return {"count": len(ids), "min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}
 
 
+# Letters of the tokens a shape's vocabulary has beyond the tiny tokenizer's 606: Cyrillic (U+0410-U+044F),
+# two UTF-8 bytes each, letters to every pre-tokenizer (GPT-2's byte-level one and Qwen2's), and in no text
+# of the tiny task, so the merges that build them change how no other text is tokenized.
+_LETTERS = [chr(code) for code in range(0x410, 0x450)]
+
+
+def grow_vocabulary(spec: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """A byte-level BPE tokenizer's ``tokenizer.json`` content grown to ``vocab_size`` tokens.
+
+    Why. A random-weight model of a real shape (Qwen2.5's 151,936-token vocabulary) samples almost only
+    ids beyond the tiny tokenizer's 606; those decode to nothing, so PPO's reward model, which scores the
+    re-rendered text, saw little more than the prompt, and the benchmarks timed shorter passes than real
+    ones. Masking those logits instead would make the sampler draw from another distribution than the
+    policy whose log-probs PPO then measures (what ``rlhf/sampling.py`` exists to prevent), and would have
+    to be repeated inside TRL for the comparisons; a tokenizer of the shape's vocabulary changes nothing in
+    the code measured, on either side.
+
+    How. The new tokens are words of Cyrillic letters, as a real BPE vocabulary holds words: first each
+    letter (its two bytes merged), then a space and one letter, a space and two letters, and so on, each
+    made by one merge of the word without its last letter and that letter, ranked after every existing
+    merge. So each new id decodes to a word that encodes back to that id, a run of them decodes to text of
+    as many tokens, and text without Cyrillic letters is tokenized as before.
+    """
+    from tokenizers import pre_tokenizers
+
+    spec = json.loads(json.dumps(spec))
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    merges: list[list[str]] = spec["model"]["merges"]
+    next_id = max([*vocab.values(), *(t["id"] for t in spec["added_tokens"])]) + 1
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+
+    def symbols(text: str) -> str:  # the byte-level characters BPE works on
+        return str(byte_level.pre_tokenize_str(text)[0][0])
+
+    def words() -> Iterator[str]:
+        yield from _LETTERS
+        level = [" "]
+        while True:
+            level = [word + letter for word in level for letter in _LETTERS]
+            yield from level
+
+    for word in words():
+        if next_id >= vocab_size:
+            break
+        token = symbols(word)
+        left, right = (token[0], token[1:]) if len(word) == 1 else (symbols(word[:-1]), symbols(word[-1]))
+        vocab[token] = next_id
+        merges.append([left, right])
+        next_id += 1
+    return spec
+
+
 def build_random_model(architecture: dict[str, Any], path: str, device: str = "cpu") -> dict[str, Any]:
-    """A random-weight model of a real architecture's shape, saved with the tiny tokenizer.
+    """A random-weight model of a real architecture's shape, saved with the tiny tokenizer grown to its vocabulary.
 
     On a GPU it is built there in bf16 (a 7B shape is 15 GB: too slow and too large to build on the
     host in fp32) and saved in 2 GB shards; on the CPU in fp32.
@@ -255,7 +309,10 @@ def build_random_model(architecture: dict[str, Any], path: str, device: str = "c
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path, safe_serialization=True, max_shard_size="2GB")
+    tokenizer.model_max_length = config.max_position_embeddings  # the tiny model's 256 would be a false limit
     tokenizer.save_pretrained(path)
+    spec_path = Path(path) / "tokenizer.json"
+    spec_path.write_text(json.dumps(grow_vocabulary(json.loads(spec_path.read_text()), config.vocab_size)))
     return {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(dtype)}
 
 

@@ -6,8 +6,9 @@
         --mini-batch-size 4 --num-generations 2 --ppo-epochs 1 --max-new-tokens 32   # memory at a real shape
 
 With ``--random-model`` the policy starts from a random-weight model of a real architecture's shape
-(bench_ppo.py's; speed and memory do not depend on the weights' values, the rewards are meaningless):
-the peak-memory comparison at that shape.
+(bench_ppo.py's, with the tiny tokenizer grown to its vocabulary, so sampled ids decode to text; speed and
+memory do not depend on the weights' values, the rewards are meaningless): the peak-memory comparison at
+that shape.
 
 Both sides train a LoRA policy (r 16, alpha 32, all linear layers, no dropout) on the same SFT model
 in fp32 on CPU, on the same prompts (``builtin:tiny/prompts``, train split, chat template applied),
