@@ -46,7 +46,10 @@ def postgres_admin() -> Iterator[sa.Engine]:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as error:
-        message = f"no PostgreSQL server answers at {redact(POSTGRES_URL)} (set RLHF_TEST_POSTGRES_URL): {error.orig}"
+        message = (
+            f"no PostgreSQL server answers at {redact(POSTGRES_URL)} "
+            f"(run bash scripts/test-setup.sh, or set RLHF_TEST_POSTGRES_URL): {error.orig}"
+        )
         if os.environ.get("RLHF_TEST_REQUIRE_POSTGRES") == "1":
             pytest.fail(message)
         pytest.skip(message)

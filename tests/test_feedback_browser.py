@@ -34,7 +34,7 @@ spec.loader.exec_module(bench)
 @pytest.fixture
 def browser(tmp_path: Path):
     if CHROMIUM is None or not Path(CHROMEDRIVER).exists():
-        pytest.fail("Chromium and chromedriver are needed: apt-get install -y chromium chromium-driver")
+        pytest.fail("Chromium and chromedriver are needed: run bash scripts/test-setup.sh (it apt-installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
