@@ -61,6 +61,7 @@ from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, runs, selection
 from rlhf.config import StageConfig, parse
 from rlhf.core.errors import ConfigError
+from rlhf.core.rows import validate
 from rlhf.ppo.trainer import load_judge
 from rlhf.report import build_report
 from rlhf.results import PPOResult, RewardResult, RoundResult
@@ -109,8 +110,15 @@ class PipelineConfig:
     )
     stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage.", "choices": list(STAGES)})
     db: str | None = field(default=None, metadata={"help": "Feedback store URL; unset: sqlite in output_dir."})
-    prompts: str = field(default="builtin:tiny/prompts", metadata={"help": "Prompts to sample candidates for."})
+    prompts: str = field(
+        default="builtin:tiny/prompts",
+        metadata={"help": "Prompts to sample candidates for: a hub dataset id, a local file or folder, or builtin:."},
+    )
+    prompts_config: str | None = field(default=None, metadata={"help": "Configuration (subset) of a hub `prompts`."})
     prompts_split: str = field(default="train", metadata={"help": "Split of `prompts` to annotate."})
+    prompts_column: str = field(
+        default="prompt", metadata={"help": "Column of `prompts` holding each prompt: text or chat messages."}
+    )
     annotation_prompts: int = field(default=500, metadata={"help": "How many prompts to annotate."})
     num_candidates: int = field(default=4, metadata={"help": "Candidates sampled per prompt (K)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the candidates."})
@@ -352,10 +360,21 @@ class Pipeline:
 
     def _prompts(self, limit: int | None = None) -> list[Any]:
         """The prompts of the split to annotate, in order (its first ``limit`` rows)."""
-        loaded = data.load_split(self.config.prompts, self.config.prompts_split)
+        config = self.config
+        loaded = data.load_split(config.prompts, config.prompts_split, config.prompts_config)
         if loaded is None:
-            raise ConfigError(f"{self.config.prompts}: no {self.config.prompts_split!r} split")
-        return [row["prompt"] for row in loaded[0][:limit]]
+            raise ConfigError(f"{config.prompts}: no {config.prompts_split!r} split (prompts_split)")
+        rows, source = loaded
+        rows, column = rows[:limit], config.prompts_column
+        missing = next((index for index, row in enumerate(rows) if column not in row), None)
+        if missing is not None:
+            raise ConfigError(
+                f"{source.at(missing)}: no column {column!r} (found {sorted(rows[missing])}); "
+                "set prompts_column to the column that holds the prompts"
+            )
+        prompts = [row[column] for row in rows]
+        validate([{"prompt": prompt} for prompt in prompts], "prompt", source)
+        return prompts
 
     def _distinct_prompts(self, limit: int | None = None) -> list[Any]:
         """The prompt split's distinct prompts in order (of its first ``limit`` rows): the store keeps each once."""
@@ -713,13 +732,19 @@ def split_stage_options(argv: Sequence[str]) -> tuple[list[str], dict[str, list[
     return own, stages
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv, overrides = split_stage_options(sys.argv[1:] if argv is None else argv)
-    if "--recipe" in argv and "--config" not in argv:
-        recipe = Path(argv[argv.index("--recipe") + 1])
+def parse_args(argv: Sequence[str]) -> tuple[PipelineConfig, dict[str, list[str]]]:
+    """The pipeline's options (the recipe folder's ``pipeline.yaml`` as defaults) and each stage's overrides."""
+    own, overrides = split_stage_options(argv)
+    if "--recipe" in own and "--config" not in own:
+        recipe = Path(own[own.index("--recipe") + 1])
         if (recipe / "pipeline.yaml").is_file():  # the recipe's pipeline settings are the defaults
-            argv = ["--config", str(recipe / "pipeline.yaml"), *argv]
-    (config,) = parse(CONFIG_TYPES, argv, prog="rlhf pipeline", description=DESCRIPTION)
+            own = ["--config", str(recipe / "pipeline.yaml"), *own]
+    (config,) = parse(CONFIG_TYPES, own, prog="rlhf pipeline", description=DESCRIPTION)
+    return config, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    config, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     summary = Pipeline(config, overrides).run()
     report = Path(config.output_dir or ".") / "report.html"
     if report.is_file():
