@@ -2,7 +2,7 @@
 
     python scripts/compare_rl.py --output_dir runs/compare          # ~20 min on 2 cores
     python scripts/compare_rl.py --output_dir runs/compare --reuse \
-        --methods gae grpo grpo_kl_reward grpo_unscaled dr_grpo rloo reinforce_pp   # the README's seven rows
+        --methods gae grpo grpo_kl_reward grpo_unscaled dr_grpo rloo reinforce_pp   # docs/benchmarks.md's seven
     python scripts/compare_rl.py --output_dir runs/compare --reuse --methods gae dpo kto   # the offline route
 
 Runs ``rlhf pipeline --recipe recipes/tiny`` once (PPO with GAE, as shipped), then, for each
