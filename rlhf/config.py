@@ -207,7 +207,20 @@ class SFTConfig(_TrainerOptions, trl.SFTConfig):
 
 @dataclass
 class RewardConfig(_TrainerOptions, trl.RewardConfig):
-    """TRL's RewardConfig with our precision, checkpoint and resume options."""
+    """TRL's RewardConfig with our precision, checkpoint and resume options, and ensembles."""
+
+    ensemble_size: int = field(
+        default=1,
+        metadata={
+            "help": "Train this many reward models (each its own LoRA and score head, seed + i, and a bootstrap "
+            "resample of the pairs) into output_dir/member-<i>, listed in output_dir/ensemble.json; RL stages "
+            "combine them with reward_aggregation. 1: one reward model in output_dir."
+        },
+    )
+    ensemble_bootstrap: bool = field(
+        default=True,
+        metadata={"help": "Each ensemble member trains on a resample (with replacement) of the training pairs."},
+    )
 
 
 @dataclass
@@ -542,6 +555,18 @@ class PPOConfig(RunOptions):
         default=None, metadata={"help": "One weight per reward function (unset: 1 each)."}
     )
     reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
+    reward_aggregation: str = field(
+        default="mean",
+        metadata={
+            "help": "How a reward ensemble's members (rlhf reward --ensemble_size K), each standardised, make one "
+            "score: mean; uwo (mean - uwo_coef x variance across members: discounts what they disagree on); wco "
+            "(the lowest member). One reward model: mean.",
+            "choices": ["mean", "uwo", "wco"],
+        },
+    )
+    uwo_coef: float = field(
+        default=1.0, metadata={"help": "reward_aggregation uwo: the weight of the members' variance."}
+    )
     # KL to the reference (the SFT model)
     kl_coef: float = field(
         default=0.05,
@@ -676,6 +701,8 @@ class PPOConfig(RunOptions):
             raise ConfigError(
                 "kl_estimator: k1 as a loss term has zero gradient on average; use k3 with kl_penalty loss"
             )
+        if self.uwo_coef < 0:
+            raise ConfigError(f"uwo_coef: {self.uwo_coef} < 0 would reward what the reward models disagree on")
         if self.adaptive_kl_target is not None and self.kl_coef == 0:
             raise ConfigError("adaptive_kl_target: an adaptive coefficient cannot move from kl_coef 0")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):

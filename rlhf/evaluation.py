@@ -51,13 +51,10 @@ def sample_policies(
             for policy in POLICIES:
                 torch.manual_seed(seed * 100_003 + part.start)  # both policies see the same randomness
                 answers = sampler.generate(chunk, reference=policy == "sft")
-                # the reward model's score where the run has one, else its reward functions' weighted sum
-                scored = (
-                    sampler.reward_scores(chunk, answers.texts)
-                    if sampler.roles.has_reward_model
-                    else sampler.reward(answers)
-                )
-                rewards = scored.tolist()
+                # the reward model's score where the run has one (an ensemble's members too), else its
+                # reward functions' weighted sum
+                members = sampler.member_scores(chunk, answers.texts) if sampler.roles.has_reward_model else None
+                rewards = (sampler.aggregate(members) if members is not None else sampler.reward(answers)).tolist()
                 kls = sampler.kl_to_reference(answers).tolist() if policy == "ppo" else [0.0] * len(chunk)
                 for i, text in enumerate(answers.texts):
                     sample = {
@@ -71,6 +68,8 @@ def sample_policies(
                         "ended": bool(answers.ended[i]),
                         "kl": kls[i],
                     }
+                    if members is not None and len(members) > 1:  # each member's (standardised) score
+                        sample["members"] = members[:, i].tolist()
                     if judge is not None:
                         sample["gold"] = judge(chunk[i], text)
                     samples.append(sample)

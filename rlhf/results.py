@@ -253,11 +253,23 @@ class SFTResult(TrainerResult):
     merge: MergeCheck | None = None
 
 
+@dataclass(frozen=True)
+class EnsembleSummary:
+    """A reward ensemble (``rlhf reward --ensemble_size K``): its members and how much they disagree."""
+
+    size: int
+    bootstrap: bool  # each member trained on a resample of the pairs
+    members: list[str]  # sub-folders, each a reward run of its own
+    member_accuracy: list[float | None]  # each member's held-out pair accuracy
+    disagreement: float | None = None  # mean std across members of standardised held-out scores
+
+
 @dataclass(frozen=True, kw_only=True)
 class RewardResult(TrainerResult):
     stage: str = "reward"
     final_train_accuracy: float | None = None
-    eval: PairAccuracy | None = None  # held-out pairs, when the data has a test split
+    eval: PairAccuracy | None = None  # held-out pairs, when the data has a test split (an ensemble's: its mean)
+    ensemble: EnsembleSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,18 @@ class OfflineResult(TrainerResult):
     labels: LabelBalance | None = None  # KTO
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """Signs of reward over-optimisation in an RL run's metrics (:func:`rlhf.overoptimisation.detect`)."""
+
+    flags: list[str] = field(default_factory=list)  # one readable line per sign, as it stands at the end
+    first_flagged: int | None = None  # the first iteration at which a sign showed
+    peak_step: int | None = None  # where the smoothed conservative reward peaked
+    peak_value: float | None = None
+    conservative_metric: str | None = None  # which logged metric that reward is
+    peak_checkpoint: str | None = None  # the saved checkpoint nearest to the peak (its folder name)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PPOResult(Result):
     stage: str = "ppo"
@@ -291,6 +315,7 @@ class PPOResult(Result):
     final: dict[str, float] = field(default_factory=dict)  # logged metrics, mean of the last 10 iterations
     first_iteration: dict[str, float] = field(default_factory=dict)  # how well the critic starts
     eval: Evaluation | None = None  # on the recipe's held-out prompts, unless eval_max_prompts is 0
+    diagnosis: Diagnosis | None = None  # over-optimisation signs and where the conservative reward peaked
     runtime_seconds: float = 0.0
 
 

@@ -53,7 +53,7 @@ def test_requires_grad_is_right_after_every_adapter_switch(trainer, sequence: li
         for name, param in roles.peft.named_parameters():
             expected = _role_of(name) in (POLICY, VALUE)
             assert param.requires_grad == expected, f"after use({role}): {name}"
-        assert roles.value_head.weight.requires_grad and not roles.reward_head.weight.requires_grad
+        assert roles.value_head.weight.requires_grad and not roles.reward_heads[0].weight.requires_grad
     with roles.reference():  # nothing trains through the reference
         assert not any(p.requires_grad for n, p in roles.peft.named_parameters() if _role_of(n))
     # and both trainable roles are trainable again afterwards (PEFT alone would leave the critic frozen)

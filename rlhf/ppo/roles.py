@@ -44,6 +44,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
+from rlhf import ensemble
 from rlhf.core.errors import ConfigError
 from rlhf.ppo import packing
 
@@ -77,23 +78,27 @@ class SharedBase(nn.Module):
     ):
         super().__init__()
         self.peft: PeftModel = get_peft_model(base, policy_lora, adapter_name=POLICY)
-        self.reward_head: nn.Linear | None = None
+        # the reward model, or each member of a reward ensemble (rlhf.ensemble): an adapter and a score head each
+        self.reward_members = ensemble.members(reward_dir) if reward_dir is not None else []
+        self.reward_adapters = [REWARD if i == 0 else f"{REWARD}_{i}" for i in range(len(self.reward_members))]
+        self.reward_heads = nn.ModuleList()
+        for name, member in zip(self.reward_adapters, self.reward_members, strict=True):
+            self.peft.load_adapter(member.path, adapter_name=name, is_trainable=False)
+            score = load_score_head(member.path)
+            head = nn.Linear(score.shape[1], 1, bias=False)
+            head.weight.data.copy_(score)
+            self.reward_heads.append(head.requires_grad_(False))
         self.value_head: nn.Linear | None = None
-        score = None
-        if reward_dir is not None:
-            self.peft.load_adapter(str(reward_dir), adapter_name=REWARD, is_trainable=False)
-            score = load_score_head(reward_dir)
-            self.reward_head = nn.Linear(score.shape[1], 1, bias=False)
-            self.reward_head.weight.data.copy_(score)
-            self.reward_head.requires_grad_(False)
+        score = load_score_head(self.reward_members[0].path) if self.reward_members else None
         if value_init == "reward":
             if score is None:
                 raise ValueError("value_init 'reward' copies the reward model: it needs a reward model")
-            self.peft.load_adapter(str(reward_dir), adapter_name=VALUE, is_trainable=True)
+            # a critic that starts as the reward model (an ensemble's first member)
+            self.peft.load_adapter(self.reward_members[0].path, adapter_name=VALUE, is_trainable=True)
         elif value_init == "random":
             like = (
-                json.loads((Path(reward_dir) / "adapter_config.json").read_text())
-                if reward_dir is not None
+                json.loads((Path(self.reward_members[0].path) / "adapter_config.json").read_text())
+                if self.reward_members
                 else {
                     "r": policy_lora.r,
                     "lora_alpha": policy_lora.lora_alpha,
@@ -121,9 +126,9 @@ class SharedBase(nn.Module):
         self.trainable = (POLICY, VALUE) if value_init is not None else (POLICY,)
         disable_dropout_in_model(self.peft)
         device = next(p for p in base.parameters()).device
-        for head in (self.reward_head, self.value_head):
-            if head is not None:
-                head.to(device)
+        self.reward_heads.to(device)
+        if self.value_head is not None:
+            self.value_head.to(device)
         self.use(POLICY)
 
     # -- adapters -------------------------------------------------------------------------------
@@ -133,7 +138,7 @@ class SharedBase(nn.Module):
         self.peft.set_adapter(role)
         self.peft.base_model.set_requires_grad(list(self.trainable), requires_grad=True)
         if self.has_reward_model:
-            self.peft.base_model.set_requires_grad([REWARD], requires_grad=False)
+            self.peft.base_model.set_requires_grad(self.reward_adapters, requires_grad=False)
 
     def load_adapter(self, role: str, folder: str | Path) -> None:
         """Put a saved LoRA (``folder/adapter_model.safetensors``, as PEFT writes it) into a role's adapter."""
@@ -150,7 +155,7 @@ class SharedBase(nn.Module):
 
     @property
     def has_reward_model(self) -> bool:
-        return self.reward_head is not None
+        return len(self.reward_heads) > 0
 
     @contextmanager
     def inference(self) -> Iterator[None]:
@@ -258,13 +263,19 @@ class SharedBase(nn.Module):
         return self._value_head()(hidden.float()).squeeze(-1)
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Reward of right-padded sequences, read at each one's last real token (as the reward stage did)."""
-        if self.reward_head is None:
+        """Each reward model's raw score of right-padded sequences (K x B for K members; 1 x B for one model).
+
+        Read at each sequence's last real token, as the reward stage did.
+        """
+        if not self.has_reward_model:
             raise RuntimeError("this shared base has no reward model (the run is rewarded by functions)")
-        self.use(REWARD)
+        last = attention_mask.long().sum(1) - 1
+        scores = []
         try:
-            hidden = self.hidden_states(input_ids, attention_mask)
+            for name, head in zip(self.reward_adapters, self.reward_heads, strict=True):
+                self.use(name)
+                hidden = self.hidden_states(input_ids, attention_mask)
+                scores.append(head(hidden[torch.arange(len(last)), last].float()).squeeze(-1))
         finally:
             self.use(POLICY)
-        last = attention_mask.long().sum(1) - 1
-        return self.reward_head(hidden[torch.arange(len(last)), last].float()).squeeze(-1)
+        return torch.stack(scores)

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from rlhf import data, sampling
+from rlhf import data, ensemble, sampling
 from rlhf.config import PPOConfig
 from rlhf.ppo import packing, rewards
 from rlhf.ppo.logprobs import token_logprobs
@@ -82,6 +82,7 @@ class Trajectory:
     values: torch.Tensor | None  # B x R float: the critic's value before each response token; None: no critic
     scores: torch.Tensor  # B float: the weighted sum of reward_parts (before the EOS penalty)
     reward_parts: dict[str, torch.Tensor]  # B float each: raw reward-model score ("model") and each function's
+    members: torch.Tensor | None = None  # K x B: each reward model's score (an ensemble's, standardised)
 
     def select(self, rows: torch.Tensor) -> Trajectory:
         """These rows, trimmed as :meth:`Samples.select` trims them (per-token tensors cut to the same width)."""
@@ -95,6 +96,7 @@ class Trajectory:
             values=cut(self.values),
             scores=self.scores[rows],
             reward_parts={name: value[rows] for name, value in self.reward_parts.items()},
+            members=None if self.members is None else self.members[:, rows],
         )
 
 
@@ -144,8 +146,12 @@ class PolicySampler:
         reward_functions: rewards.RewardFunctions | None = None,
         reward_model_weight: float = 1.0,
         pack_groups: bool = True,
+        reward_aggregation: str = "mean",
+        uwo_coef: float = 1.0,
     ) -> None:
         self.roles = roles
+        # how an ensemble's members make one reward (rlhf.ensemble); one reward model is its own score
+        self.reward_aggregation, self.uwo_coef = reward_aggregation, uwo_coef
         # answers to one prompt go through the model as one packed row when the model can take it (packing)
         self.packing_weight = roles.packing_weight if pack_groups else None
         self.reward_functions = reward_functions
@@ -177,6 +183,8 @@ class PolicySampler:
             functions,
             config.reward_model_weight,
             config.pack_groups,
+            config.reward_aggregation,
+            config.uwo_coef,
         )
 
     @property
@@ -325,38 +333,56 @@ class PolicySampler:
             self.roles.use(POLICY)
 
     def reward_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
-        """Reward-model scores of prompt + response, tokenized as the reward stage tokenized its pairs."""
+        """The reward model's score of prompt + response (B,), tokenized as the reward stage tokenized its pairs.
+
+        For an ensemble, its members' standardised scores combined by ``reward_aggregation``.
+        """
+        return self.aggregate(self.member_scores(prompts, texts))
+
+    def member_scores(self, prompts: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
+        """Each reward model's score of prompt + response (K x B): raw for one model, standardised for an ensemble."""
         sequences = [data.scoring_ids(self.tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)]
         return self.score_token_ids(sequences)
 
+    def aggregate(self, members: torch.Tensor) -> torch.Tensor:
+        """One score per answer (B,) from :meth:`member_scores` (K x B), as ``reward_aggregation`` says."""
+        return ensemble.aggregate(members, self.reward_aggregation, self.uwo_coef)
+
     def score_token_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Reward-model scores of already tokenized sequences (right-padded in batches)."""
+        """Each reward model's score of already tokenized sequences (K x B; right-padded in batches).
+
+        An ensemble's members are put on one scale (:func:`rlhf.ensemble.standardise`); one reward
+        model's scores are its own (its scale is the identity).
+        """
         scores = []
         with self.scoring():
             for part in chunks(len(sequences), self.forward_batch_size):
                 ids, mask = data.right_pad(sequences[part], self.tokenizer.pad_token_id)
                 scores.append(self.roles.rewards(ids.to(self.device), mask.to(self.device)).float())
-        return torch.cat(scores)
+        return ensemble.standardise(torch.cat(scores, 1), self.roles.reward_members)
 
-    def rewards(self, samples: Samples) -> dict[str, torch.Tensor]:
-        """Every reward component's raw score of each answer (B,), by name: ``"model"`` and each function's."""
+    def rewards(self, samples: Samples) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Every reward component's raw score of each answer (B,), by name (``"model"`` and each function's),
+        and the reward models' own scores (K x B; None without a reward model)."""
         parts: dict[str, torch.Tensor] = {}
+        members = None
         if self.roles.has_reward_model:
-            parts[rewards.MODEL] = self.reward_scores(samples.prompts, samples.texts)
+            members = self.member_scores(samples.prompts, samples.texts)
+            parts[rewards.MODEL] = self.aggregate(members)
         if self.reward_functions is not None:
             ids = [r[: int(n)] for r, n in zip(samples.response.tolist(), samples.mask.sum(1).tolist(), strict=True)]
             for name, value in self.reward_functions(samples.prompts, samples.texts, ids).items():
                 parts[name] = value.to(self.device)
-        return parts
+        return parts, members
 
     def reward(self, samples: Samples) -> torch.Tensor:
         """The weighted sum of :meth:`rewards`: the training reward of each answer (B,)."""
-        return rewards.total(self.rewards(samples), self.reward_weights)
+        return rewards.total(self.rewards(samples)[0], self.reward_weights)
 
     def score(self, samples: Samples, reference: bool = True, policy: bool = True) -> Trajectory:
         """Every role's pass over the samples: log-probs (if ``policy``), the reference's (if ``reference``),
         values (if the base has a critic) and the reward's components."""
-        parts = self.rewards(samples)
+        parts, members = self.rewards(samples)
         return Trajectory(
             samples=samples,
             logprobs=self.logprobs(samples) if policy else None,
@@ -364,4 +390,5 @@ class PolicySampler:
             values=self.values(samples) if self.roles.has_critic else None,
             scores=rewards.total(parts, self.reward_weights),
             reward_parts=parts,
+            members=members,
         )

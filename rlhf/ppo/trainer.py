@@ -52,6 +52,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from rlhf import ensemble, overoptimisation
 from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
@@ -125,6 +126,7 @@ class PPOTrainer:
         self.epoch = 0
         self.cursor = 0  # position in this epoch's prompt order
         self.history: list[dict[str, float]] = []
+        self.warned = False  # over-optimisation: warned once per run (rlhf.overoptimisation)
         self.writer = None
         if "tensorboard" in config.report_to and dist.rank() == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -443,6 +445,9 @@ class PPOTrainer:
             metrics["value/explained_variance"] = losses.explained_variance(
                 targets.values, targets.returns, samples.mask
             )
+        if trajectory.members is not None and len(trajectory.members) > 1:  # a reward ensemble: each member, and
+            metrics |= {f"reward/member_{i}": mean(scores) for i, scores in enumerate(trajectory.members)}
+            metrics["reward/ensemble_std"] = mean(ensemble.disagreement(trajectory.members))  # how much they disagree
         if self.group_size > 1:
             metrics["reward/group_std"], metrics["reward/zero_std_groups"] = losses.group_spread(
                 trajectory.scores, self.group_size
@@ -469,6 +474,11 @@ class PPOTrainer:
         while self.step < config.steps:
             metrics = self.train_step()
             self.history.append(metrics)
+            flags = overoptimisation.check(self.history)
+            metrics["overoptimisation/flagged"] = float(bool(flags))
+            if flags and not self.warned and dist.rank() == 0:  # once: the report lists them all at the end
+                logger.warning("possible reward over-optimisation at %s", flags[0])
+                self.warned = True
             if dist.rank() == 0:
                 with (self.output_dir / STEP_METRICS_FILE).open("a") as handle:
                     handle.write(json.dumps(metrics) + "\n")

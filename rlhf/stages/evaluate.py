@@ -88,8 +88,8 @@ def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int |
     validate(rows, "preference", source)
     rows = rows[:max_pairs] if max_pairs else rows
     ids = [data.preference_ids(row, sampler.tokenizer) for row in rows]
-    chosen = sampler.score_token_ids([i["chosen_ids"] for i in ids]).tolist()
-    rejected = sampler.score_token_ids([i["rejected_ids"] for i in ids]).tolist()
+    chosen = sampler.aggregate(sampler.score_token_ids([i["chosen_ids"] for i in ids])).tolist()
+    rejected = sampler.aggregate(sampler.score_token_ids([i["rejected_ids"] for i in ids])).tolist()
     return evaluation.reward_calibration(chosen, rejected, dataset=dataset)
 
 

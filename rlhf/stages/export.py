@@ -30,6 +30,7 @@ import yaml
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.core.errors import ConfigError
+from rlhf.ppo.roles import POLICY
 from rlhf.results import METRICS_FILE, EvalResult, Evaluation, ExportResult, MergeCheck, PPOResult, Result, read_stage
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class ExportConfig:
         default=None, metadata={"help": "Run folder of `rlhf sft` or `rlhf ppo` (holds the adapter)."}
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where to write; unset: <run_dir>/../export."})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Export this checkpoint of the run (e.g. checkpoint-20, the one the report names where the "
+            "conservative reward peaked) instead of its final adapter."
+        },
+    )
     merged_dtype: str = field(
         default="float32",
         metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
@@ -88,6 +96,7 @@ def model_card(
     trained: Result | None,
     evaluation: Evaluation | None,
     check: MergeCheck,
+    checkpoint: str | None = None,
 ) -> str:
     """The export's README.md: what the model is, how it was made, and how well it did."""
     stage = trained.stage if trained is not None else "?"
@@ -101,7 +110,7 @@ def model_card(
         f"tags: [rlhf, {stage}, lora]",
         "---",
         "",
-        f"# {run_dir.name}: {stage} adapter",
+        f"# {run_dir.name}: {stage} adapter" + (f" ({Path(checkpoint).name})" if checkpoint else ""),
         "",
         f"Trained with `rlhf {stage}` (the `rlhf` toolkit) on `{base}` ({setup}).",
         f"Data: `{options.get('dataset_name')}`.{reward}",
@@ -133,14 +142,29 @@ def model_card(
     return "\n".join(lines)
 
 
+def _adapter_source(run_dir: Path, checkpoint: str | None) -> Path:
+    """The folder whose adapter is exported: the run's, or a checkpoint's (a PPO checkpoint's policy adapter)."""
+    if checkpoint is None:
+        source = run_dir
+    else:
+        source = run_dir / Path(checkpoint).name
+        if not source.is_dir():
+            saved = sorted(p.name for p in run_dir.glob("checkpoint-*") if p.is_dir())
+            raise ConfigError(f"checkpoint: {source} does not exist; {run_dir} has {', '.join(saved) or 'none'}")
+        if (source / POLICY).is_dir():
+            source = source / POLICY
+    if not (source / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{source}: no adapter (adapter_model.safetensors) to export")
+    return source
+
+
 def run(config: ExportConfig) -> ExportResult:
     """Copy the adapter, merge it, check the merge against the trained model, write the model card."""
     started = time.time()
     if not config.run_dir:
         raise ConfigError("run_dir: the run folder of `rlhf sft` or `rlhf ppo` is required")
     run_dir = Path(config.run_dir)
-    if not (run_dir / "adapter_model.safetensors").is_file():
-        raise ConfigError(f"{run_dir}: no adapter (adapter_model.safetensors) to export")
+    source = _adapter_source(run_dir, config.checkpoint)
     out = Path(config.output_dir) if config.output_dir else run_dir.parent / "export"
     options = runs.read_config(run_dir)
     trained = read_stage(run_dir) if (run_dir / METRICS_FILE).exists() else None
@@ -148,15 +172,17 @@ def run(config: ExportConfig) -> ExportResult:
 
     adapter_dir, merged_dir = out / "adapter", out / "merged"
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, adapter_dir / name)
+    for name in ADAPTER_FILES:  # the adapter from its checkpoint (if one is named), the tokenizer from the run
+        for folder in (source, run_dir):
+            if (folder / name).exists():
+                shutil.copy2(folder / name, adapter_dir / name)
+                break
     (model_args,) = from_options([ModelArguments], options)
     models.resolve_dtypes(model_args, SimpleNamespace(bf16=options.get("bf16"), fp16=options.get("fp16")))
     check = merging.merge_and_verify(
         model_args, adapter_dir, merged_dir, config.merged_dtype, config.merge_base, config.max_kl
     )
-    card = model_card(run_dir, options, trained, evaluation, check)
+    card = model_card(run_dir, options, trained, evaluation, check, config.checkpoint)
     (out / "README.md").write_text(card)
     (merged_dir / "README.md").write_text(card)
     result = ExportResult(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from rlhf import data, evaluation, models, runs
+from rlhf import data, ensemble, evaluation, models, overoptimisation, runs
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
@@ -43,10 +43,23 @@ DESCRIPTION = "PPO: optimise a LoRA policy against a reward model with a KL leas
 QUANTIZATION_KEYS = ("quantization", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_compute_dtype")
 
 
-def _check_reward_model(model_args: ModelArguments, reward_dir: str) -> None:
-    """The reward LoRA must have been trained on the very base PPO loads, quantized the same way."""
+def _check_reward_model(model_args: ModelArguments, config: PPOConfig) -> None:
+    """The reward LoRA (each member's, for an ensemble) must have been trained on the very base PPO loads,
+    quantized the same way; an aggregation other than the mean needs an ensemble."""
+    reward_dir = str(config.reward_model_path)
     if not Path(reward_dir).is_dir():
         raise ConfigError(f"reward_model_path: {reward_dir}: no such folder{models.producer_hint(Path(reward_dir))}")
+    members = ensemble.members(reward_dir)
+    if len(members) == 1 and config.reward_aggregation != "mean":
+        raise ConfigError(
+            f"reward_aggregation: {config.reward_aggregation} combines the members of a reward ensemble, and "
+            f"{reward_dir} is one reward model; train an ensemble (rlhf reward --ensemble_size 4) or use mean"
+        )
+    for folder in dict.fromkeys([reward_dir, *(m.path for m in members)]):
+        _check_trained_on_base(model_args, folder)
+
+
+def _check_trained_on_base(model_args: ModelArguments, reward_dir: str) -> None:
     reward = runs.read_config(reward_dir)
 
     def where(name: str) -> Path:
@@ -86,7 +99,7 @@ def build_roles(model_args: ModelArguments, config: PPOConfig, critic: bool = Tr
         raise ConfigError("value_init: 'reward' copies the reward model, and there is none; use 'random'")
     models.resolve_dtypes(model_args, config)
     if config.reward_model_path:
-        _check_reward_model(model_args, config.reward_model_path)
+        _check_reward_model(model_args, config)
     tokenizer = models.load_tokenizer(model_args)
     _seed_everything(config.seed)
     base = models.load_causal_lm(model_args, tokenizer)
@@ -213,6 +226,9 @@ def run(config: StageConfig[PPOConfig]) -> PPOResult:
         final=final,
         first_iteration=first_iteration,
         eval=comparison,
+        diagnosis=overoptimisation.detect(
+            history, [int(c.name.split("-")[1]) for c in output_dir.glob("checkpoint-*") if c.is_dir()]
+        ),
         runtime_seconds=round(time.time() - started, 1),
     )
     if dist.rank() == 0:

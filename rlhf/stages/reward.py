@@ -11,7 +11,9 @@ scores to ``eval_scores.jsonl``.
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -24,10 +26,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from trl import RewardTrainer
 
-from rlhf import data, models, runs
+from rlhf import data, ensemble, models, runs
 from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
-from rlhf.results import Distribution, LengthReport, PairAccuracy, RewardResult
+from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."
@@ -74,15 +76,19 @@ def evaluate_pairs(
     """Held-out pairwise accuracy and the reward distributions of chosen and rejected answers."""
     chosen = score_sequences(model, pairs["chosen_ids"], pad_token_id, batch_size)
     rejected = score_sequences(model, pairs["rejected_ids"], pad_token_id, batch_size)
+    rows = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected, strict=True)]
+    return _pair_accuracy(chosen, rejected), rows
+
+
+def _pair_accuracy(chosen: list[float], rejected: list[float]) -> PairAccuracy:
     gaps = [c - r for c, r in zip(chosen, rejected, strict=True)]
-    accuracy = PairAccuracy(
+    return PairAccuracy(
         accuracy=sum(g > 0 for g in gaps) / len(gaps),
         pairs=len(gaps),
         mean_gap=statistics.fmean(gaps),
         chosen=_distribution(chosen),
         rejected=_distribution(rejected),
     )
-    return accuracy, [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected, strict=True)]
 
 
 def _tokenize(dataset: Dataset, tokenizer: Any, name: str) -> Dataset:
@@ -95,9 +101,13 @@ def _tokenize(dataset: Dataset, tokenizer: Any, name: str) -> Dataset:
 
 
 def build(
-    model_args: ModelArguments, data_args: DataArguments, config: RewardConfig
+    model_args: ModelArguments, data_args: DataArguments, config: RewardConfig, resample: int | None = None
 ) -> tuple[RewardTrainer, dict[str, LengthReport]]:
-    """The reward trainer for a parsed config (tokenized, length-checked pairs), and the length reports."""
+    """The reward trainer for a parsed config (tokenized, length-checked pairs), and the length reports.
+
+    ``resample``: train on a bootstrap resample of the training pairs drawn with this seed (an
+    ensemble member's share); the held-out pairs stay as they are.
+    """
     if data_args.overlong == "truncate":
         raise ConfigError("overlong: truncate would cut off the token the reward is read at; use drop or error")
     if not model_args.use_peft and model_args.quantization != "none":
@@ -105,6 +115,9 @@ def build(
     models.resolve_dtypes(model_args, config)
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     train_rows, eval_rows = data.load_splits(data_args, "preference", seed=config.seed)
+    if resample is not None:
+        draw = random.Random(resample)
+        train_rows = train_rows.select([draw.randrange(len(train_rows)) for _ in range(len(train_rows))])
     reports: dict[str, LengthReport] = {}
     splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
     for name, rows in splits.items():
@@ -133,11 +146,102 @@ def build(
 
 
 def run(config: StageConfig[RewardConfig]) -> RewardResult:
-    """Run the reward stage; the result is also written to ``output_dir/metrics.json``."""
+    """Run the reward stage (one model, or an ensemble); the result is also written to ``output_dir/metrics.json``."""
+    size = config.training.ensemble_size
+    if size < 1:
+        raise ConfigError(f"ensemble_size: {size}; it must be at least 1 (1: one reward model)")
+    return _train(config) if size == 1 else _train_ensemble(config)
+
+
+def _train_ensemble(config: StageConfig[RewardConfig]) -> RewardResult:
+    """``ensemble_size`` reward models, one after another, each a complete reward run in ``member-<i>``.
+
+    One at a time, so the stage's peak memory is that of one reward model. A member that finished
+    (its ``metrics.json`` is there) is kept on a re-run and the one that was interrupted resumes, so
+    ``--resume`` continues an ensemble where it stopped. Member ``i`` trains with ``seed + i`` on a
+    bootstrap resample of the pairs (``ensemble_bootstrap``), and its scores on the held-out answers
+    give the scale it is standardised by (:mod:`rlhf.ensemble`).
+    """
+    options = config.training
+    started = time.time()
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.record_config("reward", options.output_dir, config.model, config.data, options)
+    results: list[RewardResult] = []
+    for i in range(options.ensemble_size):
+        folder = out / f"member-{i}"
+        done = RewardResult.read_if_present(folder)
+        if done is None:
+            member = copy.deepcopy(options)
+            member.output_dir, member.seed, member.ensemble_size = str(folder), options.seed + i, 1
+            member.resume = options.resume and runs.last_checkpoint(folder) is not None
+            resample = options.seed + i if options.ensemble_bootstrap else None
+            done = _train(StageConfig(config.model, config.data, member), resample)
+        results.append(done)
+    scores = [_held_out_scores(Path(r.output_dir)) for r in results]
+    scales = [ensemble.Member(r.output_dir, *_scale(s)) for r, s in zip(results, scores, strict=True)]
+    if runs.is_main_process():
+        ensemble.write_manifest(out, scales)
+    result = RewardResult(
+        output_dir=options.output_dir,
+        train_loss=statistics.fmean(r.train_loss for r in results),
+        train_rows=sum(r.train_rows for r in results),
+        length_policy=results[0].length_policy,
+        global_steps=sum(r.global_steps for r in results),
+        world_size=results[0].world_size,
+        eval=_ensemble_accuracy(scores, scales) if all(scores) else None,
+        ensemble=EnsembleSummary(
+            size=len(results),
+            bootstrap=options.ensemble_bootstrap,
+            members=[Path(r.output_dir).name for r in results],
+            member_accuracy=[r.eval.accuracy if r.eval is not None else None for r in results],
+            disagreement=_disagreement(scores, scales) if all(scores) else None,
+        ),
+        runtime_seconds=round(time.time() - started, 1),
+    )
+    if runs.is_main_process():
+        result.write(options.output_dir)
+    return result
+
+
+def _held_out_scores(folder: Path) -> list[dict[str, float]]:
+    """A reward run's scores of each held-out pair (``eval_scores.jsonl``), empty without held-out pairs."""
+    path = folder / SCORES_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _scale(scores: list[dict[str, float]]) -> tuple[float, float]:
+    """Mean and standard deviation of a member's scores over the held-out answers (0 and 1 without any)."""
+    values = [row[side] for row in scores for side in ("chosen", "rejected")]
+    if len(values) < 2:
+        return 0.0, 1.0
+    return statistics.fmean(values), statistics.pstdev(values) or 1.0
+
+
+def _standardised(scores: list[list[dict[str, float]]], scales: list[ensemble.Member], side: str) -> torch.Tensor:
+    raw = torch.tensor([[row[side] for row in member] for member in scores], dtype=torch.float64)
+    return ensemble.standardise(raw, scales)
+
+
+def _ensemble_accuracy(scores: list[list[dict[str, float]]], scales: list[ensemble.Member]) -> PairAccuracy:
+    """Held-out accuracy of the members' mean standardised score (the ensemble as ``mean`` aggregates it)."""
+    chosen = _standardised(scores, scales, "chosen").mean(0).tolist()
+    rejected = _standardised(scores, scales, "rejected").mean(0).tolist()
+    return _pair_accuracy(chosen, rejected)
+
+
+def _disagreement(scores: list[list[dict[str, float]]], scales: list[ensemble.Member]) -> float:
+    """Mean standard deviation across members of the standardised scores of the held-out answers."""
+    both = torch.cat([_standardised(scores, scales, side) for side in ("chosen", "rejected")], 1)
+    return float(ensemble.disagreement(both).mean())
+
+
+def _train(config: StageConfig[RewardConfig], resample: int | None = None) -> RewardResult:
+    """One reward model: train, save, evaluate on the held-out pairs, write the run folder."""
     model_args, data_args, options = config.model, config.data, config.training
     started = time.time()
     checkpoint = runs.start("reward", options.output_dir, options.resume)
-    trainer, reports = build(model_args, data_args, options)
+    trainer, reports = build(model_args, data_args, options, resample)
     runs.record_config("reward", options.output_dir, model_args, data_args, options)
     train_set, eval_set, tokenizer = trainer.train_dataset, trainer.eval_dataset, trainer.processing_class
     trained = trainer.train(resume_from_checkpoint=checkpoint)
