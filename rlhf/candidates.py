@@ -191,8 +191,9 @@ def store_set(
 
 def propose(
     sampler: PolicySampler, prompts: Sequence[Messages], num_candidates: int, seed: int = 0, batch_size: int = 64
-) -> tuple[list[list[str]], list[list[float]]]:
-    """``num_candidates`` answers per prompt from a policy, and the reward model's score of each.
+) -> tuple[list[list[str]], list[list[float]], list[list[list[float]]]]:
+    """``num_candidates`` answers per prompt from a policy, the reward model's score of each, and each
+    reward model's (K lists per prompt: one for one reward model, one per member for an ensemble).
 
     Sampled by the policy's :class:`~rlhf.ppo.sampler.PolicySampler` (its settings, EOS ids, one
     prompt's answers in consecutive rows as GRPO groups them) and scored as PPO scores them: the
@@ -200,13 +201,16 @@ def propose(
     """
     texts: list[list[str]] = []
     scores: list[list[float]] = []
+    members: list[list[list[float]]] = []
     k = num_candidates
     torch.manual_seed(seed)
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling candidates", unit="batch"):
         chunk = [p for p in prompts[start : start + batch_size] for _ in range(k)]
         answers = sampler.generate(chunk)
-        rewards = sampler.reward_scores(chunk, answers.texts).tolist()
+        each = sampler.member_scores(chunk, answers.texts)
+        rewards = sampler.aggregate(each).tolist()
         for i in range(0, len(chunk), k):
             texts.append(answers.texts[i : i + k])
             scores.append(rewards[i : i + k])
-    return texts, scores
+            members.append(each[:, i : i + k].tolist())
+    return texts, scores, members

@@ -13,7 +13,13 @@ no torch: the pipeline hands in the reward model's scores):
   are the rankings that teach the reward model most about the current policy's answers (active
   learning by uncertainty sampling, as in Christiano et al. 2017 with an ensemble's disagreement).
 
-Both selectors record every chosen set's uncertainty, so the report can show what each bought.
+* ``disagreement``: with a reward ensemble (``--reward.ensemble_size K``), the sets whose answers its
+  members disagree on most: the mean, over the set's answers, of the standard deviation of the
+  members' standardised scores (the ensemble's epistemic uncertainty, as Christiano et al. 2017 used
+  it). Where ``uncertainty`` asks "which answers can the reward model not tell apart", this asks
+  "which answers does the reward model not know how to score": the blind spots a policy exploits.
+
+Every selector records every chosen set's score, so the report can show what each bought.
 
 :func:`ranking_accuracy` measures the reward model where the policy now samples: over answers to
 the same prompt, the share of pairs the gold judge separates that the reward model orders the
@@ -28,7 +34,7 @@ import random
 from collections.abc import Sequence
 from itertools import combinations
 
-SELECTORS = ("random", "uncertainty")
+SELECTORS = ("random", "uncertainty", "disagreement")
 FIRST_ROUND = "sequential"  # round 1: no reward model yet, the prompts in the order the dataset gives them
 
 
@@ -51,11 +57,23 @@ def uncertainty(scores: Sequence[float]) -> float:
     return sum(1.0 - abs(2.0 * preference_probability(a, b) - 1.0) for a, b in pairs) / len(pairs)
 
 
+def disagreement(member_scores: Sequence[Sequence[float]]) -> float:
+    """Mean over a set's answers of the population std of the ensemble members' scores (``K`` lists of ``n``)."""
+    if len(member_scores) < 2:
+        raise ValueError(f"disagreement needs the scores of at least 2 ensemble members, got {len(member_scores)}")
+    answers = list(zip(*member_scores, strict=True))
+    if not answers or not all(math.isfinite(s) for scores in answers for s in scores):
+        raise ValueError(f"disagreement: no answers, or a non-finite score in {list(member_scores)}")
+    spreads = [math.sqrt(sum((s - sum(a) / len(a)) ** 2 for s in a) / len(a)) for a in answers]
+    return sum(spreads) / len(spreads)
+
+
 def select(uncertainties: Sequence[float], k: int, method: str, seed: int = 0) -> list[int]:
     """Indices (ascending) of the ``k`` candidate sets to annotate, out of the pool scored by ``uncertainties``.
 
-    ``uncertainty`` takes the ``k`` most uncertain sets (ties: the earlier set); ``random`` draws
-    ``k`` uniformly with ``seed``, ignoring the scores.
+    ``uncertainty`` and ``disagreement`` take the ``k`` sets with the highest score (the selector's own:
+    :func:`uncertainty` or :func:`disagreement`; ties: the earlier set); ``random`` draws ``k``
+    uniformly with ``seed``, ignoring the scores.
     """
     if method not in SELECTORS:
         raise ValueError(f"select: unknown selector {method!r}; choose from {', '.join(SELECTORS)}")

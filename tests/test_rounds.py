@@ -21,6 +21,7 @@ from rlhf.stages import pipeline
         (["--rounds", "4", "--ppo.steps", "3"], r"--ppo.steps: 3 RL iterations cannot be split over 4 rounds"),
         (["--rounds", "2", "--selection_pool", "0.5"], "selection_pool: 0.5"),
         (["--rounds", "2", "--select", "margin"], "invalid choice: 'margin'"),
+        (["--rounds", "2", "--select", "disagreement"], "select: disagreement compares a reward ensemble's members"),
     ],
 )
 def test_a_round_plan_that_cannot_work_is_refused_naming_the_option_before_anything_runs(

@@ -65,3 +65,15 @@ def test_the_evaluation_measures_the_reward_model_on_each_policys_answers_to_the
     assert evaluation.reward_model_accuracy([s for s in samples if s["policy"] == "ppo"]) == 0.5
     assert evaluation.reward_model_accuracy([s for s in samples if s["policy"] == "sft"]) == 1.0
     assert evaluation.reward_model_accuracy([{k: v for k, v in s.items() if k != "gold"} for s in samples]) is None
+
+
+def test_disagreement_by_hand_and_the_selector_picks_the_most_disputed_sets() -> None:
+    # two members, two answers: they agree on the first (0 spread) and differ by 2 on the second (std 1)
+    assert selection.disagreement([[0.5, 1.0], [0.5, -1.0]]) == pytest.approx(0.5)
+    # three members on one answer: population std of (0, 1, 2) = sqrt(2/3)
+    assert selection.disagreement([[0.0], [1.0], [2.0]]) == pytest.approx(math.sqrt(2 / 3))
+    with pytest.raises(ValueError, match="at least 2 ensemble members"):
+        selection.disagreement([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="non-finite"):
+        selection.disagreement([[1.0], [math.nan]])
+    assert selection.select([0.1, 0.9, 0.5, 0.9], 2, "disagreement") == [1, 3]

@@ -160,8 +160,9 @@ class PipelineConfig:
     select: str = field(
         default="random",
         metadata={
-            "help": "Rounds 2+: which candidate sets go to annotators: random, or uncertainty (those the current "
-            "reward model is least sure how to rank).",
+            "help": "Rounds 2+: which candidate sets go to annotators: random; uncertainty (those the current "
+            "reward model is least sure how to rank); disagreement (those a reward ensemble's members score most "
+            "differently; needs --reward.ensemble_size > 1).",
             "choices": list(selection.SELECTORS),
         },
     )
@@ -237,6 +238,11 @@ class Pipeline:
                 f"rounds: {config.rounds} with --algorithm {config.algorithm}: later rounds sample the current "
                 "policy and continue it, which the online route does; use --algorithm ppo (any "
                 "--ppo.advantage_estimator)"
+            )
+        if config.select == "disagreement" and self.configs["reward"].training.ensemble_size < 2:
+            raise ConfigError(
+                "select: disagreement compares a reward ensemble's members, and the reward stage trains one model; "
+                "add --reward.ensemble_size 4 (or select uncertainty)"
             )
         if config.selection_pool < 1:
             raise ConfigError(f"selection_pool: {config.selection_pool}; the selector needs at least one set per pick")
@@ -461,7 +467,7 @@ class Pipeline:
                 adapter=adapter,
                 generation=asdict(self._generation()),
             )
-        store.assign_batch(ids, rnd, self.config.select, [row["uncertainty"] for row in chosen])
+        store.assign_batch(ids, rnd, self.config.select, [row[self._selection_score] for row in chosen])
         accuracy, pairs = selection.ranking_accuracy([(r["rewards"], r["gold"]) for r in rows if r["gold"]])
         return {
             **asdict(report),
@@ -473,6 +479,11 @@ class Pipeline:
             "reward_accuracy_on_policy": accuracy,
             "reward_accuracy_pairs": pairs,
         }
+
+    @property
+    def _selection_score(self) -> str:
+        """Which score of a candidate set the selector ranks by (and the store records with the batch)."""
+        return "disagreement" if self.config.select == "disagreement" else "uncertainty"
 
     def _candidate_pool(self, rnd: int) -> list[dict[str, Any]]:
         """Candidate sets of the previous round's policy, scored by its reward model (and the gold judge, if any)."""
@@ -491,29 +502,31 @@ class Pipeline:
         )
         model_args = replace(ppo_stage.model, model_name_or_path=self._sft_model())
         sampler = ppo.policy_sampler(model_args, settings, self.folder(self.config.algorithm, rnd - 1))
-        texts, scores = candidates.propose(
+        texts, scores, members = candidates.propose(
             sampler, pool, self.config.num_candidates, seed=self.config.seed * 1000 + rnd
         )
         judge = load_judge(self.config.gold_judge)
         rows = []
-        for prompt, answers, rewards in zip(pool, texts, scores, strict=True):
-            kept = dict(zip(answers, rewards, strict=True))  # one score per distinct answer
-            kept.pop("", None)
+        for prompt, answers, rewards, each in zip(pool, texts, scores, members, strict=True):
+            kept: dict[str, int] = {}  # each distinct answer, at its first place (its scores are the same anywhere)
+            for i, text in enumerate(answers):
+                if text:
+                    kept.setdefault(text, i)
             if len(kept) < 2:  # nothing to rank: a set of one answer yields no preference
                 continue
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "candidates": list(kept),
-                    "rewards": list(kept.values()),
-                    "gold": [judge(prompt, text) for text in kept] if judge is not None else None,
-                    "uncertainty": selection.uncertainty(list(kept.values())),
-                }
-            )
+            row = {
+                "prompt": prompt,
+                "candidates": list(kept),
+                "rewards": [rewards[i] for i in kept.values()],
+                "gold": [judge(prompt, text) for text in kept] if judge is not None else None,
+                "uncertainty": selection.uncertainty([rewards[i] for i in kept.values()]),
+            }
+            if len(each) > 1:
+                row["disagreement"] = selection.disagreement([[m[i] for i in kept.values()] for m in each])
+            rows.append(row)
+        by = self._selection_score
         picked = set(
-            selection.select(
-                [r["uncertainty"] for r in rows], min(wanted, len(rows)), self.config.select, self.config.seed + rnd
-            )
+            selection.select([r[by] for r in rows], min(wanted, len(rows)), self.config.select, self.config.seed + rnd)
         )
         return [{**row, "chosen": i in picked} for i, row in enumerate(rows)]
 
