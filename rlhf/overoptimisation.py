@@ -70,7 +70,7 @@ def detect(
     checkpoints: Sequence[int] = (),
     window: int = 5,
     flat: float = 0.1,
-    rising: float = 0.25,
+    rising: float = 0.1,
 ) -> Diagnosis:
     """Flags of over-optimisation in a run's per-iteration metrics, and where its conservative reward peaked.
 
@@ -101,6 +101,6 @@ def detect(
     )
 
 
-def check(history: Sequence[dict[str, float]], window: int = 5, flat: float = 0.1, rising: float = 0.25) -> list[str]:
+def check(history: Sequence[dict[str, float]], window: int = 5, flat: float = 0.1, rising: float = 0.1) -> list[str]:
     """The flags that hold at the last iteration of ``history`` (what the trainer warns about as it trains)."""
     return _flags(history, window, flat, rising)
