@@ -652,9 +652,14 @@ def test_concurrent_wrong_logins_get_at_most_the_limit_of_401s(db_url: str, monk
     store = Store.create(db_url)
     store.add_annotator("root", "admin", password="admin-password")
     verify = accounts.verify_password
+    checking, refused, changed = [0], [0], threading.Condition()
 
     def slow_verify(password: str, stored: str) -> bool:
-        time.sleep(0.2)  # as long as a hash at the real cost: every request is in its check at once
+        """Hold every check until each guess is either in its own check or refused: the widest race there is."""
+        with changed:
+            checking[0] += 1
+            changed.notify_all()
+            changed.wait_for(lambda: checking[0] + refused[0] >= 20, timeout=10)
         return verify(password, stored)
 
     monkeypatch.setattr(accounts, "verify_password", slow_verify)
@@ -664,7 +669,11 @@ def test_concurrent_wrong_logins_get_at_most_the_limit_of_401s(db_url: str, monk
     def guess(i: int) -> int:
         client = TestClient(app, client=("10.0.0.1", 5000))
         start.wait()
-        return client.post("/api/login", json={"name": "root", "password": f"guess-{i:04d}"}).status_code
+        code = client.post("/api/login", json={"name": "root", "password": f"guess-{i:04d}"}).status_code
+        with changed:
+            refused[0] += code == 429
+            changed.notify_all()
+        return code
 
     with ThreadPoolExecutor(20) as pool:
         codes = sorted(pool.map(guess, range(20)))
