@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -71,16 +71,18 @@ def reserve(c: Connection, limits: LoginLimits, name_key: str, address: str) -> 
     """Count a login attempt before its password is checked; :class:`TooManyAttempts` if a key is at its limit."""
     pair, by_address, by_name = attempt_keys(name_key, address)
     limit = {pair: limits.per_pair, by_address: limits.per_address, by_name: limits.per_name}
-    for key in sorted(limit):  # one order for everyone: two logins never wait for each other's second lock
-        serialise(c, f"login:{key}")
+    _serialise(c, limit)
     now = limits.clock()
     cutoff = now - limits.window_s
-    c.execute(sa.delete(t.login_attempts).where(t.login_attempts.c.at <= cutoff))  # every key's old attempts
+    # Every key's attempts that left the window, but none another transaction is deleting: that one
+    # removes them, and this one never waits for it (two cleanups in other orders could deadlock).
+    old = sa.select(t.login_attempts.c.id).where(t.login_attempts.c.at <= cutoff).with_for_update(skip_locked=True)
+    c.execute(sa.delete(t.login_attempts).where(t.login_attempts.c.id.in_(old)))
     waits = []
     for key, most in limit.items():
         recent = c.execute(
             sa.select(t.login_attempts.c.at)
-            .where(t.login_attempts.c.key == key)
+            .where(t.login_attempts.c.key == key, t.login_attempts.c.at > cutoff)
             .order_by(t.login_attempts.c.at.desc())
             .limit(most)
         ).scalars()
@@ -94,8 +96,16 @@ def reserve(c: Connection, limits: LoginLimits, name_key: str, address: str) -> 
     return attempt
 
 
+def _serialise(c: Connection, keys: Iterable[str]) -> None:
+    """Logins of the same keys one after another (:func:`.common.serialise`), locked in one order for everyone:
+    two logins never hold one lock each while waiting for the other's."""
+    for key in sorted(keys):
+        serialise(c, f"login:{key}")
+
+
 def succeeded(c: Connection, attempt: Attempt) -> None:
     """A reserved login succeeded: it is not a failure, and the name's failures (from any address) are cleared."""
+    _serialise(c, [attempt.pair, attempt.address, attempt.name])
     attempts = t.login_attempts
     c.execute(
         sa.delete(attempts).where(
