@@ -245,7 +245,7 @@ def cmd_progress(args: argparse.Namespace) -> None:
         f"{progress.in_progress} in progress, {progress.untouched} untouched; {progress.answers} answers"
     )
     for a in progress.annotators:
-        print(f"  {a.name:<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
+        print(f"  {_shown(a.name):<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
     if any(b.batch is not None for b in progress.batches):
         print("per round:")
         for b in progress.batches:

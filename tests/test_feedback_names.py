@@ -169,6 +169,12 @@ def test_the_0004_migration_reports_colliding_accounts_and_changes_none(db_url: 
     # Each keeps its login: the key's holder by any spelling, a later one by its exact name.
     assert store.login("Root", "pw-of-root")[1].id == ids["root"]
     assert store.login("ROOT", "pw-of-ROOT")[1].id == ids["ROOT"]
+    run_cli("feedback", "annotators", "list", "--db", db_url)  # the stored name cannot forge a line or a column
+    listed, warned = capsys.readouterr()
+    assert [line.split("\t") for line in listed.splitlines()][3] == ["'eve\\nroot\\tadmin\\tactive'", "admin", "active"]
+    assert len(listed.splitlines()) == len(ids) and warned.count("warning: ") == 4
+    run_cli("feedback", "progress", "--db", db_url)
+    assert "  'eve\\nroot\\tadmin\\tactive'" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         run_cli("feedback", "doctor", "--db", db_url)
     out, err = capsys.readouterr()
