@@ -2,11 +2,12 @@
 
     rlhf feedback migrate    --db URL                      create or upgrade the schema
     rlhf feedback annotators add alice --role admin --db URL   prints alice's API token (once)
+    rlhf feedback annotators rename alice --to alice.b --db URL
     rlhf feedback import     --db URL --file items.jsonl   (or --langsmith-project NAME)
     rlhf feedback generate   --db URL --model M [--adapter A] --prompts prompts.jsonl --num-candidates 4
     rlhf feedback serve      --db URL [--host 127.0.0.1] [--port 8000]
     rlhf feedback progress | agreement | settings | sync   --db URL
-    rlhf feedback export     --db URL --format pairs|kto|sft --out DIR [--aggregation majority|all]
+    rlhf feedback export     --db URL --format pairs|kto|sft --out DIR [--aggregation majority|all] [--overwrite]
     rlhf feedback doctor     --db URL                      stored text UTF-8 cannot encode, by table/row/column
 
 ``--db`` takes a SQLAlchemy URL (``sqlite:///feedback.db``, ``postgresql://user@host/db``) or a
@@ -15,6 +16,10 @@ file path (SQLite); it defaults to ``$RLHF_FEEDBACK_DB`` or ``feedback.db``.
 Options that become stored or sent text (names, model, project names...) are refused when UTF-8
 cannot encode them (undecodable command-line bytes arrive as lone surrogates); file and database
 paths go to the operating system as given, where such bytes are valid.
+
+Every refusal is one line on standard error (``rlhf feedback COMMAND: error: ...``, exit status 2)
+naming the file, line, field or option to fix, never a traceback: a store refusal, bad data, a file
+the system cannot open or write, a database that cannot be reached.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -31,9 +37,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from feedback import agreement, export, importer, langsmith_sync
 from feedback.enums import Mode, Role
-from feedback.store import Store, StoreError, migrate, redact, unencodable
+from feedback.store import LoginLimits, Store, StoreError, accounts, migrate, redact, unencodable
 from rlhf.core.errors import USER_ERRORS, DataError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,42 @@ def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _shown(name: str) -> str:
+    """A stored name as one printable field: one stored before names were checked may hold a tab or a newline,
+    which would forge a line or a column of the listing, so such a name is printed escaped (as Python writes it)."""
+    return name if name.isprintable() else repr(name)
+
+
+def _proxies(value: str) -> list[str]:
+    """``--trusted-proxies``: comma-separated addresses or networks (a host name would silently match nothing)."""
+    proxies = [item.strip() for item in value.split(",") if item.strip()]
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{proxy!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)"
+            ) from None
+    return proxies
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 up to (not including) 1, got {value}")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value) if value.strip().isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return number
+
+
 # ----------------------------------------------------------------------------------------------
 # Commands (each takes the parsed arguments)
 
@@ -73,23 +117,44 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # the web stack (uvicorn, FastAPI) only for the command that serves: the others start faster
     import uvicorn
 
-    from feedback.app import LoginThrottle, create_app
+    from feedback.app import create_app
 
     store = Store.create(args.db)
+    for problem in store.name_problems():
+        logger.warning("%s", problem)
     if not any(a.is_admin for a in store.annotators()):
         logger.warning("no admin yet: rlhf feedback annotators add NAME --role admin --db %s", redact(args.db))
     client = None if args.no_sync else langsmith_sync.client_from_env()
     sync = langsmith_sync.LangSmithSync(store, client) if client is not None else None
-    throttle = LoginThrottle(max_failures=args.login_failures, window_s=args.login_window_s)
+    limits = LoginLimits(
+        per_pair=args.login_failures,
+        per_address=args.login_address_ceiling,
+        per_name=args.login_name_ceiling,
+        window_s=args.login_window_s,
+    )
+    accounts.HASHING.limit = args.hash_memory_mib << 20
     app = create_app(
-        store, max_body_bytes=args.max_body_bytes, on_answer=sync.notify if sync else None, login_throttle=throttle
+        store,
+        max_body_bytes=args.max_body_bytes,
+        on_answer=sync.notify if sync else None,
+        login_limits=limits,
+        trusted_proxies=args.trusted_proxies,
     )
     if sync:
         sync.start()
         logger.info("LangSmith sync on (%s)", os.environ.get("LANGSMITH_ENDPOINT", "default endpoint"))
     print(f"feedback app on http://{args.host}:{args.port}/ (admin: /admin) - database {redact(args.db)}", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+        # proxy_headers=False: which proxies to believe is the app's setting (--trusted-proxies); uvicorn's own
+        # default would believe X-Forwarded-For from any process on this machine.
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            proxy_headers=False,
+        )
     finally:
         if sync:
             sync.stop()
@@ -100,11 +165,17 @@ def cmd_annotators(args: argparse.Namespace) -> None:
     store = Store(args.db)
     if args.action == "list":
         for a in store.annotators():
-            print(f"{a.name}\t{a.role}\t{'active' if a.active else 'inactive'}")
+            print(f"{_shown(a.name)}\t{a.role}\t{'active' if a.active else 'inactive'}")
+        for problem in store.name_problems():
+            print(f"warning: {problem}", file=sys.stderr)
         return
     if args.action == "add":
         token = store.add_annotator(args.name, args.role, password=_password(args))
-        print(f"added {args.role} {args.name!r}; API token (shown once):\n{token}")
+        print(f"added {args.role} {store.annotator(args.name).name!r}; API token (shown once):\n{token}")
+    elif args.action == "rename":
+        if not args.to:
+            raise StoreError("annotators rename: give the new name with --to NEW")
+        print(f"{args.name!r} is now {store.rename_annotator(args.name, args.to)!r}")
     elif args.action == "token":
         print(store.new_token(args.name))
     elif args.action == "password":
@@ -152,6 +223,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         seed=args.seed,
         writers=args.writers,
         push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
     )
     rows = ", ".join(f"{name} {count}" for name, count in report.rows.items())
     print(f"{args.format} ({args.aggregation}) from {report.answers} answers on {report.items} items: {rows} rows")
@@ -173,7 +245,7 @@ def cmd_progress(args: argparse.Namespace) -> None:
         f"{progress.in_progress} in progress, {progress.untouched} untouched; {progress.answers} answers"
     )
     for a in progress.annotators:
-        print(f"  {a.name:<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
+        print(f"  {_shown(a.name):<20} {a.role:<10} {a.answers:>6} answers {a.skipped:>5} skipped")
     if any(b.batch is not None for b in progress.batches):
         print("per round:")
         for b in progress.batches:
@@ -199,6 +271,8 @@ def cmd_settings(args: argparse.Namespace) -> None:
         guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else None
     except UnicodeDecodeError as error:
         raise DataError(f"--guidelines {args.guidelines}: byte {error.start} is not UTF-8 ({error.reason})") from None
+    except OSError as error:
+        raise DataError(f"--guidelines {args.guidelines}: {error.strerror}") from None
     settings = store.update_settings(
         overlap=args.overlap, mode=args.mode, lease_minutes=args.lease_minutes, guidelines=guidelines
     )
@@ -215,6 +289,12 @@ def cmd_doctor(args: argparse.Namespace) -> None:
             "them escaped: correct or delete those rows"
         )
     print(f"{redact(args.db)}: every stored text encodes as UTF-8")
+    names = Store(args.db).name_problems()
+    for line in names:
+        print(line)
+    if names:
+        raise StoreError(f"{len(names)} annotator name(s) people cannot tell apart (listed above)")
+    print(f"{redact(args.db)}: every annotator name is distinct and visible")
 
 
 def cmd_sync(args: argparse.Namespace) -> None:
@@ -274,16 +354,38 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     serve.add_argument("--no-sync", action="store_true", help="do not send answers to LangSmith even if configured")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    defaults = LoginLimits()
+    for option, default, counted in (
+        ("--login-failures", defaults.per_pair, "of a name from one address"),
+        ("--login-address-ceiling", defaults.per_address, "from one address, whatever the names"),
+        ("--login-name-ceiling", defaults.per_name, "of one name, whatever the addresses"),
+    ):
+        serve.add_argument(
+            option, type=_positive, default=default, help=f"failed logins {counted} before 429 (%(default)s)"
+        )
     serve.add_argument(
-        "--login-failures", type=int, default=5, help="failed logins per name or address before 429 (%(default)s)"
+        "--login-window-s", type=float, default=defaults.window_s, help="seconds failed logins count (%(default)s)"
     )
     serve.add_argument(
-        "--login-window-s", type=float, default=300.0, help="seconds failed logins are counted (%(default)s)"
+        "--trusted-proxies",
+        type=_proxies,
+        default=[],
+        metavar="ADDRESSES",
+        help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed "
+        "(default: none; the connection's address is the client's)",
+    )
+    serve.add_argument(
+        "--hash-memory-mib",
+        type=_positive,
+        default=accounts.HASH_MEMORY_MIB,
+        help="memory password hashing may use at once; logins beyond it wait their turn (%(default)s MiB: "
+        "4 at a time at scrypt's default cost, a little over 128 MiB each)",
     )
 
     people = command("annotators", cmd_annotators, "add and list annotators, issue tokens, set passwords")
-    people.add_argument("action", choices=["add", "list", "token", "password", "deactivate", "activate"])
+    people.add_argument("action", choices=["add", "list", "token", "password", "deactivate", "activate", "rename"])
     people.add_argument("name", nargs="?", help="the annotator's name (all actions but list)")
+    people.add_argument("--to", help="rename: the new name")
     people.add_argument("--role", choices=[r.value for r in Role], default=Role.ANNOTATOR.value)
     people.add_argument("--password", action="store_true", help="set a password (asked twice)")
     people.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -299,9 +401,12 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
 
     exp = command("export", cmd_export, "write pairs / KTO / SFT datasets from the answers")
     exp.add_argument("--format", choices=export.FORMATS, required=True)
-    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--out", required=True, help="output folder: new or empty, or an earlier export with --overwrite")
+    exp.add_argument(
+        "--overwrite", action="store_true", help="replace the whole folder of an earlier export (never merge into it)"
+    )
     exp.add_argument("--aggregation", choices=export.AGGREGATIONS, default="majority")
-    exp.add_argument("--test-fraction", type=float, default=0.1, help="share of prompts in the test split")
+    exp.add_argument("--test-fraction", type=_fraction, default=0.1, help="share of prompts in the test split")
     exp.add_argument("--seed", type=int, default=0, help="changes which prompts go to the test split")
     exp.add_argument("--writers", nargs="+", choices=export.WRITERS, default=list(export.WRITERS))
     exp.add_argument("--push-to-hub", metavar="REPO", help="also push to this hub dataset repo (needs HF_TOKEN)")
@@ -353,5 +458,16 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Extension] = ()
     try:
         args.handler(args)
     except (StoreError, *USER_ERRORS) as error:
-        print(f"rlhf feedback {args.command}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+        _fail(args.command, str(error))
+    except sa.exc.DBAPIError as error:  # the database refused or could not be reached: its driver's first line
+        reason = (str(error.orig).strip() or type(error.orig).__name__).splitlines()[0]
+        _fail(args.command, f"database {redact(args.db)}: {reason}")
+    except sa.exc.ArgumentError as error:  # a --db URL SQLAlchemy cannot read (an unknown scheme)
+        _fail(args.command, f"--db: {error}")
+    except OSError as error:  # a file the system cannot open, read or write, named as the system names it
+        _fail(args.command, f"{error.filename}: {error.strerror}" if error.filename else str(error))
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"rlhf feedback {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -33,6 +33,12 @@ Writers: ``train.jsonl``/``test.jsonl``, ``train.parquet``/``test.parquet``, and
 
 The files hold annotators' names and judgements: an export folder the export creates is 0700, and
 every file and folder it writes is made 0600 / 0700 (whatever the umask), as the SQLite database is.
+
+An export writes a complete folder or nothing (:func:`write_folder`): it is built in a temporary
+folder next to the target and renamed into place, so a training run never reads a half-written
+export nor one mixed with an earlier export's files (an earlier ``test.jsonl`` beside a new
+``train.jsonl`` would put the same prompts in both). The target must be new or empty; with
+``overwrite`` an earlier export folder (one holding ``export.json``) is replaced as a whole.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import itertools
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,6 +59,7 @@ from typing import Any
 
 from feedback.records import Answer, Item, batch_order
 from feedback.store import Store
+from rlhf.core.errors import ConfigError
 from rlhf.core.rows import Source, validate
 
 logger = logging.getLogger(__name__)
@@ -317,6 +326,59 @@ def _private(paths: Iterable[Path]) -> None:
             path.chmod(0o600)
 
 
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an export folder that would mix runs or cannot be written, before any work: :class:`ConfigError`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export folder {out}: exists and is not a folder; name a new or empty folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        raise ConfigError(
+            f"export folder {out}: not empty ({len(entries)} entries, e.g. {entries[0]!r}); an export never "
+            "mixes its files with others: name a new or empty folder, or replace the whole folder with --overwrite"
+        )
+    if entries and "export.json" not in entries:
+        raise ConfigError(
+            f"export folder {out}: holds no export.json, so it is not an earlier export; --overwrite replaces "
+            "only an export folder: name a new or empty folder"
+        )
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"export folder {out}: cannot write in {parent}; name a folder you can write")
+
+
+def write_folder(out: Path, write: Callable[[Path], None], overwrite: bool) -> None:
+    """Run ``write`` on a new temporary folder next to ``out``, then move that folder into place as ``out``.
+
+    Next to it, so the move is a rename on one file system: the folder appears whole or not at all.
+    An empty ``out`` is replaced by the rename itself; an earlier export (``overwrite``) is moved
+    aside first and deleted after (a crash between the two renames leaves it as ``.<name>.old-*``
+    beside a missing ``out``, never a mixture). A failure anywhere removes the temporary folder.
+    """
+    check_target(out, overwrite)
+    try:
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # 0700
+    except OSError as error:
+        raise ConfigError(f"export folder {out}: cannot create it ({error.strerror})") from None
+    old = None
+    try:
+        write(building)
+        if out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / out.name)
+        building.rename(out)  # onto a missing or empty folder: atomic
+    except BaseException as error:
+        shutil.rmtree(building, ignore_errors=True)
+        if old is not None and not out.exists():
+            (old / out.name).rename(out)  # the earlier export goes back where it was
+        if isinstance(error, OSError):
+            raise ConfigError(f"export folder {out}: could not write it ({error.strerror}); nothing changed") from None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def export(
     store: Store | Sequence[Item],
     format: str,
@@ -327,22 +389,26 @@ def export(
     seed: int = 0,
     writers: Sequence[str] = WRITERS,
     push_to_hub: str | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
-    """Write the ``format`` dataset of a store (or of records) into ``out_dir``; returns what was written.
+    """Write the ``format`` dataset of a store (or of records) as the folder ``out_dir``; returns what was written.
 
-    ``push_to_hub`` (a repo id) also uploads the splits as a private dataset; it needs a hub token
-    (``HF_TOKEN`` or ``huggingface-cli login``) and fails before writing anything without one.
+    The folder is complete or not written at all (:func:`write_folder`): ``out_dir`` must be new or
+    empty, or an earlier export folder with ``overwrite`` (replaced as a whole). An export with no
+    rows writes only ``export.json``, which says so. ``push_to_hub`` (a repo id) also uploads the
+    splits as a private dataset; it needs a hub token (``HF_TOKEN`` or ``huggingface-cli login``) and
+    fails before writing anything without one; a failed upload leaves the folder unwritten.
     """
     unknown = sorted(set(writers) - set(WRITERS))
     if unknown:
         raise ValueError(f"unknown writer(s) {unknown}; known: {list(WRITERS)}")
+    out = Path(out_dir)
+    check_target(out, overwrite)
     token = hub_token() if push_to_hub else None
     if push_to_hub and not token:
         raise ValueError("push_to_hub needs a hub token: set HF_TOKEN or run `huggingface-cli login`")
     items = store if isinstance(store, Sequence) else store.records()
     splits = build(items, format, aggregation, test_fraction, seed)
-    out = Path(out_dir)
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     report = ExportReport(
         format=format,
         aggregation=aggregation,
@@ -354,12 +420,17 @@ def export(
     )
     if not any(splits.values()):
         logger.warning("%s export: no rows (no answers of the kind this format needs yet)", format)
-        return report
-    for name in writers:
-        report.files += [str(p) for p in WRITER_FUNCTIONS[name](splits, out)]
-    if push_to_hub:
-        _datasets(splits).push_to_hub(push_to_hub, private=True, token=token)
-        report.pushed_to = push_to_hub
-    (out / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    _private([out / "export.json", *map(Path, report.files)])
+
+    def write(folder: Path) -> None:
+        written = (
+            [p for name in writers for p in WRITER_FUNCTIONS[name](splits, folder)] if any(splits.values()) else []
+        )
+        report.files = [str(out / p.relative_to(folder)) for p in written]
+        if push_to_hub and written:
+            _datasets(splits).push_to_hub(push_to_hub, private=True, token=token)
+            report.pushed_to = push_to_hub
+        (folder / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        _private([folder / "export.json", *written])
+
+    write_folder(out, write, overwrite)
     return report

@@ -145,14 +145,40 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _not_utf8(path: Path) -> str | None:
+    """Where a text file stops being UTF-8 (line and byte of the line), or None.
+
+    Checked before a CSV goes to ``datasets``, whose reader fails on such bytes with a generation
+    error that names neither the file nor the line.
+    """
+    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"line {number}: byte {error.start + 1} of the line is not UTF-8 ({line[error.start : error.end]!r})"
+    return None
+
+
+def read_rows(path: str) -> tuple[list[dict[str, Any]], Source]:
+    """The rows of an import file, or :class:`DataError` naming the file (and line, where one is to blame)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such file")
+    if file.suffix.lower() in (".csv", ".jsonl", ".json") and (where := _not_utf8(file)):
+        raise DataError(f"{path}: {where}; save the file as UTF-8")
+    try:
+        return read_file(file)
+    except DataError:
+        raise
+    except Exception as error:  # the CSV / Parquet readers' own errors (pyarrow, datasets): the cause's first line
+        cause = error.__cause__ or error
+        reason = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+        raise DataError(f"{path}: cannot read it as {file.suffix.lower()[1:]} ({reason})") from None
+
+
 def import_file(store: Store, path: str) -> ImportReport:
     """Import a JSONL/JSON/CSV/Parquet file of items (all or nothing)."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        rows, source = read_file(Path(path))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: byte {error.start} is not UTF-8 ({error.reason}); save the file as UTF-8") from None
+    rows, source = read_rows(path)
     if not rows:
         raise DataError(f"{path}: nothing to import")
     validate_rows(rows, source)

@@ -25,6 +25,13 @@ Design notes (why the tables look like this):
   All three are NULL for prompts imported outside the rounds; a prompt keeps its first batch.
 * Tokens are stored as SHA-256 hashes (they are long random strings, so a fast hash is enough);
   passwords with scrypt.
+* ``annotators.name_key`` is the name as names are compared (NFKC + case folding,
+  :func:`feedback.store.names.key`), unique: ``ROOT`` and ``ｒｏｏｔ`` cannot be a second ``root``, and a
+  login by either finds ``root``. It is NULL only for an account created before the key existed whose
+  key an older account holds (the 0004 migration reports them); such an account logs in by its exact name.
+* ``login_attempts`` counts logins per key (a name, an address, the pair; stored as SHA-256 hashes,
+  since a mistyped name may be a password) in a sliding window: a row is written *before* the
+  password is checked and removed only when the login succeeds (:mod:`feedback.store.logins`).
 """
 
 from __future__ import annotations
@@ -113,7 +120,9 @@ annotators = Table(
     Column("password_hash", String(300), nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     _now_column("created_at"),
+    Column("name_key", String(300), nullable=True),
     _one_of("role", Role),
+    Index("ix_annotators_name_key", "name_key", unique=True),
 )
 
 tokens = Table(
@@ -191,4 +200,15 @@ pending_runs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
     _now_column("retry_after", nullable=True),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(64), nullable=False),  # sha256 of "name:...", "address:..." or "pair:..."
+    Column("attempt", String(32), nullable=False),  # the rows one login wrote share it
+    Column("at", Float, nullable=False),  # seconds since the epoch
+    Index("ix_login_attempts_key_at", "key", "at"),
+    Index("ix_login_attempts_at", "at"),
 )

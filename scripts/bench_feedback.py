@@ -3,6 +3,7 @@
     python scripts/bench_feedback.py                                   # SQLite and PostgreSQL, 32 x 50
     python scripts/bench_feedback.py --backends sqlite --crash         # SIGKILL the server mid-load
     python scripts/bench_feedback.py --postgres postgresql://postgres@127.0.0.1:5432/test
+    python scripts/bench_feedback.py --logins 0                        # without the login phase
 
 It starts the real server (``python -m rlhf feedback serve``, uvicorn, 127.0.0.1 only) on a fresh
 database, then runs ``--clients`` annotator clients at once, each answering ``--ratings`` items the
@@ -16,14 +17,23 @@ annotator may have two answers to one item and no answer may be stored that no r
 (``duplicates`` must be 0); no item may have more answers than its overlap, and every answer must
 have all its ranks.
 
+Then ``--logins`` logins are sent at once (default 32: half for annotators with passwords, right or
+wrong, half for names that do not exist), at scrypt's real cost in the server: their statuses and
+latencies; then wrong logins one at a time, a known name and an unknown one in turn, whose medians
+must match (response time must not tell which names exist). The server's peak resident memory
+(``VmHWM``, Linux) is reported after the answers and over the whole run: password hashing is the
+server's largest allocation (128 MiB per hash), so the login burst is what sets it.
+
 Everything is bounded: the number of requests (clients x ratings, a few retries each) and the
 time (``--deadline`` seconds). Latency is per acknowledged POST (the attempt that got the answer).
+``--server-args`` are passed to ``rlhf feedback serve`` as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
 import os
 import random
@@ -62,15 +72,19 @@ class Result:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     crashed: bool = False
+    peak_rss_mb: float = 0.0  # the server's, over the run (the most of each process when it was killed)
+    load_peak_mb: float = 0.0  # the same, after the answers and before the logins
+    logins: Logins | None = None
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.mismatched or self.duplicates or self.overfilled or self.incomplete)
+        refused = set(self.logins.statuses if self.logins else {}) - {200, 401}  # a 429 or a 5xx in the logins too
+        return not (self.lost or self.mismatched or self.duplicates or self.overfilled or self.incomplete or refused)
 
     def row(self) -> list[str]:
-        lat = sorted(self.latencies_ms)
-        p50 = statistics.median(lat) if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] if lat else float("nan")
+        p50, p99 = percentile(self.latencies_ms, 0.5), percentile(self.latencies_ms, 0.99)
+        logins = self.logins or Logins()
+        statuses = " ".join(f"{code}x{count}" for code, count in sorted(logins.statuses.items())) or "-"
         return [
             self.backend + (" +kill" if self.crashed else ""),
             str(self.clients),
@@ -83,7 +97,26 @@ class Result:
             f"{self.acknowledged / self.seconds:.1f}" if self.seconds else "n/a",
             f"{p50:.1f}",
             f"{p99:.1f}",
+            f"{self.load_peak_mb:.0f}",
+            f"{self.peak_rss_mb:.0f}",
+            statuses,
+            f"{percentile(logins.burst_ms, 0.5):.0f}",
+            f"{percentile(logins.burst_ms, 0.99):.0f}",
+            f"{percentile(logins.one_at_a_time_ms['known'], 0.5):.0f}",
+            f"{percentile(logins.one_at_a_time_ms['unknown'], 0.5):.0f}",
         ]
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (the median for 0.5), NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return (
+        statistics.median(ordered)
+        if share == 0.5
+        else ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+    )
 
 
 HEADER = [
@@ -98,6 +131,13 @@ HEADER = [
     "ratings/s",
     "p50 ms",
     "p99 ms",
+    "peak MiB load",
+    "peak MiB +logins",
+    "logins",
+    "login p50 ms",
+    "login p99 ms",
+    "known ms",
+    "unknown ms",
 ]
 
 
@@ -124,14 +164,22 @@ def items(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def prepare(url: str, clients: int, ratings: int) -> list[str]:
-    """A migrated store with enough items for everyone (overlap 2) and one token per client."""
+def prepare(url: str, clients: int, ratings: int, passwords: int = 0) -> list[str]:
+    """A migrated store with enough items for everyone (overlap 2) and one token per client; the first
+    ``passwords`` annotators get the password :func:`password` gives them (for the login phase)."""
     store = Store.create(url)
     store.update_settings(overlap=OVERLAP)
     store.import_items(items(math.ceil(clients * ratings / OVERLAP) + clients))
-    tokens = [store.add_annotator(f"annotator-{i:03d}") for i in range(clients)]
+    names = [f"annotator-{i:03d}" for i in range(max(clients, passwords))]
+    tokens = [store.add_annotator(name) for name in names]
+    for name in names[:passwords]:
+        store.set_password(name, password(name))
     store.close()
-    return tokens
+    return tokens[:clients]
+
+
+def password(name: str) -> str:
+    return f"password of {name}"
 
 
 def postgres_database(admin_url: str, name: str, create: bool = True) -> str:
@@ -154,9 +202,10 @@ def free_port() -> int:
 class Server:
     """The real server in a subprocess (``python -m rlhf feedback serve``), on 127.0.0.1."""
 
-    def __init__(self, url: str, port: int, log: Path) -> None:
-        self.url, self.port, self.log = url, port, log
+    def __init__(self, url: str, port: int, log: Path, args: list[str] | None = None) -> None:
+        self.url, self.port, self.log, self.args = url, port, log, args or []
         self.process: subprocess.Popen | None = None
+        self.peak_rss_mb = 0.0  # the most any of its processes held (VmHWM), read before each stops
 
     @property
     def base(self) -> str:
@@ -164,7 +213,7 @@ class Server:
 
     def start(self, timeout_s: float = 60.0) -> None:
         command = [sys.executable, "-m", "rlhf", "feedback", "serve", "--db", self.url, "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--log-level", "warning", "--no-sync"]
+        command += ["--port", str(self.port), "--log-level", "warning", "--no-sync", *self.args]
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
@@ -179,13 +228,24 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"server did not answer within {timeout_s}s; see {self.log}")
 
+    def record_peak(self) -> float:
+        """The process's peak resident memory so far (Linux ``VmHWM``), kept if it is the largest yet."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status")
+        lines = status.read_text().splitlines() if status.exists() else []
+        peak_kb = next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), 0)
+        self.peak_rss_mb = max(self.peak_rss_mb, peak_kb / 1024)
+        return self.peak_rss_mb
+
     def kill(self) -> None:
         assert self.process is not None
+        self.record_peak()
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.record_peak()
             self.process.terminate()
             try:
                 self.process.wait(15)
@@ -258,6 +318,42 @@ class Load:
                     self.errors.append(f"{response.status_code} {response.text[:200]}")
 
 
+@dataclass
+class Logins:
+    """The login phase: a burst at once (statuses, latencies), then one login at a time (known vs unknown)."""
+
+    statuses: dict[int, int] = field(default_factory=dict)  # status code -> logins of the burst
+    burst_ms: list[float] = field(default_factory=list)
+    one_at_a_time_ms: dict[str, list[float]] = field(default_factory=lambda: {"known": [], "unknown": []})
+
+
+async def login_phase(base: str, known: int, unknown: int, one_at_a_time: int = 6) -> Logins:
+    """``known + unknown`` logins sent at once, annotators with their passwords (every other one with a wrong
+    one) interleaved with names that do not exist; then ``one_at_a_time`` wrong logins of each kind in turn,
+    with nothing else running, so their times compare the two kinds and not their places in the queue."""
+    result = Logins()
+
+    async def login(client: httpx.AsyncClient, name: str, secret: str) -> float:
+        started = time.perf_counter()
+        response = await client.post(base + "/api/login", json={"name": name, "password": secret})
+        result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+        return (time.perf_counter() - started) * 1000
+
+    known_ones = [
+        (f"annotator-{i:03d}", password(f"annotator-{i:03d}") if i % 2 == 0 else "wrong") for i in range(known)
+    ]
+    unknown_ones = [(f"nobody-{i:03d}", "wrong") for i in range(unknown)]
+    sent = [one for pair in itertools.zip_longest(known_ones, unknown_ones) for one in pair if one is not None]
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=known + unknown)) as client:
+        result.burst_ms = list(await asyncio.gather(*(login(client, *one) for one in sent)))
+        statuses = dict(result.statuses)
+        for i in range(one_at_a_time):
+            result.one_at_a_time_ms["known"].append(await login(client, f"annotator-{i % max(known, 1):03d}", "wrong"))
+            result.one_at_a_time_ms["unknown"].append(await login(client, f"someone-{i:03d}", "wrong"))
+        result.statuses = statuses  # the burst's: one at a time, every login is wrong by design
+    return result
+
+
 async def _drive(server: Server, tokens: list[str], ratings: int, crash: bool, deadline_s: float) -> Load:
     load = Load(server.base, time.monotonic() + deadline_s)
     tasks = [asyncio.create_task(load.annotator(token, ratings)) for token in tokens]
@@ -306,17 +402,32 @@ def audit(url: str, acked: Mapping[str, Sent], result: Result) -> None:
         store.close()
 
 
-def run(backend: str, url: str, clients: int, ratings: int, crash: bool, workdir: Path, deadline_s: float) -> Result:
-    tokens = prepare(url, clients, ratings)
-    server = Server(url, free_port(), workdir / f"server-{backend}.log")
+def run(
+    backend: str,
+    url: str,
+    clients: int,
+    ratings: int,
+    crash: bool,
+    workdir: Path,
+    deadline_s: float,
+    logins: int = 0,
+    server_args: list[str] | None = None,
+) -> Result:
+    tokens = prepare(url, clients, ratings, passwords=logins // 2)
+    server = Server(url, free_port(), workdir / f"server-{backend}.log", server_args)
     server.start()
     result = Result(backend, clients, clients * ratings, crashed=crash)
     started = time.perf_counter()
     try:
         load = asyncio.run(_drive(server, tokens, ratings, crash, deadline_s))
-    finally:
         result.seconds = time.perf_counter() - started
+        result.load_peak_mb = server.record_peak()
+        if logins:
+            result.logins = asyncio.run(login_phase(server.base, logins // 2, logins - logins // 2))
+    finally:
+        result.seconds = result.seconds or time.perf_counter() - started
         server.stop()
+        result.peak_rss_mb = server.peak_rss_mb
     result.acknowledged = len(load.acked)
     result.latencies_ms = load.latencies_ms
     if load.errors:
@@ -337,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-feedback"))
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the whole load")
+    parser.add_argument("--logins", type=int, default=32, help="logins sent at once after the load (0: none)")
+    parser.add_argument("--server-args", default="", help="more options for `rlhf feedback serve`, as one string")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -348,7 +461,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 url = postgres_database(args.postgres, name)
             try:
-                results.append(run(backend, url, args.clients, args.ratings, crash, args.workdir, args.deadline))
+                results.append(
+                    run(
+                        backend,
+                        url,
+                        args.clients,
+                        args.ratings,
+                        crash,
+                        args.workdir,
+                        args.deadline,
+                        logins=args.logins,
+                        server_args=args.server_args.split(),
+                    )
+                )
             finally:
                 if backend == "postgresql":
                     postgres_database(args.postgres, name, create=False)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
+import threading
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,8 +17,8 @@ from fastapi.testclient import TestClient
 from feedback_fixtures import auth
 
 from feedback import schema
-from feedback.app import LoginThrottle, create_app
-from feedback.store import Store, utcnow
+from feedback.app import create_app
+from feedback.store import LoginLimits, Store, Unauthorized, accounts, utcnow
 
 HUGE = 2**70  # past every integer column (PostgreSQL INTEGER and BIGINT)
 PUBLIC = {("POST", "/api/login"), ("GET", "/health")}
@@ -247,7 +251,7 @@ def _bad_requests(tokens: dict[str, str], item: dict[str, Any], own_answer: str)
             404,
             "not among your items",
         ),
-        ("unknown item", "POST", "/api/items/999/skip", {"headers": ann}, 404, "no prompt 999"),
+        ("skip an unknown item", "POST", "/api/items/999/skip", {"headers": ann}, 403, "was not handed to you"),
         (
             "answered twice",
             "POST",
@@ -548,6 +552,12 @@ def test_the_api_holds_answers_to_the_mode_and_says_nothing_about_items_not_held
         if status == 403:
             assert not any(str(c) in response.json()["detail"].replace(str(other.prompt_id), "") for c in other_ids)
         assert snapshot(store) == before
+    # Skipping says as little: an item that exists but was never handed to you, and one that does not exist.
+    not_yours = client.post(f"/api/items/{other.prompt_id}/skip", headers=ann)
+    missing = client.post("/api/items/999/skip", headers=ann)
+    assert (not_yours.status_code, missing.status_code) == (403, 403)
+    assert not_yours.json()["detail"].replace(str(other.prompt_id), "N") == missing.json()["detail"].replace("999", "N")
+    assert snapshot(store) == before
     assert client.post("/api/answers", json={**ranking, "thumbs": thumbs}, headers=ann).status_code == 201
     admin = auth(tokens["admin"])
     for bad in ({"overlap": True}, {"lease_minutes": True}, {"overlap": "2"}):
@@ -604,36 +614,126 @@ def test_sessions_end_when_credentials_change_and_logout_refuses_an_api_token(ap
     assert client.get("/api/me", headers=opened).status_code == 401
 
 
-def test_failed_logins_are_throttled_per_address_with_retry_after(db_url: str) -> None:
+def test_failed_logins_lock_the_name_from_that_address_then_an_address_or_a_name_past_a_ceiling(db_url: str) -> None:
     store = Store.create(db_url)
     store.add_annotator("root", "admin", password="admin-password")
+    store.add_annotator("ann", password="ann-password")
     now = [1000.0]
-    throttle = LoginThrottle(max_failures=3, window_s=60, clock=lambda: now[0])
-    with TestClient(create_app(store, login_throttle=throttle)) as client:
+    limits = LoginLimits(per_pair=3, per_address=5, per_name=4, window_s=60, clock=lambda: now[0])
+    app = create_app(store, login_limits=limits)
 
-        def login(name: str, password: str = "wrong-password") -> Any:
-            return client.post("/api/login", json={"name": name, "password": password})
+    def login(address: str, name: str, password: str = "wrong-password") -> Any:
+        return TestClient(app, client=(address, 5000)).post("/api/login", json={"name": name, "password": password})
 
-        assert [login(name).status_code for name in ("root", "nobody", "someone")] == [401, 401, 401]
-        refused = login("root", "admin-password")  # the right password, but this address is locked out
-        assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
-        assert "too many failed logins" in refused.json()["detail"]
-        now[0] += 30
-        assert login("another").headers["Retry-After"] == "30"
-        now[0] += 31
-        assert login("root", "admin-password").status_code == 200
+    # The name from that address: three failures, then even the right password waits.
+    assert [login("10.0.0.1", name).status_code for name in ("root", "ROOT", "ｒｏｏｔ")] == [401, 401, 401]
+    refused = login("10.0.0.1", "Root", "admin-password")  # one name, however it is written
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
+    assert "too many failed logins" in refused.json()["detail"]
+    # ... and nothing else: another account's login from that address, and root's from another address.
+    assert login("10.0.0.1", "ann", "ann-password").status_code == 200
+    assert login("10.0.0.2", "root", "admin-password").status_code == 200
+    now[0] += 30
+    assert login("10.0.0.1", "root", "admin-password").headers["Retry-After"] == "30"
+    # An address trying many names meets its ceiling (5), for every name, unknown ones counted alike.
+    assert [login("10.0.0.3", f"nobody-{i}").status_code for i in range(5)] == [401] * 5
+    assert login("10.0.0.3", "ann", "ann-password").status_code == 429
+    # One name guessed from many addresses meets the name's ceiling (4), from any address.
+    assert [login(f"10.0.1.{i}", "ann").status_code for i in range(4)] == [401] * 4
+    assert login("10.0.2.1", "ann", "ann-password").status_code == 429
+    now[0] += 61  # every failure has left the window
+    assert login("10.0.2.1", "ann", "ann-password").status_code == 200
+    assert login("10.0.0.1", "root", "admin-password").status_code == 200
     store.close()
 
 
-def test_the_throttle_counts_a_name_across_addresses_and_a_success_clears_it() -> None:
-    now = [0.0]
-    throttle = LoginThrottle(max_failures=2, window_s=10, clock=lambda: now[0])
-    throttle.failed("Alice", "10.0.0.1")
-    throttle.failed("alice ", "10.0.0.2")
-    assert throttle.retry_after("alice", "10.0.0.3") == 10  # the name is locked whatever the address
-    assert throttle.retry_after("bob", "10.0.0.3") is None
-    throttle.succeeded("alice")
-    assert throttle.retry_after("alice", "10.0.0.3") is None
-    now[0] += 5
-    throttle.failed("carol", "10.0.0.1")
-    assert throttle.retry_after("dave", "10.0.0.1") == 5  # the address's first failure leaves the window at 10
+def test_concurrent_wrong_logins_get_at_most_the_limit_of_401s(db_url: str, monkeypatch) -> None:
+    """The attempt is counted before the password is checked: 20 guesses sent at once are 5 guesses, not 20."""
+    store = Store.create(db_url)
+    store.add_annotator("root", "admin", password="admin-password")
+    verify = accounts.verify_password
+    checking, refused, changed = [0], [0], threading.Condition()
+
+    def slow_verify(password: str, stored: str) -> bool:
+        """Hold every check until each guess is either in its own check or refused: the widest race there is."""
+        with changed:
+            checking[0] += 1
+            changed.notify_all()
+            changed.wait_for(lambda: checking[0] + refused[0] >= 20, timeout=10)
+        return verify(password, stored)
+
+    monkeypatch.setattr(accounts, "verify_password", slow_verify)
+    app = create_app(store, login_limits=LoginLimits(per_pair=5, per_address=100, per_name=100))
+    start = threading.Barrier(20)
+
+    def guess(i: int) -> int:
+        client = TestClient(app, client=("10.0.0.1", 5000))
+        start.wait()
+        code = client.post("/api/login", json={"name": "root", "password": f"guess-{i:04d}"}).status_code
+        with changed:
+            refused[0] += code == 429
+            changed.notify_all()
+        return code
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = sorted(pool.map(guess, range(20)))
+    assert codes == [401] * 5 + [429] * 15, codes
+    store.close()
+
+
+def test_password_hashing_runs_within_its_memory_budget_and_unknown_names_cost_a_hash_too(
+    store: Store, monkeypatch
+) -> None:
+    """16 logins at once (half of them for unknown names) hash two at a time with a budget of two hashes."""
+    store.add_annotator("root", "admin", password="admin-password")
+    in_flight, most, lock = [0], [0], threading.Lock()
+    scrypt = hashlib.scrypt
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)
+        try:
+            return scrypt(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    monkeypatch.setattr(accounts, "HASHING", accounts.MemoryBudget(2 * accounts.COST.memory))
+    start = threading.Barrier(16)
+
+    def login(i: int) -> str:
+        start.wait()
+        try:
+            store.login("root" if i % 2 else f"nobody-{i}", "admin-password" if i % 4 == 1 else "wrong-password")
+        except Unauthorized:
+            return "401"
+        return "200"
+
+    with ThreadPoolExecutor(16) as pool:
+        results = sorted(pool.map(login, range(16)))
+    assert results == ["200"] * 4 + ["401"] * 12
+    assert most[0] == 2 and accounts.HASHING.peak == 2 * accounts.COST.memory  # bounded, and the bound is used
+
+
+def test_forwarded_addresses_are_believed_only_from_the_proxies_the_operator_names(db_url: str) -> None:
+    store = Store.create(db_url)
+    limits = LoginLimits(per_pair=1, per_address=2, per_name=10)
+
+    def codes(trusted: list[str], peer: str) -> list[int]:
+        client = TestClient(create_app(store, login_limits=limits, trusted_proxies=trusted), client=(peer, 5000))
+        return [
+            client.post(
+                "/api/login",
+                json={"name": f"nobody-{peer}-{i}", "password": "wrong-password"},
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+            ).status_code
+            for i in range(3)
+        ]
+
+    assert codes([], "127.0.0.1") == [401, 401, 429]  # by default a local process cannot pose as others
+    assert codes(["10.0.0.0/8"], "127.0.0.2") == [401, 401, 429]  # nor a client that is not a trusted proxy
+    assert codes(["127.0.0.3"], "127.0.0.3") == [401, 401, 401]  # a trusted proxy's clients are told apart
+    store.close()

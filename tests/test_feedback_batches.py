@@ -20,7 +20,7 @@ from conftest import run_cli
 from feedback_fixtures import annotate_all, auth, tiny_items
 
 from feedback import export, schema
-from feedback.store import BatchProgress, Invalid, NotFound, Store, accounts, answers, items, make_engine, migrate
+from feedback.store import BatchProgress, Invalid, NotFound, Store, answers, items, make_engine, migrate, utcnow
 from feedback.store.db import transaction
 from feedback.store.views import AnswerContent
 
@@ -211,11 +211,12 @@ def test_the_admin_sees_progress_per_round_and_the_annotator_only_the_round(app_
 def test_the_upgrade_from_0002_keeps_every_prompt_candidate_and_answer(db_url: str) -> None:
     assert migrate(db_url, "0002") == "0002"
     engine = make_engine(db_url)
-    # The store's own write path, on the 0002 tables (it writes no column 0003 adds).
+    # The store's own write path, on the 0002 tables (it writes no column 0003 adds); the annotator as 0002
+    # stored one (the store now writes the name's key, which 0004 adds).
     with transaction(engine) as c:
         prompt_ids = items.import_items(c, tiny_items(2)).prompt_ids
-        accounts.add_annotator(c, "ann", "annotator", None)
-        ann = accounts.annotator(c, "ann")
+        values = {"name": "ann", "role": "annotator", "active": True, "created_at": utcnow()}
+        ann_id = c.execute(sa.insert(schema.annotators).values(values).returning(schema.annotators.c.id)).scalar_one()
         candidate_ids = list(
             c.execute(
                 sa.text("SELECT id FROM candidates WHERE prompt_id = :p ORDER BY id"), {"p": prompt_ids[0]}
@@ -223,13 +224,13 @@ def test_the_upgrade_from_0002_keeps_every_prompt_candidate_and_answer(db_url: s
         )
         ranks = {cid: rank for rank, cid in enumerate(candidate_ids, start=1)}
         answers.submit(
-            c, ann.id, prompt_ids[0], "before-upgrade", AnswerContent({}, ranks, "ok", None, None), False, False
+            c, ann_id, prompt_ids[0], "before-upgrade", AnswerContent({}, ranks, "ok", None, None), False, False
         )
     with engine.connect() as c:
         assert "batch" not in {column["name"] for column in sa.inspect(c).get_columns("prompts")}
     engine.dispose()
 
-    assert migrate(db_url) == "0003"
+    assert migrate(db_url) == "0004"
     store = Store(db_url)
     first, second = store.records()
     assert [first.prompt_id, second.prompt_id] == prompt_ids

@@ -299,3 +299,72 @@ def test_doctor_lists_stored_rows_whose_text_utf8_cannot_encode(store: Store, ca
     assert "settings\trow guidelines\tvalue\tvalue: holds U+D800" in out
     if store.backend == "sqlite":
         assert "candidates\trow 1\ttext\tbyte 2 is not UTF-8" in out
+
+
+def test_every_command_answers_bad_input_in_one_line_without_a_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Each `rlhf feedback` command, given input a clumsy user gives: exit status 2 and one line naming the fix."""
+    from rlhf import feedback_cli
+
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    run_cli("feedback", "annotators", "add", "root", "--role", "admin", "--db", db)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "train.jsonl").write_text("{}\n")
+    latin1 = tmp_path / "s.csv"
+    latin1.write_bytes(b'prompt,candidates\n"caf\xe9 au lait?","[]"\n')
+    (tmp_path / "x.parquet").write_text("not parquet")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "x"}\n{not json\n')
+    (tmp_path / "g.md").write_bytes(b"# Rules \xff\n")
+    nowhere = "postgresql://postgres@127.0.0.1:1/none"
+    monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
+    monkeypatch.delenv("LANGCHAIN_API_KEY", raising=False)
+    cases = [
+        (["migrate", "--db", str(folder)], "unable to open database file"),
+        (["migrate", "--db", str(tmp_path / "no" / "such" / "f.db")], "No such file or directory"),
+        (["migrate", "--db", nowhere], "Connection refused"),
+        (["migrate", "--db", "nosuchdb://x"], "--db:"),
+        (["serve", "--db", str(folder)], "unable to open database file"),
+        (["serve", "--db", db, "--trusted-proxies", "proxy.example.com"], "not an IP address or network"),
+        (["serve", "--db", db, "--hash-memory-mib", "0"], "at least 1"),
+        (["annotators", "add", "eve\nroot\tadmin\tactive", "--db", db], "U+000A at character 3"),
+        (["annotators", "add", "ＲＯＯＴ", "--db", db], "an annotator named 'root' exists already"),
+        (["annotators", "token", "nobody", "--db", db], "no annotator named 'nobody'"),
+        (["annotators", "rename", "root", "--db", db], "--to NEW"),
+        (["annotators", "password", "root", "--db", db], "--password"),
+        (["annotators", "list", "--db", str(tmp_path / "empty.db")], "rlhf feedback migrate"),
+        (["import", "--file", str(latin1), "--db", db], "s.csv: line 2: byte 5 of the line is not UTF-8"),
+        (["import", "--file", str(tmp_path / "x.parquet"), "--db", db], "x.parquet: cannot read it as parquet"),
+        (["import", "--file", str(tmp_path / "missing.jsonl"), "--db", db], "missing.jsonl: no such file"),
+        (["import", "--file", str(tmp_path / "broken.jsonl"), "--db", db], "broken.jsonl: line 2: not valid JSON"),
+        (["generate", "--model", "builtin:tiny", "--prompts", str(tmp_path / "missing.jsonl"), "--db", db], "missing"),
+        (["export", "--format", "pairs", "--out", str(a_file), "--db", db], "exists and is not a folder"),
+        (["export", "--format", "pairs", "--out", "/proc/rlhf-export", "--db", db], "cannot create it"),
+        (["export", "--format", "pairs", "--out", str(tmp_path / "export"), "--db", db], "not empty"),
+        (["export", "--format", "pairs", "--out", str(tmp_path / "e"), "--test-fraction", "1", "--db", db], "share"),
+        (["progress", "--db", str(folder)], "unable to open database file"),
+        (["agreement", "--db", nowhere], "Connection refused"),
+        (["settings", "--guidelines", str(tmp_path / "missing.md"), "--db", db], "missing.md: No such file"),
+        (["settings", "--guidelines", str(folder), "--db", db], "Is a directory"),
+        (["settings", "--guidelines", str(tmp_path / "g.md"), "--db", db], "g.md: byte 8 is not UTF-8"),
+        (["settings", "--overlap", "0", "--db", db], "overlap: must be between 1 and 10000"),
+        (["sync", "--db", db], "LangSmith is not configured"),
+        (["doctor", "--db", str(folder)], "unable to open database file"),
+    ]
+    commands = {argv[0] for argv, _ in cases}
+    assert commands == set(feedback_cli.cli.make_parser([feedback_cli.add_generate])._actions[-1].choices)
+    for argv, message in cases:
+        try:
+            feedback_cli.main(argv)
+        except SystemExit as exit_info:
+            code = exit_info.code
+        else:
+            code = 0
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        assert code == 2 and "Traceback" not in err, (argv, err)
+        assert last.startswith(f"rlhf feedback {argv[0]}: error: ") and message in last, (argv, err)
+    assert Store(db).records() == [] and [a.name for a in Store(db).annotators()] == ["root"]

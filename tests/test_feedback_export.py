@@ -12,6 +12,7 @@ from feedback_fixtures import annotate_all, tiny_items
 from feedback import export
 from feedback.records import Answer, Candidate, Item
 from feedback.store import Store
+from rlhf.core.errors import ConfigError
 from rlhf.core.rows import Source, validate
 from rlhf.data import load_split
 from rlhf.results import RewardResult
@@ -165,6 +166,85 @@ def test_push_to_hub_needs_a_token_and_uses_it(tmp_path: Path, monkeypatch) -> N
     report = export.export(items, "pairs", tmp_path / "b", test_fraction=0.0, push_to_hub="me/prefs")
     assert pushed == {"repo": "me/prefs", "private": True, "token": "hf_secret", "splits": ["train"]}
     assert report.pushed_to == "me/prefs"
+
+
+def _ranked_items(n: int = 40) -> list[Item]:
+    return [ranked(f"q{i}") for i in range(n)]
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_export_never_mixes_with_an_earlier_one_and_overwrite_replaces_the_whole_folder(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    export.export(_ranked_items(), "pairs", out, test_fraction=0.5)
+    first = _listing(out)
+    assert {"train.jsonl", "test.jsonl", "test.parquet", "export.json"} <= set(first)
+    with pytest.raises(ConfigError, match=r"export folder .*/d: not empty .* --overwrite"):
+        export.export(_ranked_items(), "pairs", out, test_fraction=0.0)
+    assert _listing(out) == first  # refused before anything was written
+    report = export.export(_ranked_items(), "pairs", out, test_fraction=0.0, overwrite=True)
+    files = {p.name for p in out.iterdir()}
+    assert files == {"train.jsonl", "train.parquet", "hf", "export.json"}  # no test split of the first export left
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["files"] == report.files and {Path(f).name for f in manifest["files"]} == files - {"export.json"}
+    # One format after another: a kto export replaced by an sft one leaves no kto row behind.
+    kto = [
+        item(Answer("x", thumbs={1: True, 3: False}), messages=[{"role": "user", "content": f"k{i}"}]) for i in range(9)
+    ]
+    export.export(kto, "kto", out, test_fraction=0.5, overwrite=True)
+    assert "completion" in (out / "test.jsonl").read_text()
+    sft = [
+        item(Answer("x", ranks={1: 1}, correction=f"fixed {i}"), messages=[{"role": "user", "content": f"s{i}"}])
+        for i in range(9)
+    ]
+    export.export(sft, "sft", out, test_fraction=0.5, overwrite=True, writers=["jsonl"])
+    rows = [
+        json.loads(line) for name in ("train.jsonl", "test.jsonl") for line in (out / name).read_text().splitlines()
+    ]
+    assert rows and all(set(r) == {"messages", *export.PROVENANCE} for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".d.")]  # no temporary folder left
+
+
+def test_an_export_refuses_a_file_an_unwritable_place_and_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me too")
+    refused = [
+        (a_file, False, "exists and is not a folder"),
+        (a_file, True, "exists and is not a folder"),
+        (a_file / "sub", False, "cannot write in"),
+        (Path("/proc/rlhf-export"), False, "cannot create it"),  # unwritable, even for root
+        (mine, True, "holds no export.json, so it is not an earlier export"),
+    ]
+    for out, overwrite, message in refused:
+        with pytest.raises(ConfigError, match=message) as error:
+            export.export(_ranked_items(4), "pairs", out, overwrite=overwrite)
+        assert "\n" not in str(error.value)
+    assert a_file.read_text() == "keep me" and _listing(mine) == {"thesis.tex": b"keep me too"}
+
+
+def test_an_export_that_fails_while_writing_leaves_nothing_and_keeps_the_earlier_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def disk_full(splits, folder: Path) -> list[Path]:
+        (folder / "train.parquet").write_bytes(b"PAR1 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(export.WRITER_FUNCTIONS, "parquet", disk_full)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        export.export(_ranked_items(), "pairs", tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary one
+    monkeypatch.undo()
+    export.export(_ranked_items(), "pairs", tmp_path / "old")
+    earlier = _listing(tmp_path / "old")
+    monkeypatch.setitem(export.WRITER_FUNCTIONS, "parquet", disk_full)
+    with pytest.raises(ConfigError, match="nothing changed"):
+        export.export(_ranked_items(), "pairs", tmp_path / "old", overwrite=True, test_fraction=0.0)
+    assert _listing(tmp_path / "old") == earlier and [p.name for p in tmp_path.iterdir()] == ["old"]
 
 
 def test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward(tmp_path: Path) -> None:

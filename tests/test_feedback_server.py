@@ -58,12 +58,26 @@ def test_the_audit_checks_each_acknowledged_answer_against_the_store(db_url: str
     assert not result.ok
 
 
-def test_the_real_server_refuses_oversized_and_chunked_bodies(tmp_path: Path) -> None:
+def test_the_real_server_refuses_oversized_and_chunked_bodies_and_believes_no_forwarded_address(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path / 'f.db'}"
     [token] = bench.prepare(url, clients=1, ratings=1)
-    server = bench.Server(url, bench.free_port(), tmp_path / "server.log")
+    limits = ["--login-failures", "1", "--login-address-ceiling", "2"]
+    server = bench.Server(url, bench.free_port(), tmp_path / "server.log", limits)
     server.start()
     try:
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: the app's server must not (no --trusted-proxies).
+        statuses = [
+            httpx.post(
+                server.base + "/api/login",
+                json={"name": f"nobody-{i}", "password": "wrong-password"},
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=30,
+            ).status_code
+            for i in range(3)
+        ]
+        assert statuses == [401, 401, 429]  # one address (the connection's) at its ceiling of 2
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         big = b'{"client_id": "' + b"x" * (2 << 20) + b'"}'
         response = httpx.post(server.base + "/api/answers", content=big, headers=headers, timeout=30)

@@ -43,7 +43,7 @@ def test_migrations_build_exactly_the_declared_schema_and_downgrade(db_url: str)
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert migrate(db_url) == "0003"
+    assert migrate(db_url) == "0004"
     engine = make_engine(db_url)
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), schema.metadata)

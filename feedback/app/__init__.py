@@ -16,7 +16,8 @@ invalid JSON is 400, a body over the size limit 413, schema errors 422 naming th
 the database's 32-bit integers, booleans as ids or counts, text holding NUL characters or code
 points UTF-8 cannot encode included: they are refused before they reach the database, alike on both
 backends), unknown ids 404 (another annotator's answer is reported as not found too), a missing or
-bad token 401, the wrong role 403, too many failed logins 429 with ``Retry-After``, 409 for a client
+bad token 401, the wrong role 403, an item not handed to you 403 (whether it exists or not), too many
+failed logins 429 with ``Retry-After``, 409 for a client
 id reused with another body, a second answer to an item, an edit based on a stale revision, a late
 answer to an item others completed meanwhile, or a constraint a concurrent request hit first; a busy
 database 503 (:mod:`feedback.app.errors`). A row stored before these checks whose JSON holds such
@@ -28,16 +29,16 @@ Security Policy (no inline script, no inline handlers) backs that up (:mod:`feed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from feedback.app import errors
 from feedback.app.guard import MAX_BODY_BYTES, Guard
 from feedback.app.routers import admin, answers, items, pages, session
-from feedback.app.throttle import LoginThrottle
-from feedback.store import Store
+from feedback.store import LoginLimits, Store
 
 
 def _nothing() -> None:
@@ -49,10 +50,19 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     on_answer: Callable[[], None] | None = None,
-    login_throttle: LoginThrottle | None = None,
+    login_limits: LoginLimits | None = None,
+    trusted_proxies: Sequence[str] = (),
 ) -> FastAPI:
     """The web app over a store. ``on_answer`` is called after an answer is stored (wakes the LangSmith sync);
-    ``login_throttle`` limits failed logins (by default 5 per name and per address in 5 minutes)."""
+    ``login_limits`` limit failed logins (:class:`~feedback.store.LoginLimits`: by default 5 per name from one
+    address, 50 per address, 20 per name, in 5 minutes).
+
+    The client address those limits count is the connection's. ``X-Forwarded-For`` is believed only
+    from ``trusted_proxies`` (addresses or networks the operator names: ``serve --trusted-proxies``),
+    and the client is then the last address in it that is not a trusted proxy; by default no one is
+    trusted, so a local process cannot pose as other addresses to dodge the per-address limit. Behind a
+    reverse proxy that is not trusted every client shares the proxy's address.
+    """
     app = FastAPI(
         title="rlhf feedback",
         version="1",
@@ -61,9 +71,11 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(Guard, max_body_bytes=max_body_bytes)
+    if trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
     app.state.store = store
     app.state.on_answer = on_answer or _nothing
-    app.state.throttle = login_throttle or LoginThrottle()
+    app.state.login_limits = login_limits or LoginLimits()
     errors.install(app)
     for router in (session.router, items.router, answers.router, admin.router, pages.router):
         app.include_router(router)
@@ -71,4 +83,4 @@ def create_app(
     return app
 
 
-__all__ = ["MAX_BODY_BYTES", "LoginThrottle", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]

@@ -1,7 +1,7 @@
-"""What endpoints depend on (FastAPI ``Depends``): the store, the answer hook, the login throttle, the current
+"""What endpoints depend on (FastAPI ``Depends``): the store, the answer hook, the login limits, the current
 annotator, the admin check.
 
-The store, the hook and the throttle live in ``app.state`` (set by :func:`feedback.app.create_app`), so routers
+The store, the hook and the limits live in ``app.state`` (set by :func:`feedback.app.create_app`), so routers
 are plain module-level objects. Module level also because FastAPI resolves these annotations by name.
 """
 
@@ -13,8 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from feedback.app.throttle import LoginThrottle
-from feedback.store import Annotator, Forbidden, Store, Unauthorized
+from feedback.store import Annotator, Forbidden, LoginLimits, Store, Unauthorized
 
 
 def get_store(request: Request) -> Store:
@@ -28,13 +27,13 @@ def get_on_answer(request: Request) -> Callable[[], None]:
     return on_answer
 
 
-def get_throttle(request: Request) -> LoginThrottle:
-    throttle: LoginThrottle = request.app.state.throttle
-    return throttle
+def get_login_limits(request: Request) -> LoginLimits:
+    limits: LoginLimits = request.app.state.login_limits
+    return limits
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
-Throttle = Annotated[LoginThrottle, Depends(get_throttle)]
+Limits = Annotated[LoginLimits, Depends(get_login_limits)]
 OnAnswer = Annotated[Callable[[], None], Depends(get_on_answer)]
 bearer = HTTPBearer(auto_error=False, description="an annotator's API token or a session token from /api/login")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -11,11 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
-from feedback.store import Conflict, Forbidden, Invalid, NotFound, StoreError, Unauthorized
+from feedback.store import Conflict, Forbidden, Invalid, NotFound, StoreError, TooManyAttempts, Unauthorized
 
 logger = logging.getLogger(__name__)
 
-STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Forbidden: 403, Unauthorized: 401}
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Forbidden: 403, Unauthorized: 401, TooManyAttempts: 429}
 
 
 def _validation_message(error: dict[str, Any]) -> str:
@@ -25,6 +25,8 @@ def _validation_message(error: dict[str, Any]) -> str:
 
 def store_error(_: Request, error: StoreError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    if isinstance(error, TooManyAttempts):
+        headers = {"Retry-After": str(error.retry_after)}
     return JSONResponse({"detail": str(error)}, status_code=STATUS.get(type(error), 400), headers=headers)
 
 

@@ -6,6 +6,8 @@ The store is split by area, each a module of functions over a SQLAlchemy ``Conne
 * :mod:`~feedback.store.db` - URLs, engines, migrations, transactions;
 * :mod:`~feedback.store.settings` - overlap, mode, lease, guidelines;
 * :mod:`~feedback.store.accounts` - annotators, passwords, tokens, sessions;
+* :mod:`~feedback.store.names` - names people can tell apart: one normalisation, refused characters, look-alikes;
+* :mod:`~feedback.store.logins` - the login limit, counted before the password is checked;
 * :mod:`~feedback.store.items` - prompts, candidates, imports, annotation batches (rounds);
 * :mod:`~feedback.store.queue` - who gets which item next: leases, skips, assignments;
 * :mod:`~feedback.store.answers` - idempotent submissions, compare-and-set edits, stored answers;
@@ -32,7 +34,7 @@ Python API (the web app, the CLI and simulated annotators all use it)::
 Submissions are idempotent: the client supplies the id, a retry with the same id and body
 returns the first receipt (``created=False``), the same id with another body is a conflict.
 Errors are :class:`StoreError` subclasses (:class:`NotFound`, :class:`Conflict`,
-:class:`Invalid`, :class:`Forbidden`, :class:`Unauthorized`) whose message is written for the
+:class:`Invalid`, :class:`Forbidden`, :class:`Unauthorized`, :class:`TooManyAttempts`) whose message is written for the
 person who sent the request; the web app maps them to 4xx responses. Reads return frozen
 dataclasses (:mod:`feedback.store.views`).
 """
@@ -40,8 +42,9 @@ dataclasses (:mod:`feedback.store.views`).
 from feedback.store.answers import dense_ranks
 from feedback.store.common import MAX_INTEGER, MAX_TEXT, unencodable, utcnow
 from feedback.store.db import make_engine, migrate, normalize_url, redact
-from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound, StoreError, Unauthorized
+from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound, StoreError, TooManyAttempts, Unauthorized
 from feedback.store.facade import Store
+from feedback.store.logins import LoginLimits
 from feedback.store.views import (
     Annotator,
     AnnotatorCount,
@@ -71,6 +74,7 @@ __all__ = [
     "ImportReport",
     "Invalid",
     "ItemView",
+    "LoginLimits",
     "NotFound",
     "Progress",
     "Receipt",
@@ -80,6 +84,7 @@ __all__ = [
     "StoreError",
     "SyncJob",
     "SyncStatus",
+    "TooManyAttempts",
     "Unauthorized",
     "dense_ranks",
     "make_engine",

@@ -1,12 +1,16 @@
-"""Annotators and their credentials: roles, passwords (scrypt), API and session tokens (stored as hashes)."""
+"""Annotators and their credentials: names, roles, passwords (scrypt), API and session tokens (stored as hashes)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import functools
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +19,8 @@ from sqlalchemy.engine import Connection
 
 from feedback import schema as t
 from feedback.enums import Role, TokenKind
-from feedback.store.common import aware, checked_text, member, sha256, utcnow
+from feedback.store import names
+from feedback.store.common import aware, checked_text, member, serialise, sha256, utcnow
 from feedback.store.errors import Conflict, Invalid, NotFound, Unauthorized
 from feedback.store.views import Annotator
 
@@ -32,15 +37,63 @@ class ScryptCost:
     r: int = 8
     p: int = 1
 
+    @property
+    def memory(self) -> int:
+        """Bytes scrypt allocates for one hash at this cost (128 MiB at the default)."""
+        return 128 * self.r * (self.n + self.p + 2)
+
 
 COST = ScryptCost()  # tests lower it (tests/feedback_fixtures.py): the hash is slow by design
 
 
+class MemoryBudget:
+    """At most ``limit`` bytes of scrypt memory in use at once, in this process: further hashes wait their turn.
+
+    Each hash allocates its cost's memory (128 MiB at the default) for its whole duration, so without
+    a bound 16 simultaneous logins took a server from 210 MB to 2.2 GB. Every hash goes through here,
+    an unknown name's decoy included, and waits in arrival order (first come, first hashed), so known
+    and unknown names keep the same cost under load too. A hash larger than the whole budget (an old
+    hash at a higher cost) runs alone. On a few cores more hashes at once would not finish sooner
+    anyway: each keeps one core busy.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # the most ever in use at once (tests read it)
+        self._queue: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            self._changed.wait_for(
+                lambda: self._queue[0] is ticket and (self.used == 0 or self.used + amount <= self.limit)
+            )
+            self._queue.popleft()
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+            self._changed.notify_all()  # the next in line may fit as well
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+
+# 4 hashes at the default cost at once (513 MiB: each takes a little over 128 MiB); `serve --hash-memory-mib`
+HASH_MEMORY_MIB = math.ceil(4 * COST.memory / (1 << 20))
+HASHING = MemoryBudget(HASH_MEMORY_MIB << 20)
+
+
 def _scrypt(password: str, salt: bytes, cost: ScryptCost) -> bytes:
-    memory = 128 * cost.r * (cost.n + cost.p + 2)  # what scrypt allocates; its default cap is 32 MiB
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=cost.n, r=cost.r, p=cost.p, maxmem=memory + (1 << 20), dklen=32
-    )
+    with HASHING.hold(cost.memory):
+        return hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=cost.n, r=cost.r, p=cost.p, maxmem=cost.memory + (1 << 20), dklen=32
+        )
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -70,10 +123,14 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed.hex(), digest)
 
 
-@functools.cache
 def _decoy(cost: ScryptCost) -> str:
-    """A hash no password matches, at ``cost``: unknown names verify against it, so they cost one hash too."""
-    return hash_password(secrets.token_urlsafe(16))
+    """A stored hash no password matches, at ``cost``: unknown names verify against it, so they cost one hash too.
+
+    Its digest is random rather than computed: checking it costs the one scrypt a known name's costs,
+    and no password's digest equals 32 random bytes. Nothing is computed ahead, so the first unknown
+    name costs what every later one does.
+    """
+    return f"scrypt${cost.n}${cost.r}${cost.p}${secrets.token_hex(16)}${secrets.token_hex(32)}"
 
 
 def new_password_hash(password: str) -> str:
@@ -91,18 +148,41 @@ def _annotator(row: Any) -> Annotator:
     return Annotator(row.id, row.name, Role(row.role), row.active)
 
 
+def new_name(c: Connection, name: str, renamed: int | None = None) -> str:
+    """``name`` as a new name is stored (:func:`feedback.store.names.display`), if people can tell it apart.
+
+    :class:`Invalid` for a name with a refused character (:func:`.names.problem`); :class:`Conflict` when
+    it has the key (``ROOT`` for ``root``) or the look (``rооt`` with Cyrillic o) of an existing name,
+    other than that of the annotator ``renamed``. The check holds under concurrency: adds and
+    renames wait for each other (:func:`.common.serialise`), and the key is unique in the database.
+    """
+    shown = names.display(checked_text(name, "name"))
+    problem = names.problem(shown)
+    if problem is not None:
+        raise Invalid(f"name {shown!r}: {problem}; a name must be visible text, on one line")
+    serialise(c, "annotator names")
+    existing = dict(c.execute(sa.select(t.annotators.c.id, t.annotators.c.name)).tuples().all())
+    existing.pop(renamed, None)
+    other = names.confusable(shown, existing)
+    if other is None:
+        return shown
+    if names.key(existing[other]) == names.key(shown):
+        same = "" if existing[other] == shown else f" ({shown!r} is the same name to a login)"
+        raise Conflict(f"an annotator named {existing[other]!r} exists already{same}")
+    raise Conflict(
+        f"name {shown!r} looks like the existing annotator {existing[other]!r}; choose a name people can tell apart"
+    )
+
+
 def add_annotator(c: Connection, name: str, role: str, password_hash: str | None) -> str:
     """Create an annotator (``password_hash`` from :func:`new_password_hash`); returns a new API token."""
-    name = checked_text(name, "name").strip()
-    if not name or len(name) > 100:
-        raise Invalid("name: 1 to 100 characters")
     role = member(Role, role, "role")
-    if c.execute(sa.select(t.annotators.c.id).where(t.annotators.c.name == name)).scalar() is not None:
-        raise Conflict(f"an annotator named {name!r} exists already")
+    name = new_name(c, name)
     annotator_id = c.execute(
         sa.insert(t.annotators)
         .values(
             name=name,
+            name_key=names.key(name),
             role=role,
             password_hash=password_hash,
             active=True,
@@ -111,6 +191,14 @@ def add_annotator(c: Connection, name: str, role: str, password_hash: str | None
         .returning(t.annotators.c.id)
     ).scalar_one()
     return issue_token(c, annotator_id, TokenKind.API)
+
+
+def rename(c: Connection, name: str, to: str) -> str:
+    """Give an annotator a new name (checked as a new one is); returns it as stored. Answers and tokens stay."""
+    row = _row(c, name)
+    shown = new_name(c, to, renamed=row.id)
+    c.execute(sa.update(t.annotators).where(t.annotators.c.id == row.id).values(name=shown, name_key=names.key(shown)))
+    return shown
 
 
 def issue_token(c: Connection, annotator_id: int, kind: TokenKind) -> str:
@@ -184,9 +272,20 @@ def authenticate(c: Connection, token: str) -> Annotator | None:
 
 
 def find(c: Connection, name: str) -> Any:
-    """The annotator's row, or None (a login must not tell unknown names apart)."""
-    checked_text(name, "name")
-    return c.execute(sa.select(t.annotators).where(t.annotators.c.name == name)).first()
+    """The row of the annotator ``name`` names, or None (a login must not tell unknown names apart).
+
+    Names are compared by their key (``ROOT`` and ``ｒｏｏｔ`` find ``root``). A name stored exactly as
+    given is found first: an account older than the key whose key another one holds (the 0004
+    migration reports them) is still reachable by its exact name, for a login or to rename it.
+    """
+    wanted = checked_text(name, "name").strip()
+    rows = c.execute(
+        sa.select(t.annotators).where(
+            sa.or_(t.annotators.c.name == wanted, t.annotators.c.name_key == names.key(wanted))
+        )
+    ).all()
+    exact = [row for row in rows if row.name == wanted]
+    return next(iter(exact or rows), None)
 
 
 def check_login(row: Any, password: str) -> tuple[Annotator, str | None]:

@@ -17,9 +17,9 @@ from feedback import schema as t
 from feedback.enums import AssignmentStatus, Mode
 from feedback.store import settings
 from feedback.store.common import MAX_TEXT, aware, canonical, checked_text, sha256, utcnow
-from feedback.store.errors import Conflict, Forbidden, Invalid, NotFound
+from feedback.store.errors import Conflict, Invalid, NotFound
 from feedback.store.items import lock_prompt
-from feedback.store.queue import assignment, set_assignment
+from feedback.store.queue import assignment, not_handed_out, set_assignment
 from feedback.store.views import AnswerContent, AnswerView, Receipt
 
 
@@ -136,7 +136,7 @@ def submit(
     if not 8 <= len(client_id) <= 64:
         raise Invalid("client_id: 8 to 64 characters (a UUID is a good choice)")
     if require_assignment and assignment(c, annotator_id, prompt_id) not in HELD:
-        raise Forbidden(f"prompt {prompt_id} was not handed to you; get items from the queue")
+        raise not_handed_out(prompt_id)
     body = validated(c, prompt_id, sent, settings.read(c).mode if enforce_mode else None)
     lock_prompt(c, prompt_id)  # before any read below: they then see the winner's commit
     fingerprint = body_hash(prompt_id, body)

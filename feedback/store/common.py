@@ -1,4 +1,4 @@
-"""Small pure helpers every area of the store uses: the clock, hashes, canonical JSON, limits, enum and text checks."""
+"""Helpers every area of the store uses: the clock, hashes, canonical JSON, limits, enum and text checks, a lock."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import json
 import logging
 from enum import StrEnum
 from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from feedback.store.errors import Invalid
 
@@ -28,6 +31,20 @@ def aware(value: dt.datetime) -> dt.datetime:
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def serialise(c: Connection, what: str) -> None:
+    """Make transactions that call this with the same ``what`` run one after another, from here to their commit.
+
+    For checks a unique key cannot express (a login limit's count, a name that merely looks like
+    another): on PostgreSQL, READ COMMITTED lets two transactions each check, see nothing of the
+    other and both write. This takes a transaction-level advisory lock on a 64-bit hash of ``what``
+    there (a collision only serialises two unrelated things). On SQLite a write transaction already
+    holds the database's one write lock from ``BEGIN IMMEDIATE``.
+    """
+    if c.dialect.name == "postgresql":
+        lock_id = int.from_bytes(hashlib.sha256(what.encode("utf-8")).digest()[:8], "big", signed=True)
+        c.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_id)))
 
 
 def canonical(value: Any) -> str:

@@ -28,3 +28,11 @@ class Forbidden(StoreError):
 
 class Unauthorized(StoreError):
     pass
+
+
+class TooManyAttempts(StoreError):
+    """Too many failed logins lately for this name or address (429); ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; try again in {retry_after} seconds")
+        self.retry_after = retry_after

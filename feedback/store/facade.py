@@ -12,8 +12,8 @@ from sqlalchemy.engine import Connection
 
 from feedback import records
 from feedback.enums import Role
-from feedback.store import accounts, answers, doctor, items, outbox, queue, reporting, settings, views
-from feedback.store.common import utcnow
+from feedback.store import accounts, answers, doctor, items, logins, names, outbox, queue, reporting, settings, views
+from feedback.store.common import checked_text, utcnow
 from feedback.store.db import migrate, normalize_url, open_engine, transaction
 
 P = ParamSpec("P")
@@ -143,7 +143,12 @@ class Store:
         return self._write(accounts.add_annotator, name, role, password_hash)
 
     def annotator(self, name: str) -> views.Annotator:
+        """The annotator ``name`` names (compared as a login compares it: ``ROOT`` is ``root``)."""
         return self._read(accounts.annotator, name)
+
+    def rename_annotator(self, name: str, to: str) -> str:
+        """Rename an annotator (the new name is checked as a new one is); returns the name as stored."""
+        return self._write(accounts.rename, name, to)
 
     def annotators(self) -> list[views.Annotator]:
         return self._read(accounts.annotators)
@@ -164,15 +169,28 @@ class Store:
         """The active annotator a token (API or session) belongs to, or None."""
         return self._statement(accounts.authenticate, token)  # one SELECT
 
-    def login(self, name: str, password: str) -> tuple[str, views.Annotator]:
+    def login(
+        self, name: str, password: str, *, limits: logins.LoginLimits | None = None, address: str = ""
+    ) -> tuple[str, views.Annotator]:
         """A session token for a name and password; the same message for every failure (no user probing).
 
-        The password is checked between two transactions: scrypt takes a while, and no lock is held
+        With ``limits`` (the web app) the attempt is counted for the name from ``address`` before the
+        password is checked, and refused with :class:`TooManyAttempts` past them (:mod:`.logins`).
+        The password is checked between transactions: scrypt takes a while, and no lock is held
         meanwhile. A hash made with older scrypt parameters is replaced by one at the current cost.
         """
+        checked_text(name, "name")
+        checked_text(password, "password")
+        attempt = self._write(logins.reserve, limits, names.key(name), address) if limits else None
         row = self._read(accounts.find, name)
-        annotator, rehashed = accounts.check_login(row, password)
-        return self._write(accounts.start_session, annotator.id, rehashed, row.password_hash), annotator
+        annotator, rehashed = accounts.check_login(row, password)  # a failure leaves the attempt counted
+
+        def start(c: Connection) -> str:
+            if attempt is not None:
+                logins.succeeded(c, attempt)
+            return accounts.start_session(c, annotator.id, rehashed, row.password_hash)
+
+        return self._write(start), annotator
 
     def logout(self, token: str) -> None:
         """End a session token's session (an API token is refused: :func:`.accounts.logout`)."""
@@ -202,9 +220,13 @@ class Store:
         with self._tx(write=False) as c:
             return queue.held_item(c, annotator_id, prompt_id), answers.answer_to(c, annotator_id, prompt_id)
 
-    def skip(self, annotator_id: int, prompt_id: int) -> None:
-        """Discard an item for this annotator: it is not offered to them again and frees its slot."""
-        self._write(queue.skip, annotator_id, prompt_id)
+    def skip(self, annotator_id: int, prompt_id: int, *, require_assignment: bool = False) -> None:
+        """Discard an item for this annotator: it is not offered to them again and frees its slot.
+
+        The web app sets ``require_assignment``: only an item handed to the annotator can be skipped,
+        and any other is refused as the answer to it would be (:func:`.queue.skip`).
+        """
+        self._write(queue.skip, annotator_id, prompt_id, require_assignment)
 
     # -- answers ------------------------------------------------------------------------------
 
@@ -289,6 +311,10 @@ class Store:
     def records(self) -> list[records.Item]:
         """Every prompt with its candidates and all answers, for export and agreement (pure code)."""
         return self._read(reporting.records)
+
+    def name_problems(self) -> list[str]:
+        """Annotators whose names a new account could not have (refused characters, a shared key or look)."""
+        return names.collisions(dict((a.id, a.name) for a in self.annotators()))
 
     def encoding_problems(self) -> list[doctor.EncodingProblem]:
         """Stored values that UTF-8 cannot encode, by table, row and column (``rlhf feedback doctor``)."""

@@ -18,7 +18,7 @@ from feedback import schema as t
 from feedback.enums import AssignmentStatus, Mode
 from feedback.store import settings
 from feedback.store.common import utcnow
-from feedback.store.errors import Conflict, NotFound
+from feedback.store.errors import Conflict, Forbidden, NotFound
 from feedback.store.views import ItemView, Settings
 
 
@@ -147,11 +147,22 @@ def item_view(c: Connection, annotator_id: int, prompt_id: int, current: Setting
     )
 
 
-def skip(c: Connection, annotator_id: int, prompt_id: int) -> None:
-    """Discard an item for this annotator: it is not offered to them again and frees its slot."""
+def not_handed_out(prompt_id: int) -> Forbidden:
+    """The refusal of an item not handed to the annotator, the same whether it exists or not (nothing to probe)."""
+    return Forbidden(f"prompt {prompt_id} was not handed to you; get items from the queue")
+
+
+def skip(c: Connection, annotator_id: int, prompt_id: int, require_assignment: bool = False) -> None:
+    """Discard an item for this annotator: it is not offered to them again and frees its slot.
+
+    With ``require_assignment`` (the web app) only an item handed to them can be skipped; another,
+    existing or not, gets the same :func:`not_handed_out` refusal, checked first, as an answer to it would.
+    """
+    status = assignment(c, annotator_id, prompt_id)
+    if require_assignment and status is None:
+        raise not_handed_out(prompt_id)
     if c.execute(sa.select(t.prompts.c.id).where(t.prompts.c.id == prompt_id)).scalar() is None:
         raise NotFound(f"no prompt {prompt_id}")
-    status = assignment(c, annotator_id, prompt_id)
     if status == AssignmentStatus.SUBMITTED:
         raise Conflict(f"prompt {prompt_id}: already answered; edit the answer instead")
     set_assignment(c, annotator_id, prompt_id, AssignmentStatus.SKIPPED, exists=status is not None)

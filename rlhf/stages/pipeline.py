@@ -598,6 +598,7 @@ class Pipeline:
         """Every ranking so far as preference pairs (and as KTO thumbs): what this round's reward model learns."""
         config, store = self.config, self._store()
         options = {"aggregation": config.aggregation, "test_fraction": config.test_fraction, "seed": config.seed}
+        options["overwrite"] = True  # a stage run again after a crash replaces its earlier export (never merges)
         report = feedback_export.export(store, "pairs", out, **options)
         if not report.rows.get("train"):
             raise RuntimeError(f"no preference pairs to train on: {report}")

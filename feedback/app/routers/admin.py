@@ -87,7 +87,7 @@ def list_annotators(store: StoreDep) -> list[dict[str, Any]]:
 def add_annotator(body: AnnotatorIn, store: StoreDep) -> dict[str, Any]:
     """Create an annotator; the response holds their API token, shown only this once."""
     token = store.add_annotator(body.name, body.role, password=body.password)
-    return {"name": body.name, "role": body.role, "token": token}
+    return {"name": store.annotator(body.name).name, "role": body.role, "token": token}
 
 
 @router.get("/settings")

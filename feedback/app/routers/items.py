@@ -27,6 +27,6 @@ def get_item(prompt_id: PromptId, me: Me, store: StoreDep) -> ItemOut:
 
 @router.post("/{prompt_id}/skip")
 def skip(prompt_id: PromptId, me: Me, store: StoreDep) -> dict[str, str]:
-    """Discard an item: it is not offered to you again."""
-    store.skip(me.id, prompt_id)
+    """Discard an item handed to you: it is not offered to you again (any other item is 403, as for an answer)."""
+    store.skip(me.id, prompt_id, require_assignment=True)
     return {"detail": f"prompt {prompt_id} skipped"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from markdown_it import MarkdownIt
 
-from feedback.app.deps import Credentials, Me, StoreDep, Throttle
+from feedback.app.deps import Credentials, Limits, Me, StoreDep
 from feedback.app.schemas import ERRORS, AnnotatorOut, LoginIn, LoginOut, Message
 from feedback.store import Invalid, Unauthorized
 
@@ -22,11 +22,13 @@ def health(store: StoreDep) -> dict[str, str]:
 
 
 @router.post("/api/login", tags=["public"], responses={429: {"model": Message}})
-def login(body: LoginIn, request: Request, store: StoreDep, throttle: Throttle) -> LoginOut:
+def login(body: LoginIn, request: Request, store: StoreDep, limits: Limits) -> LoginOut:
     """A session token for name + password (12 hours), or check an API token.
 
-    Repeated failures for a name or from an address are refused with 429 and ``Retry-After``
-    for a while (:mod:`feedback.app.throttle`).
+    Each attempt is counted before the password is checked; past the limits for the name from this
+    address, the address or the name, logins are refused with 429 and ``Retry-After`` for a while
+    (:mod:`feedback.store.logins`). The address is the connection's, or the one a proxy the operator
+    trusts forwarded (:func:`feedback.app.create_app`).
     """
     if body.token:
         annotator = store.authenticate(body.token)
@@ -35,17 +37,7 @@ def login(body: LoginIn, request: Request, store: StoreDep, throttle: Throttle) 
         token = body.token
     elif body.name and body.password:
         address = request.client.host if request.client else "unknown"
-        wait = throttle.retry_after(body.name, address)
-        if wait is not None:
-            raise HTTPException(
-                429, f"too many failed logins; try again in {wait} seconds", headers={"Retry-After": str(wait)}
-            )
-        try:
-            token, annotator = store.login(body.name, body.password)
-        except Unauthorized:
-            throttle.failed(body.name, address)
-            raise
-        throttle.succeeded(body.name)
+        token, annotator = store.login(body.name, body.password, limits=limits, address=address)
     else:
         raise Invalid("give name and password, or token")
     return LoginOut(token=token, annotator=AnnotatorOut(id=annotator.id, name=annotator.name, role=annotator.role))
