@@ -60,7 +60,7 @@ def _run(shared: Path, overrides: Sequence[str]) -> float:
 
 
 def _policy_pairs(samples: list[dict[str, Any]], policy: str) -> tuple[list[Any], list[Any]]:
-    """Pairs of one policy's answers to the same prompt (any seed): those gold separates, those only correctness does."""
+    """Pairs of a policy's answers to one prompt (any seed): those gold separates, those only correctness does."""
     by_prompt: dict[int, list[dict[str, Any]]] = {}
     for sample in samples:
         if sample["policy"] == policy:
