@@ -38,7 +38,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "rlhf/ppo/losses.py": ("tests/test_ppo_losses.py", "tests/test_ppo_losses_mutants.py"),
     "rlhf/ppo/packing.py": ("tests/test_packing.py", "tests/test_packing_mutants.py"),
     "rlhf/ppo/logprobs.py": ("tests/test_ppo_losses.py", "tests/test_logprobs_mutants.py"),
-    "rlhf/merging.py": ("tests/test_merging.py",),
+    "rlhf/merging.py": ("tests/test_merging.py", "tests/test_merging_mutants.py"),
     "rlhf/selection.py": ("tests/test_selection.py", "tests/test_selection_mutants.py"),
     "rlhf/evaluation.py": ("tests/test_evaluation.py", "tests/test_evaluation_mutants.py"),
     "feedback/export.py": (

@@ -161,6 +161,8 @@ def test_one_pair_and_no_pairs() -> None:
     assert evaluation.paired_win_rates(one)["reward"].win_rate == 1.0
     assert evaluation.paired_win_rates(one)["gold"].ties == 1.0
     assert evaluation.paired_gains(one)["reward"].mean == 1.0
+    summary = evaluation.compare(one)  # one answer per policy
+    assert (summary.ppo.gold, summary.ppo.gold_stderr, summary.prompts) == (1.0, 0.0, 1)
     only_ppo = one[:1]
     assert evaluation.paired_win_rates(only_ppo) == {} and evaluation.paired_gains(only_ppo) == {}
 

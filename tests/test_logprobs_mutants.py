@@ -44,13 +44,14 @@ def test_a_16_bit_head_gives_fp32_logprobs_and_gradients_accumulated_in_fp32() -
         grads = []
         for chunk_elements in (V, 1 << 24):  # one position per chunk; one chunk
             head = _head(torch.bfloat16)
-            hidden = torch.randn(64, H, generator=torch.Generator().manual_seed(2)).to(hidden_dtype)
+            hidden = torch.randn(64, H, generator=torch.Generator().manual_seed(2)).to(hidden_dtype).requires_grad_()
             got, entropy = token_logprobs(hidden, head, tokens, SamplingSettings(4), True, chunk_elements)
             assert got.dtype == torch.float32 and entropy is not None and entropy.dtype == torch.float32
             logits = F.linear(hidden.to(torch.bfloat16), head.weight, head.bias).float()
             expected = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
             assert torch.allclose(got, expected, atol=1e-5)
             got.sum().backward()
+            assert hidden.grad is not None and hidden.grad.dtype == hidden_dtype
             grads.append((head.weight.grad.float(), head.bias.grad.float()))
         for chunked, whole in zip(*grads, strict=True):
             assert torch.allclose(chunked, whole, rtol=2**-8, atol=1e-3)
