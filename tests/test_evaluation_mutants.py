@@ -106,6 +106,7 @@ def test_reward_calibration_bins_are_equal_width_and_the_top_bin_holds_certainty
     assert [(b.claimed, b.observed) for b in result.bins] == [(0.5, 0.0), (1.0, 1.0)]
     assert result.ece == pytest.approx(0.5 * 0.5 + 0.5 * 0.0)
     assert result.dataset == "held-out" and result.pairs == 2
+    assert result.accuracy == 0.5  # a gap of 0 is not ranked right
     # the default is 5 bins: p = sigmoid(.5) = .62 falls in [.6, .8)
     default = evaluation.reward_calibration([0.5], [0.0])
     assert [(b.low, b.high) for b in default.bins] == [(0.6, 0.8)]

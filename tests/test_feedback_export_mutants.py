@@ -92,14 +92,18 @@ def _mode(path: Path) -> int:
 def test_export_reports_what_it_wrote_with_owner_only_permissions(tmp_path: Path) -> None:
     items = [ranked(f"prompt {i}") for i in range(20)]
     out = tmp_path / "new" / "export"  # its parent does not exist yet
-    report = export.export(StandInStore(items), "pairs", out, aggregation="all", writers=["jsonl", "disk"])
+    report = export.export(StandInStore(items), "pairs", out, aggregation="all", writers=["jsonl", "parquet", "disk"])
     # the defaults: test fraction .1 and seed 0
     test_prompts = [i for i in range(20) if export.in_test_split(items[i].messages, 0.1, 0)]
     assert report.rows == {"train": 3 * (20 - len(test_prompts)), "test": 3 * len(test_prompts)}
+    written_test = out / "test.jsonl"
+    in_test = {json.loads(line)["prompt"][0]["content"] for line in written_test.read_text().splitlines()}
+    assert in_test == {f"prompt {i}" for i in test_prompts} != set()
     assert (report.format, report.aggregation, report.out_dir) == ("pairs", "all", str(out))
     assert (report.items, report.answers, report.rows_per_batch) == (20, 20, {export.UNBATCHED: 60})
-    jsonl = [out / "train.jsonl", out / "test.jsonl"] if test_prompts else [out / "train.jsonl"]
-    assert report.files == [str(p) for p in [*jsonl, out / "hf"]]
+    splits = ("train", "test")
+    written = [out / f"{name}.{suffix}" for suffix in ("jsonl", "parquet") for name in splits] + [out / "hf"]
+    assert report.files == [str(p) for p in written]
     assert json.loads((out / "export.json").read_text())["files"] == report.files
     assert _mode(out) == 0o700
     for path in [out / "export.json", *out.rglob("*")]:

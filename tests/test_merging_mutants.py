@@ -114,3 +114,27 @@ def test_merge_adapter_defaults_and_what_it_records(tmp_path: Path, tiny_tokeniz
     half = merging.merge_adapter(args, adapter, tmp_path / "bf16", dtype="bfloat16")
     with safe_open(str(half / "model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}  # noqa: SIM118
+
+
+def test_the_merge_check_reports_each_difference_by_name(tmp_path: Path, tiny_tokenizer, caplog) -> None:
+    """A zero adapter (LoRA's B starts at 0): the merged model is the base, so the check sees no difference
+    anywhere: trained vs base exactly 0 (so merge_and_verify warns that the adapter changes nothing), merged vs
+    trained within float rounding, over every real token of the probes."""
+    from peft import get_peft_model
+
+    args = _args("none")
+    model = get_peft_model(models.load_causal_lm(args, tiny_tokenizer), models.lora_config(args, "CAUSAL_LM"))
+    model.save_pretrained(tmp_path / "zero")
+    tiny_tokenizer.save_pretrained(tmp_path / "zero")
+    with caplog.at_level(logging.WARNING, logger="rlhf.merging"):
+        check = merging.merge_and_verify(args, tmp_path / "zero", tmp_path / "merged")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'zero'}: the adapter does not change the model (all LoRA updates are zero)"
+    ]
+    assert check.tokens == int(merging._probe_batch(tiny_tokenizer)[1].sum())
+    assert check.max_logit_diff_vs_base == 0.0
+    assert 0.0 <= check.kl_vs_trained <= check.max_kl_vs_trained < 1e-6
+    assert check.max_logit_diff_vs_trained < 1e-4
+    # a merge expected to be exact (unquantized base) whose KL exceeds the limit is refused, not logged
+    with pytest.raises(RuntimeError, match=r"per token \(limit -1e\+00; .*the merge does not reproduce base\+adapter$"):
+        merging.merge_and_verify(args, tmp_path / "zero", tmp_path / "strict", max_kl=-1.0)
