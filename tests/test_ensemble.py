@@ -86,8 +86,11 @@ def _reward_args(out: Path, sft_run: Path, *overrides: str) -> list[str]:
 
 
 def test_ensemble_size_below_one_is_refused(tiny_sft_run: Path, tmp_path: Path) -> None:
-    config = StageConfig(*parse(reward.CONFIG_TYPES, _reward_args(tmp_path, tiny_sft_run, "--ensemble_size", "0"),
-                                prog="t", description=""))
+    config = StageConfig(
+        *parse(
+            reward.CONFIG_TYPES, _reward_args(tmp_path, tiny_sft_run, "--ensemble_size", "0"), prog="t", description=""
+        )
+    )
     with pytest.raises(ConfigError, match="ensemble_size: 0"):
         reward.run(config)
 
@@ -118,8 +121,9 @@ def test_an_ensemble_trains_distinct_members_that_plain_peft_loads_and_ppo_combi
     ppo_out = tmp_path / "ppo"
     ppo_out.mkdir()
     overrides = ("--reward_model_path", str(out), "--reward_aggregation", "uwo", "--steps", "1")
-    history = ppo.build(*parse(ppo.CONFIG_TYPES, ppo_args(ppo_out, tiny_sft_run, tiny_reward_run, *overrides),
-                               prog="t", description="")).train()
+    history = ppo.build(
+        *parse(ppo.CONFIG_TYPES, ppo_args(ppo_out, tiny_sft_run, tiny_reward_run, *overrides), prog="t", description="")
+    ).train()
     metrics = history[-1]
     assert {"reward/member_0", "reward/member_1", "reward/ensemble_std"} <= set(metrics)
     assert metrics["reward/ensemble_std"] > 0
@@ -133,8 +137,12 @@ def test_a_single_reward_model_cannot_be_aggregated_conservatively(
         with pytest.raises(ConfigError, match=f"reward_aggregation: {how} combines the members of a reward ensemble"):
             ppo.build(*parse(ppo.CONFIG_TYPES, args, prog="t", description=""))
     with pytest.raises(ConfigError, match="uwo_coef"):
-        parse(ppo.CONFIG_TYPES, ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--uwo_coef", "-1"),
-              prog="t", description="")
+        parse(
+            ppo.CONFIG_TYPES,
+            ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--uwo_coef", "-1"),
+            prog="t",
+            description="",
+        )
 
 
 def test_an_ensemble_member_trained_on_another_base_is_refused(
