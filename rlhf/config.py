@@ -634,6 +634,14 @@ class PPOConfig(RunOptions):
         },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory in updates."})
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "'full_shard' (or transformers' 'full_shard auto_wrap'): shard the one base, its adapters and "
+            "heads over the job's processes with FSDP2, each decoder layer a unit (torchrun --nproc_per_node N); "
+            "empty: every process holds the whole model and gradients are averaged (data-parallel)."
+        },
+    )
     # Evaluation and logging
     gold_judge: str | None = field(
         default=None,
@@ -717,3 +725,16 @@ class PPOConfig(RunOptions):
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]
+        self._check_fsdp()
+
+    def _check_fsdp(self) -> None:
+        """What FSDP2 sharding of the RL stage supports: full sharding with decoder-layer units, AdamW."""
+        words = set(self.fsdp.split())
+        if not words:
+            return
+        if words - {"full_shard", "auto_wrap"} or "full_shard" not in words:
+            raise ConfigError(
+                f"fsdp: {self.fsdp!r} is not supported by the RL stage; use 'full_shard' (decoder layers as units)"
+            )
+        if self.optim != "adamw_torch":
+            raise ConfigError(f"fsdp: optim {self.optim} does not step sharded parameters; use optim adamw_torch")

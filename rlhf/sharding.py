@@ -88,12 +88,14 @@ def prepare_quantized(model: nn.Module) -> int:
 
 
 def shard(root: nn.Module, causal_lm: PreTrainedModel, forward_methods: Sequence[str] = ("generate",)) -> DeviceMesh:
-    """Shard ``root`` (the causal LM, or a PEFT model around it) over every process of the job.
+    """Shard ``root`` (the causal LM, or a module holding it) over every process of the job.
 
     ``forward_methods``: methods of ``root`` other than ``forward`` that run the model (``generate``);
     FSDP all-gathers the root's weights before them (without, ``generate`` fails with "aten.embedding
     got mixed torch.Tensor and DTensor"). Call it before building the optimizer: the parameters
-    become new (sharded) objects.
+    become new (sharded) objects. The causal LM is marked as FSDP-managed, so ``generate`` keeps
+    every process stepping until all have finished (transformers' ``synced_gpus``): processes whose
+    answers end early would otherwise stop joining the all-gathers of the others.
     """
     check_world()
     if not dist.is_initialized():
@@ -104,6 +106,7 @@ def shard(root: nn.Module, causal_lm: PreTrainedModel, forward_methods: Sequence
     for layer in decoder_layers(causal_lm):
         fully_shard(layer, mesh=mesh)
     fully_shard(root, mesh=mesh)
+    causal_lm._is_fsdp_managed_module = True  # what transformers' own FSDP2 setup marks
     for name in forward_methods:
         register_fsdp_forward_method(root, name)
     return mesh

@@ -3,7 +3,8 @@
 PPO here does not wrap the model in DistributedDataParallel: a forward through a second adapter
 breaks DDP's reducer ("Expected to have finished reduction...") unless it searches for unused
 parameters on every step. Instead each rank computes its gradients and they are averaged by hand
-before the optimizer step, which gives the same update (tested on 2 gloo ranks).
+before the optimizer step, which gives the same update (tested on 2 gloo ranks). Under FSDP2
+(``--fsdp``, :mod:`rlhf.sharding`) FSDP averages the sharded parameters' gradients itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 def world_size() -> int:
@@ -41,10 +43,14 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Average the gradients of ``parameters`` over ranks, in one flat buffer."""
+    """Average the gradients of ``parameters`` over ranks, in one flat buffer.
+
+    Sharded parameters (FSDP2, :mod:`rlhf.sharding`) are left out: FSDP's reduce-scatter has
+    already averaged their gradients.
+    """
     if world_size() == 1:
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None and not isinstance(p.grad, DTensor)]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -36,17 +36,20 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
-from rlhf import ensemble
+from rlhf import ensemble, sharding
 from rlhf.core.errors import ConfigError
-from rlhf.ppo import packing
+from rlhf.ppo import distributed, packing
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 SCORE_KEY = "base_model.model.score.weight"
@@ -124,12 +127,37 @@ class SharedBase(nn.Module):
             else:
                 nn.init.zeros_(self.value_head.weight)
         self.trainable = (POLICY, VALUE) if value_init is not None else (POLICY,)
+        self.sharded = False
         disable_dropout_in_model(self.peft)
         device = next(p for p in base.parameters()).device
         self.reward_heads.to(device)
         if self.value_head is not None:
             self.value_head.to(device)
         self.use(POLICY)
+
+    # -- sharding -------------------------------------------------------------------------------
+
+    def shard(self) -> None:
+        """FSDP2 over every process of the job: the base, all adapters and the heads sharded once.
+
+        This module is the FSDP root: FSDP gathers its own weights (embeddings, final norm, tied output
+        head, value and reward heads) before :meth:`decoder_pass` and ``generate``, and keeps them
+        until the next backward, when the heads and the log-probs read them. Whoever generates with
+        the PEFT model (the sampler, a rollout engine) goes through the root's ``generate``
+        (:mod:`rlhf.sharding`).
+        """
+        self.generate = self.peft.generate
+        sharding.shard(self, self.causal_lm, forward_methods=("generate", "decoder_pass"))
+        self.peft.generate = self.generate
+        self.sharded = True
+
+    @staticmethod
+    def _as_shards(state: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> None:
+        """Whole tensors of a saved state, in place, as the sharded tensors they load into (``like``'s)."""
+        for key, value in state.items():
+            target = like.get(key)
+            if isinstance(target, DTensor):
+                state[key] = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
 
     # -- adapters -------------------------------------------------------------------------------
 
@@ -146,7 +174,10 @@ class SharedBase(nn.Module):
         if not path.is_file():
             raise ConfigError(f"{folder}: no adapter_model.safetensors to load as the {role} adapter")
         device = next(p for p in self.peft.parameters()).device
-        set_peft_model_state_dict(self.peft, load_file(str(path), device=str(device)), adapter_name=role)
+        state = load_file(str(path), device=str(device))
+        self._to_shards()
+        self._as_shards(state, get_peft_model_state_dict(self.peft, adapter_name=role))
+        set_peft_model_state_dict(self.peft, state, adapter_name=role)
         self.use(self.peft.active_adapter)  # loading may touch requires_grad: put the roles' flags back
 
     @property
@@ -195,19 +226,35 @@ class SharedBase(nn.Module):
             raise RuntimeError("this shared base has no critic (a critic-free algorithm)")
         return self.value_head
 
+    def _to_shards(self) -> None:
+        """Sharded: put the sharded parameters back on the modules, so that writes to them last.
+
+        FSDP leaves the root's gathered weights on the modules after a pass and frees them at the next
+        backward; a write to a gathered copy would be lost then.
+        """
+        if self.sharded:
+            cast(FSDPModule, self).reshard()
+
     @torch.no_grad()
     def affine_value_head(self, slope: float, intercept: float) -> None:
         """Make the head predict ``slope * (its prediction) + intercept`` (its weight and bias, in place)."""
+        self._to_shards()
         head = self._value_head()
         head.weight.mul_(slope)
         head.bias.mul_(slope).add_(intercept)
 
     def save_value_head(self, path: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self._value_head().state_dict().items()}, str(path))
+        """Write the head (sharded: every process takes part, the first writes)."""
+        state = {k: sharding.full(v).detach().cpu().contiguous() for k, v in self._value_head().state_dict().items()}
+        if distributed.rank() == 0:
+            save_file(state, str(path))
 
     def load_value_head(self, path: Path) -> None:
+        self._to_shards()
         head = self._value_head()
-        head.load_state_dict(load_file(str(path), device=str(head.weight.device)))
+        state = load_file(str(path), device=str(head.weight.device))
+        self._as_shards(state, head.state_dict())
+        head.load_state_dict(state)
 
     # -- forward passes -------------------------------------------------------------------------
 
@@ -247,13 +294,15 @@ class SharedBase(nn.Module):
                 attention_mask = torch.zeros(attention_mask.shape, device=attention_mask.device).masked_fill(
                     ~attention_mask, blocked
                 )
-        decoder = getattr(self.causal_lm, self.causal_lm.base_model_prefix)
-        out = decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask) if positions is None else positions,
-            use_cache=False,
+        return self.decoder_pass(
+            input_ids, attention_mask, position_ids(attention_mask) if positions is None else positions
         )
+
+    def decoder_pass(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        decoder = getattr(self.causal_lm, self.causal_lm.base_model_prefix)
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state
 
     def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,12 @@ import torch
 from datasets import Dataset
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from rlhf import ensemble, overoptimisation
+from rlhf import ensemble, overoptimisation, sharding
 from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
@@ -452,6 +454,10 @@ class PPOTrainer:
             metrics["reward/group_std"], metrics["reward/zero_std_groups"] = losses.group_spread(
                 trajectory.scores, self.group_size
             )
+        if self.roles.sharded:  # what this process holds of the sharded weights and of the optimizer's state
+            local, total = sharding.local_share(self.roles)
+            metrics["fsdp/param_share"] = local / total
+            metrics["fsdp/optimizer_state_share"] = self._optimizer_state_share()
         if self.judge is not None:
             metrics["gold/score"] = mean(
                 torch.tensor([self.judge(p, t) for p, t in zip(samples.prompts, samples.texts, strict=True)])
@@ -504,12 +510,16 @@ class PPOTrainer:
     # Saving and resuming
 
     def save_adapter(self, role: str, folder: Path) -> None:
-        """A role's LoRA as a plain PEFT adapter folder (loads with PeftModel.from_pretrained)."""
-        folder.mkdir(parents=True, exist_ok=True)
+        """A role's LoRA as a plain PEFT adapter folder (loads with PeftModel.from_pretrained).
+
+        Every process calls it: a sharded run gathers the whole adapter (a collective), the first process writes.
+        """
         state = get_peft_model_state_dict(self.roles.peft, adapter_name=role)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors")
-        )
+        state = {k: sharding.full(v).detach().cpu().contiguous() for k, v in state.items()}
+        if dist.rank() != 0:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(folder / "adapter_model.safetensors"))
         config = self.roles.peft.peft_config[role]
         inference_mode = config.inference_mode
         config.inference_mode = True
@@ -517,7 +527,7 @@ class PPOTrainer:
         config.inference_mode = inference_mode
 
     def _trainable_checksum(self) -> float:
-        return float(sum(p.detach().double().sum() for p in self._trainable()))
+        return float(sum(sharding.full(p).detach().double().sum() for p in self._trainable()))
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint atomically: a staging folder renamed once every rank has written its part.
@@ -529,11 +539,13 @@ class PPOTrainer:
         if dist.rank() == 0:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            for role in self.roles.trainable:
-                self.save_adapter(role, staging / role)
-            if self.roles.has_critic:
-                self.roles.save_value_head(staging / VALUE_HEAD_FILE)
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+        for role in self.roles.trainable:
+            self.save_adapter(role, staging / role)
+        if self.roles.has_critic:
+            self.roles.save_value_head(staging / VALUE_HEAD_FILE)
+        optimizer = self._optimizer_state()
+        if dist.rank() == 0:
+            torch.save(optimizer, staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             state = {
                 "step": self.step,
@@ -562,6 +574,24 @@ class PPOTrainer:
         dist.barrier()
         return final
 
+    def _optimizer_state_share(self) -> float:
+        """Elements of the optimizer's sharded state tensors (Adam's moments) this process holds, of all."""
+        states = [t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, DTensor)]
+        return sum(t.to_local().numel() for t in states) / max(1, sum(t.numel() for t in states))
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state to save; sharded, the whole of it (a collective), keyed by parameter name."""
+        if not self.roles.sharded:
+            return self.optimizer.state_dict()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.roles, self.optimizer, options=options)
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if not self.roles.sharded:
+            self.optimizer.load_state_dict(state)
+            return
+        set_optimizer_state_dict(self.roles, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+
     def _rotate_checkpoints(self) -> None:
         limit = self.config.save_total_limit
         if limit is None:
@@ -581,9 +611,7 @@ class PPOTrainer:
         if self.roles.has_critic:
             self.roles.load_value_head(folder / VALUE_HEAD_FILE)
         self.roles.use(POLICY)
-        self.optimizer.load_state_dict(
-            torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)
-        )
+        self._load_optimizer_state(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
         self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
         self.kl_controller.load_state_dict(state["kl_controller"])

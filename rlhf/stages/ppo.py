@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from rlhf import data, ensemble, evaluation, models, overoptimisation, runs
+from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import validate
@@ -135,12 +135,33 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     eval_rows = data.load_split(data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config)
     if eval_rows is not None:
         validate(eval_rows[0], "prompt", eval_rows[1])
+    if config.fsdp:
+        _check_sharding(model_args)
     roles, tokenizer = build_roles(model_args, config)
+    if config.fsdp:
+        roles.shard()  # before the trainer builds its optimizer over the (then sharded) parameters
     train_prompts = _prompts(train_rows[0], tokenizer, config, data_args, "ppo train prompts")
     eval_prompts = _prompts(eval_rows[0], tokenizer, config, data_args, "ppo eval prompts") if eval_rows else None
     if eval_prompts is not None and config.eval_max_prompts is not None:
         eval_prompts = eval_prompts.select(range(min(config.eval_max_prompts, len(eval_prompts))))
     return PPOTrainer(roles, tokenizer, config, train_prompts, eval_prompts)
+
+
+def _check_sharding(model_args: ModelArguments) -> None:
+    """What ``fsdp`` cannot shard, refused before anything loads (the process count, 8-bit, a LoRA on the head)."""
+    sharding.check_world()
+    if model_args.quantization == "8bit":
+        raise ConfigError(
+            "fsdp: quantization 8bit cannot be sharded (its int8 scales are no parameters); use 4bit or none"
+        )
+    head = {"lm_head", "embed_tokens"}
+    targets = model_args.lora_target_modules or []
+    adapted = head & {*([targets] if isinstance(targets, str) else targets), *(model_args.lora_modules_to_save or [])}
+    if adapted:
+        raise ConfigError(
+            f"fsdp: an adapter on {sorted(adapted)[0]} (lora_target_modules / lora_modules_to_save) is not sharded "
+            "here: the output head is tied to the embeddings and read outside the sharded passes; use all-linear"
+        )
 
 
 def _prompts(
@@ -169,11 +190,13 @@ def _prompts(
 
 
 def _write_outputs(trainer: PPOTrainer, output_dir: Path) -> None:
+    """The adapters, value head and tokenizer: every process takes part (a sharded run gathers), the first writes."""
     trainer.save_adapter(POLICY, output_dir)
     if trainer.roles.has_critic:
         trainer.save_adapter(VALUE, output_dir / VALUE)
         trainer.roles.save_value_head(output_dir / VALUE / VALUE_HEAD_FILE)
-    trainer.tokenizer.save_pretrained(str(output_dir))
+    if dist.rank() == 0:
+        trainer.tokenizer.save_pretrained(str(output_dir))
 
 
 def run(config: StageConfig[PPOConfig]) -> PPOResult:
@@ -231,11 +254,11 @@ def run(config: StageConfig[PPOConfig]) -> PPOResult:
         ),
         runtime_seconds=round(time.time() - started, 1),
     )
+    _write_outputs(trainer, output_dir)
     if dist.rank() == 0:
         with (output_dir / SAMPLES_FILE).open("w") as handle:
             for sample in samples:
                 handle.write(json.dumps(sample) + "\n")
-        _write_outputs(trainer, output_dir)
         result.write(output_dir)
     dist.barrier()
     return result
