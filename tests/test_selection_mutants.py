@@ -22,5 +22,7 @@ def test_random_selection_defaults_to_seed_zero() -> None:
 
 
 def test_unknown_selector_error_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown selector 'margin'; choose from random, uncertainty$"):
+    with pytest.raises(
+        ValueError, match=r"^select: unknown selector 'margin'; choose from random, uncertainty, disagreement$"
+    ):
         selection.select([0.5], 1, "margin")
