@@ -3,6 +3,8 @@
     python scripts/mutation.py                      # every module in MODULES, one after another
     python scripts/mutation.py rlhf/ppo/losses.py   # one module (or several)
     python scripts/mutation.py --max-children 1     # leave a core free on a shared machine
+    python scripts/mutation.py rlhf/merging.py --mutants 'rlhf.merging.x_verify_merge__mutmut_*'
+                                                    # only these mutants (names or globs; counted alone)
 
 For each module mutmut copies ``rlhf/`` and ``feedback/`` into ``mutants/`` with that one file
 mutated (every mutant behind a switch), runs the module's tests once to learn which test calls
@@ -48,6 +50,13 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_feedback_export.py::test_pairs_exported_from_a_simulated_annotator_train_with_rlhf_reward",
     ),
     "feedback/agreement.py": ("tests/test_feedback_agreement.py", "tests/test_feedback_agreement_mutants.py"),
+    "rlhf/ensemble.py": (
+        "tests/test_ensemble.py",
+        "tests/test_ensemble_mutants.py",
+        "-k",
+        "aggregations or standardise or manifest or mutants",  # not the tests that train reward models
+    ),
+    "rlhf/overoptimisation.py": ("tests/test_overoptimisation.py", "tests/test_overoptimisation_mutants.py"),
 }
 COLUMNS = ("module", "mutants", "killed", "survived", "equivalent", "unexplained", "timeout", "no tests", "minutes")
 EQUIVALENT = re.compile(r"^- `(\S+__mutmut_\d+)`", re.MULTILINE)
@@ -58,7 +67,7 @@ def explained() -> set[str]:
     return set(EQUIVALENT.findall(DOC.read_text())) if DOC.is_file() else set()
 
 
-def run_one(module: str, max_children: int) -> None:
+def run_one(module: str, max_children: int, mutants: list[str]) -> None:
     """In a fresh process: point mutmut's configuration at one module and its tests, run it, show the survivors."""
     from mutmut.configuration import config
 
@@ -67,7 +76,7 @@ def run_one(module: str, max_children: int) -> None:
     settings.pytest_add_cli_args_test_selection = list(MODULES[module])
     from mutmut.__main__ import cli
 
-    cli(["run", "--max-children", str(max_children)], standalone_mode=False)
+    cli(["run", "--max-children", str(max_children), *mutants], standalone_mode=False)
     equivalent = explained()
     for name, status in statuses(module).items():  # each unexplained survivor's diff, while mutants/ holds it
         if status == "survived" and name not in equivalent:
@@ -75,26 +84,40 @@ def run_one(module: str, max_children: int) -> None:
 
 
 def statuses(module: str) -> dict[str, str]:
-    """Each mutant's status (mutmut's names: killed, survived, timeout, no tests, ...), from mutants/."""
+    """Each tested mutant's status (mutmut's names: killed, survived, timeout, no tests, ...), from mutants/.
+
+    Mutants a ``--mutants`` run left untested ("not checked") are left out.
+    """
     from mutmut.stats import status_by_exit_code
 
     meta = json.loads((ROOT / "mutants" / f"{module}.meta").read_text())
-    return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+    found = {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+    return {name: status for name, status in found.items() if status != "not checked"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {', '.join(MODULES)})")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument(
+        "--mutants",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="only these mutants (mutmut names or globs, e.g. 'rlhf.merging.x_verify_merge__mutmut_*'); "
+        "the table then counts them alone",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)  # the child process's entry
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     if args.run_one:
-        run_one(args.run_one, args.max_children)
+        run_one(args.run_one, args.max_children, args.mutants)
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"not a mutation-tested module: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
+    if args.mutants and len(args.modules) != 1:
+        parser.error("--mutants: name the one module they belong to")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first on the path; the worktree must not shadow it
     equivalent = explained()
@@ -103,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # one module's mutants at a time
         start = time.monotonic()
         cmd = [sys.executable, __file__, "--run-one", module, "--max-children", str(args.max_children)]
+        cmd += ["--mutants", *args.mutants] if args.mutants else []
         subprocess.run(cmd, env=env, check=True)
         by_status = statuses(module)
         survivors = sorted(name for name, status in by_status.items() if status == "survived")

@@ -56,6 +56,23 @@ def test_folder_of_split_files_and_save_to_disk(tmp_path: Path) -> None:
     assert (len(train), len(evals)) == (4, 2)
 
 
+def test_a_hub_id_is_loaded_by_datasets_with_its_config_and_a_split_it_lacks_is_none(monkeypatch) -> None:
+    """No hub here: ``datasets.load_dataset`` stands in for it. A name that is no local path goes to it with the
+    dataset's configuration; its unknown-split error means "no such split" (the stage then holds out a slice)."""
+    calls = []
+
+    def load_dataset(name: str, config: str | None, split: str) -> Dataset:
+        calls.append((name, config, split))
+        if split != "train":
+            raise ValueError(f"Unknown split \"{split}\". Should be one of ['train'].")
+        return Dataset.from_list([PAIR])
+
+    monkeypatch.setattr(data.datasets, "load_dataset", load_dataset)
+    assert data.load_split("org/pairs", "train", "default") == ([PAIR], Source("org/pairs[train]"))
+    assert data.load_split("org/pairs", "test") is None
+    assert calls == [("org/pairs", "default", "train"), ("org/pairs", None, "test")]
+
+
 def test_single_file_gets_a_deterministic_held_out_slice(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "sft.jsonl", [{"messages": [USER, {**ASSISTANT, "content": f"{i}."}]} for i in range(40)])
     args = DataArguments(dataset_name=str(path), eval_split_size=0.25)

@@ -20,14 +20,16 @@ from rlhf import evaluation
 class StandInSampler:
     """Answers ``"<policy> <prompt> <draw>"``, where ``draw`` comes from torch's global generator.
 
-    Answer lengths 1, 2, 3, ... by prompt; every other prompt ends with EOS. Reward-model scores are
-    10 + the prompt's index, the reward functions' 20 + it; KL to the reference 0.5 per answer.
+    Answer lengths 1, 2, 3, ... by prompt; every other prompt ends with EOS. Reward model ``k`` of
+    ``members`` scores 10 + the prompt's index + k, combined by their mean; the reward functions score
+    20 + the index; KL to the reference 0.5 per answer.
     """
 
     forward_batch_size = 2
 
-    def __init__(self, has_reward_model: bool) -> None:
+    def __init__(self, has_reward_model: bool, members: int = 1) -> None:
         self.roles = SimpleNamespace(has_reward_model=has_reward_model)
+        self.members = members
 
     def generate(self, prompts: list[str], reference: bool = False) -> Any:
         lengths = [int(p[1:]) + 1 for p in prompts]
@@ -39,8 +41,11 @@ class StandInSampler:
         ended = torch.tensor([int(p[1:]) % 2 == 0 for p in prompts])
         return SimpleNamespace(prompts=prompts, texts=texts, mask=mask, ended=ended)
 
-    def reward_scores(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
-        return torch.tensor([10.0 + int(p[1:]) for p in prompts])
+    def member_scores(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[10.0 + int(p[1:]) + k for p in prompts] for k in range(self.members)])
+
+    def aggregate(self, members: torch.Tensor) -> torch.Tensor:
+        return members.mean(0)
 
     def reward(self, answers: Any) -> torch.Tensor:
         return torch.tensor([20.0 + int(p[1:]) for p in answers.prompts])
@@ -69,6 +74,7 @@ def test_sample_policies_pairs_both_policies_on_the_same_prompts_seeds_and_rando
         assert s["length"] == i + 1 and s["ended"] is (i % 2 == 0)
         assert s["kl"] == (0.5 if s["policy"] == "ppo" else 0.0)
         assert s["gold"] == float(len(s["response"]))
+        assert "members" not in s  # one reward model: no members to list
     assert [(s["seed"], s["prompt_index"], s["policy"]) for s in samples[:6]] == [
         (0, 0, "sft"),
         (0, 1, "sft"),
@@ -78,6 +84,13 @@ def test_sample_policies_pairs_both_policies_on_the_same_prompts_seeds_and_rando
         (0, 2, "ppo"),
     ]
     assert _draw(0, 0) != _draw(7, 0) and _draw(0, 0) != _draw(0, 2)  # the seeds differ
+
+
+def test_sample_policies_keeps_each_ensemble_members_score_beside_their_combination() -> None:
+    samples = evaluation.sample_policies(StandInSampler(has_reward_model=True, members=3), ["p0", "p1"], [0])
+    for s in samples:
+        i = s["prompt_index"]
+        assert s["members"] == [10.0 + i, 11.0 + i, 12.0 + i] and s["reward"] == 11.0 + i  # their mean
 
 
 def test_sample_policies_scores_with_the_reward_functions_without_a_reward_model_and_no_gold_without_a_judge() -> None:

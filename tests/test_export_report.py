@@ -173,6 +173,27 @@ def test_report_says_when_ppo_did_not_clearly_win(tmp_path: Path) -> None:
     assert "did not clearly beat" in report.build_report(tmp_path).read_text()
 
 
+def test_the_verdict_is_the_gold_judges_interval_above_half_else_the_reward_models() -> None:
+    """A win only when the lower end of the 95% interval is above 50%, by the gold judge where the task has
+    one (whatever the reward model says), by the reward model on a task without one."""
+    scores = PolicyScores(reward=0.1, reward_stderr=0.1, length=10.0, length_stderr=1.0, eos_rate=1.0)
+
+    def judged(**wins: tuple[float, float]) -> tuple[bool | None, str]:
+        rates = {k: WinRate(0.6, low, high, 60, 0, 40, 100) for k, (low, high) in wins.items()}
+        sft, ppo = (replace(scores, gold=g) if "gold" in wins else scores for g in (0.2, 0.5))
+        evaluation = Evaluation(sft=sft, ppo=ppo, kl_ppo_to_sft=1.0, prompts=100, seeds=[0], win_rate=rates)
+        return report.verdict(evaluation, "DPO")
+
+    worked, text = judged(gold=(0.45, 0.7), reward=(0.9, 0.95))
+    assert worked is False and text.startswith("DPO did not clearly beat the SFT policy")
+    assert "by the gold judge (95% CI 45%–70%, 100 pairs)" in text and "Mean gold score 0.20 (SFT) → 0.50 (DPO)" in text
+    assert judged(gold=(0.51, 0.7), reward=(0.1, 0.2))[0] is True
+    assert judged(gold=(0.5, 0.7))[0] is False  # at 50% exactly: not above it
+    worked, text = judged(reward=(0.55, 0.7))
+    assert worked is True and "DPO beat the SFT policy" in text and "by the reward judge" in text
+    assert report.verdict(None) == (None, "No evaluation yet: run `rlhf eval` (or the pipeline's eval stage).")
+
+
 def test_a_comparison_of_methods_shows_each_runs_gains_and_flags_a_judge_used_as_reward(tmp_path: Path) -> None:
     stats = PolicyScores(
         gold=0.4, gold_stderr=0.05, reward=1.0, reward_stderr=0.1, length=12.0, length_stderr=0.5, eos_rate=1.0

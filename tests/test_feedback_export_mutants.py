@@ -2,13 +2,15 @@
 
 Majority votes over answers that rated only some candidates, the stage checks the rows go through
 (and the name they give in errors), the split's seed and its independence of key order, what the
-report records, the permissions of what is written, and the one-line errors.
+report records, the permissions of what is written, the one-line errors, and how a folder is
+written whole: built beside its place, an earlier export set aside there and put back on failure.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from feedback import export
 from feedback.records import Answer, Candidate, Item
+from rlhf.core.errors import ConfigError
 from rlhf.core.rows import DataError
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
@@ -170,3 +173,118 @@ def test_hub_token_from_the_environment_then_the_login(monkeypatch) -> None:
     assert export.hub_token() == "legacy"
     monkeypatch.setenv("HF_TOKEN", "current")
     assert export.hub_token() == "current"
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_export_creates_missing_parents_the_last_one_private(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "export"  # two folders missing above it
+    export.export(StandInStore([ranked(f"p{i}") for i in range(4)]), "pairs", out, writers=["jsonl"])
+    assert (out / "export.json").is_file()
+    assert _mode(out.parent) == 0o700  # the folder made to hold the annotators' data: the owner's alone
+
+
+def test_the_refusals_of_an_export_folder_name_it_and_the_fix(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "d"
+    out.mkdir()
+    for name in ("b.txt", "a.txt"):
+        (out / name).write_text("")
+    with pytest.raises(ConfigError) as error:
+        export.check_target(out, overwrite=False)
+    assert str(error.value) == (
+        f"export folder {out}: not empty (2 entries, e.g. 'a.txt'); an export never mixes its files with others: "
+        "name a new or empty folder, or replace the whole folder with --overwrite"
+    )
+    with pytest.raises(ConfigError) as error:
+        export.check_target(out, overwrite=True)
+    assert str(error.value) == (
+        f"export folder {out}: holds no export.json, so it is not an earlier export; --overwrite replaces only an "
+        "export folder: name a new or empty folder"
+    )
+    # under a file, even one its owner may write and run
+    script = tmp_path / "run.sh"
+    script.write_text("")
+    script.chmod(0o755)
+    with pytest.raises(ConfigError) as error:
+        export.check_target(script / "export", overwrite=False)
+    assert (
+        str(error.value) == f"export folder {script / 'export'}: cannot write in {script}; name a folder you can write"
+    )
+    # in a folder its user cannot write into (simulated: this suite may run as root, who may write anywhere)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: access(path, mode) and not (Path(path) == locked and mode & os.W_OK)
+    )
+    with pytest.raises(ConfigError, match=r"cannot write in .*/locked; name a folder you can write$"):
+        export.check_target(locked / "export", overwrite=False)
+
+
+def test_an_export_is_built_beside_its_folder_and_an_earlier_one_set_aside_there(tmp_path: Path, monkeypatch) -> None:
+    """What a crash between the two renames would leave, seen as the new folder moves into place: the earlier
+    export whole in ``.d.old-*/d``, the new one in ``.d.tmp-*``, both beside ``d`` (one file system)."""
+    out = tmp_path / "d"
+    items = StandInStore([ranked(f"p{i}") for i in range(4)])
+    export.export(items, "pairs", out, writers=["jsonl"])
+    rename, seen = Path.rename, []
+
+    def watched(self: Path, target: Path) -> Path:
+        if Path(target) == out and self.parent == tmp_path:  # the new export moving into place
+            seen.extend(_names(tmp_path))
+            old = next(tmp_path.glob(".d.old-*"), tmp_path)
+            seen.append((old / "d" / "export.json").is_file())
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", watched)
+    export.export(items, "pairs", out, writers=["jsonl"], overwrite=True, test_fraction=0.5)
+    assert len(seen) == 3 and seen[0].startswith(".d.old-") and seen[1].startswith(".d.tmp-") and seen[2] is True
+    assert _names(tmp_path) == ["d"] and "test.jsonl" in _names(out)
+
+
+def test_an_earlier_export_comes_back_when_the_new_one_cannot_move_into_place(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "d"
+    items = StandInStore([ranked(f"p{i}") for i in range(4)])
+    export.export(items, "pairs", out, writers=["jsonl"])
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    rename = Path.rename
+
+    def failing(self: Path, target: Path) -> Path:
+        if Path(target) == out and self.parent == tmp_path:
+            raise OSError(18, "Invalid cross-device link")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(ConfigError) as error:
+        export.export(items, "pairs", out, writers=["jsonl"], overwrite=True, test_fraction=0.5)
+    assert str(error.value) == f"export folder {out}: could not write it (Invalid cross-device link); nothing changed"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier and _names(tmp_path) == ["d"]
+
+
+def test_a_leftover_the_file_system_will_not_remove_never_hides_the_outcome(tmp_path: Path, monkeypatch) -> None:
+    """A temporary folder whose removal fails (simulated): a failed export still raises its own error, an
+    overwrite that finished still finishes; the leftover stays beside the folder under its dot-name."""
+    rmdir = os.rmdir
+
+    def refusing(path: str, *args: object, **kwargs: object) -> None:
+        if Path(path).name.startswith((".d.tmp-", ".d.old-")):
+            raise PermissionError(13, "Permission denied", str(path))
+        rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", refusing)
+    out = tmp_path / "d"
+
+    def broken(folder: Path) -> None:
+        (folder / "half.jsonl").write_text("{")
+        raise ValueError("the writer's own error")
+
+    with pytest.raises(ValueError, match=r"^the writer's own error$"):
+        export.write_folder(out, broken, overwrite=False)
+    assert not out.exists() and [n[:7] for n in _names(tmp_path)] == [".d.tmp-"]
+    items = StandInStore([ranked(f"p{i}") for i in range(4)])
+    export.export(items, "pairs", out, writers=["jsonl"])
+    export.export(items, "pairs", out, writers=["jsonl"], overwrite=True, test_fraction=0.5)
+    assert "test.jsonl" in _names(out)
+    assert sorted(n[:7] for n in _names(tmp_path)) == [".d.old-", ".d.tmp-", "d"]

@@ -1,7 +1,9 @@
 """Merging's parts the mutation run (scripts/mutation.py) found unguarded, on tiny modules.
 
 The dequantization on a 4-bit model whose linear layers have biases (Qwen2's q/k/v; the tiny model's
-have none), and the KL the merge check reports, against values worked out by hand.
+have none), the KL the merge check reports, against values worked out by hand, the base loaded at the
+pinned revision and in float32 from a 16-bit checkpoint, and the verdict (limit, refusal or warning)
+for each kind of merge.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Qwen2Config
 
 from rlhf import merging, models
 from rlhf.config import ModelArguments
+from rlhf.results import MergeCheck
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
 SMALL |= {"num_key_value_heads": 1, "vocab_size": 64}
@@ -138,3 +141,102 @@ def test_the_merge_check_reports_each_difference_by_name(tmp_path: Path, tiny_to
     # a merge expected to be exact (unquantized base) whose KL exceeds the limit is refused, not logged
     with pytest.raises(RuntimeError, match=r"per token \(limit -1e\+00; .*the merge does not reproduce base\+adapter$"):
         merging.merge_and_verify(args, tmp_path / "zero", tmp_path / "strict", max_kl=-1.0)
+
+
+def test_the_original_base_is_the_pinned_revision_in_float32(tmp_path: Path, tiny_tokenizer, monkeypatch) -> None:
+    """A hub id with ``model_revision``: the merge base is that revision (not the default branch), loaded in
+    float32 although the checkpoint is bf16 (a merge into 16-bit weights would round the adapter's update)."""
+    import huggingface_hub.constants
+
+    builtin = models.resolve_model_path("builtin:tiny")
+    snapshots = tmp_path / "hub" / "models--org--tiny" / "snapshots"
+    embeddings = {}
+    for revision, scale in (("a" * 40, 1.0), ("b" * 40, 2.0)):  # an offline hub cache with two revisions
+        model = AutoModelForCausalLM.from_pretrained(builtin, dtype=torch.float32)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(scale)
+        model.to(torch.bfloat16).save_pretrained(snapshots / revision)
+        embeddings[revision] = model.get_input_embeddings().weight.float()
+    (snapshots.parent / "refs").mkdir()
+    (snapshots.parent / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for revision, expected in ((None, "a" * 40), ("b" * 40, "b" * 40)):
+        args = ModelArguments(model_name_or_path="org/tiny", model_revision=revision, quantization="none")
+        models.resolve_dtypes(args)
+        base, used = merging.merge_base_model(args, tiny_tokenizer, "original")
+        assert used == "original"
+        assert {p.dtype for p in base.parameters()} == {torch.float32}
+        assert torch.equal(base.get_input_embeddings().weight, embeddings[expected])
+
+
+def test_the_check_compares_a_16bit_merge_computed_in_float32(tmp_path: Path, tiny_tokenizer) -> None:
+    """A bf16 merge is reloaded in float32 for the check: its differences from the model as trained are
+    those of its rounded weights (recomputed here), not of bf16 arithmetic on top."""
+    from peft import PeftModel
+    from test_merging import _trained_adapter
+
+    args = _args("none")
+    adapter = _trained_adapter(args, tiny_tokenizer, tmp_path / "adapter")
+    merged = merging.merge_adapter(args, adapter, tmp_path / "merged", dtype="bfloat16")
+    check = merging.verify_merge(args, adapter, merged, "original")
+    ids, mask = merging._probe_batch(tiny_tokenizer)
+    trained = PeftModel.from_pretrained(models.load_causal_lm(args, tiny_tokenizer), str(adapter)).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected, got = (
+            trained(input_ids=ids, attention_mask=mask).logits,
+            reloaded(input_ids=ids, attention_mask=mask).logits,
+        )
+    real = mask.bool()
+    assert check.max_logit_diff_vs_trained == pytest.approx(float((got - expected)[real].abs().max()), rel=1e-5)
+    assert check.kl_vs_trained == pytest.approx(merging._kl(expected, got, mask)[0], rel=1e-5)
+
+
+def _verdict(monkeypatch, tmp_path: Path, args: ModelArguments, kl: float, used: str, **kwargs: object) -> MergeCheck:
+    """merge_and_verify's decision alone: the merge records ``used`` as its base, the check measures ``kl``."""
+
+    def merge(model_args, adapter_dir, output_dir, dtype="float32", merge_base="dequantized"):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / merging.MERGE_FILE).write_text(json.dumps({"merge_base": used}))
+
+    check = MergeCheck(used, 10, kl, 2 * kl, 0.95, 0.5, 1.0, None)
+    monkeypatch.setattr(merging, "merge_adapter", merge)
+    monkeypatch.setattr(merging, "verify_merge", lambda *_: check)
+    return merging.merge_and_verify(args, tmp_path / "adapter", tmp_path / "merged", **kwargs)
+
+
+def test_the_merge_verdict_limits_refusals_and_warnings(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Default limits: 1e-4 nats per token for a float32 merge of a float32 model, 1e-2 when the merge or the
+    model as trained computes in 16 bits, ``max_kl`` when given; a KL at the limit passes. Over it, a merge
+    expected to be exact (unquantized base, or into the dequantized weights) is refused; a merge into the
+    original weights of a quantized base is logged."""
+    out = tmp_path / "merged"
+    bf16_compute = ModelArguments(
+        model_name_or_path="builtin:tiny", quantization="4bit", bnb_4bit_compute_dtype="bfloat16"
+    )
+    models.resolve_dtypes(bf16_compute)
+    cases = [  # args, merge base used, merge dtype, max_kl, its limit
+        (_args("none"), "original", "float32", None, "1e-04", 1e-4),
+        (_args("4bit"), "dequantized", "float32", None, "1e-04", 1e-4),
+        (_args("none"), "original", "bfloat16", None, "1e-02", 1e-2),
+        (bf16_compute, "dequantized", "float32", None, "1e-02", 1e-2),
+        (_args("none"), "original", "float32", 0.5, "5e-01", 0.5),
+    ]
+    for args, used, dtype, max_kl, shown, limit in cases:
+        kwargs = {"dtype": dtype, "max_kl": max_kl}
+        assert _verdict(monkeypatch, tmp_path, args, limit, used, **kwargs).kl_vs_trained == limit  # at the limit
+        over = limit * 1.01
+        refusal = (
+            f"merged model {out} differs from the model as trained by KL {over:.2e} per token "
+            f"(limit {shown}; greedy agreement 95.0%): the merge does not reproduce base+adapter"
+        )
+        with pytest.raises(RuntimeError) as error:
+            _verdict(monkeypatch, tmp_path, args, over, used, **kwargs)
+        assert str(error.value) == refusal
+    with caplog.at_level(logging.WARNING, logger="rlhf.merging"):
+        check = _verdict(monkeypatch, tmp_path, _args("4bit"), 0.02, "original")
+    assert check.kl_vs_trained == 0.02
+    assert [r.getMessage() for r in caplog.records] == [
+        f"merged model {out} differs from the model as trained by KL 2.00e-02 per token "
+        "(limit 1e-04; greedy agreement 95.0%): merge_base original on a 4bit base"
+    ]

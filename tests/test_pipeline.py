@@ -125,6 +125,31 @@ def test_two_rounds_killed_mid_ppo_resume_skip_finished_stages_redo_from_one_and
     assert all(again[s] > first[s] for s in redone)
 
 
+def test_a_run_with_people_but_no_accounts_stops_before_it_trains_saying_how_to_add_them(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    db = f"sqlite:///{(out / 'feedback.db').resolve()}"
+    with pytest.raises(ConfigError) as error:
+        pipeline.main(["--recipe", TINY, "--output_dir", str(out), "--annotator", "human"])
+    assert str(error.value) == (
+        f"annotator: human, but the feedback store {db} has no active accounts; create them first "
+        f"(`rlhf feedback annotators add NAME --db {db}`) or use --annotator simulated"
+    )
+    assert not (out / "sft").exists()
+
+
+def test_the_pipeline_ends_by_printing_where_its_report_is(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+
+    def finished(self: pipeline.Pipeline) -> dict[str, object]:  # every stage done; the report stage wrote its page
+        out.mkdir()
+        (out / "report.html").write_text("<html></html>")
+        return {"report": {}}
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", finished)
+    assert pipeline.main(["--recipe", TINY, "--output_dir", str(out)]) == {"report": {}}
+    assert capsys.readouterr().out.splitlines()[-1] == f"Report: {(out / 'report.html').resolve()}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

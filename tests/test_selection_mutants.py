@@ -22,5 +22,15 @@ def test_random_selection_defaults_to_seed_zero() -> None:
 
 
 def test_unknown_selector_error_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown selector 'margin'; choose from random, uncertainty$"):
+    with pytest.raises(
+        ValueError, match=r"^select: unknown selector 'margin'; choose from random, uncertainty, disagreement$"
+    ):
         selection.select([0.5], 1, "margin")
+
+
+def test_disagreement_refuses_members_that_scored_different_answers() -> None:
+    """K lists of the same n answers: a member with fewer scores is an error, not a shorter comparison."""
+    with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is shorter than argument 1$"):
+        selection.disagreement([[1.0, 2.0], [1.0]])
+    with pytest.raises(ValueError, match=r"^disagreement: no answers, or a non-finite score in \[\[\], \[\]\]$"):
+        selection.disagreement([[], []])

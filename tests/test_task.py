@@ -78,3 +78,18 @@ def test_sft_demonstrations_leave_room_to_improve() -> None:
     rows = task.sft_rows(1000)
     mean = sum(task.score(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows) / len(rows)
     assert 0.2 < mean < task.BEST_SCORE - 0.7
+
+
+def test_sft_demonstrations_are_mixed_wrong_rude_rambling_and_off_topic() -> None:
+    """The judge finds each kind of flaw among the demonstrations, in nearly half of them together
+    (SFT_MIX: 15% wrong, 12% rude, 9% rambling, 9% off-topic; 44% measured on these 1000)."""
+    judged = [task.judge(r["messages"][0]["content"], r["messages"][1]["content"]) for r in task.sft_rows(1000)]
+    kinds = {
+        "wrong": sum(j.answered and not j.correct for j in judged),
+        "off-topic": sum(not j.answered for j in judged),
+        "rude": sum(j.rude for j in judged),
+        "rambling": sum(j.words > task.MAX_WORDS for j in judged),
+    }
+    assert all(count >= 40 for count in kinds.values()), kinds
+    flawed = sum(not j.correct or j.rude or j.words > task.MAX_WORDS for j in judged)
+    assert 0.35 < flawed / len(judged) < 0.55, flawed
