@@ -506,11 +506,14 @@ class PPOTrainer:
     def save_adapter(self, role: str, folder: Path) -> None:
         """A role's LoRA as a plain PEFT adapter folder (loads with PeftModel.from_pretrained)."""
         folder.mkdir(parents=True, exist_ok=True)
+        config = self.roles.peft.peft_config[role]
+        # the base this run loaded, where it is now: a value adapter started from the reward model's would
+        # name the base the reward run recorded (another place, once the run folders moved)
+        config.base_model_name_or_path = self.roles.peft.get_base_model().name_or_path
         state = get_peft_model_state_dict(self.roles.peft, adapter_name=role)
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors")
         )
-        config = self.roles.peft.peft_config[role]
         inference_mode = config.inference_mode
         config.inference_mode = True
         config.save_pretrained(str(folder))
