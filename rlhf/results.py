@@ -233,6 +233,22 @@ class MergeCheck:
 
 
 @dataclass(frozen=True)
+class FullPrecisionLoad:
+    """A quantized run's adapter loaded on its base in full precision (``PeftModel.from_pretrained`` on the
+    unquantized base, what the adapter's ``base_model_name_or_path`` loads), against the model as trained
+    (the base quantized as in training + the adapter). KLs in nats per token."""
+
+    tokens: int  # teacher-forced positions of the probe conversations
+    kl_vs_trained: float  # mean KL(trained || full-precision load)
+    max_kl_vs_trained: float
+    argmax_agreement: float  # share of those positions where both pick the same next token
+    prompts: int  # probe prompts answered greedily by both
+    greedy_tokens: int  # positions compared: per prompt, the longer of the two greedy answers
+    greedy_tokens_changed: int  # positions where the two greedy answers differ (or one has ended)
+    greedy_answers_changed: int  # prompts whose greedy answers differ at all
+
+
+@dataclass(frozen=True)
 class Distribution:
     mean: float
     std: float
@@ -464,9 +480,11 @@ class ExportResult(Result):
     stage: str = "export"
     output_dir: str = field(metadata=PATH)
     run_dir: str = field(metadata=PATH)
-    base: str = field(metadata=PATH)
+    base: str = field(metadata=PATH)  # what the adapter was trained on (a local folder, or a hub id)
     merged_dtype: str
     merge: MergeCheck
+    hub_base: str | None = None  # the hub id at the root of the lineage, where there is one
+    full_precision: FullPrecisionLoad | None = None  # a quantized run's adapter on the unquantized base
     pushed_to: str | None = None
     runtime_seconds: float = 0.0
 

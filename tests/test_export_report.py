@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -20,17 +22,47 @@ from rlhf.results import (
     Distribution,
     EvalResult,
     Evaluation,
+    FullPrecisionLoad,
+    MergeCheck,
     PairAccuracy,
     PolicyScores,
     PPOResult,
     RewardResult,
+    SFTResult,
     WinRate,
 )
 from rlhf.stages import export
 
 
-def test_export_writes_adapter_merged_model_and_card(tiny_sft_run: Path, tmp_path: Path) -> None:
-    """The merged export is the model as trained: the 4-bit base + adapter, not full-precision base + adapter."""
+def _probe_logits(model: torch.nn.Module, tokenizer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probs of each probe conversation (one at a time, no padding) and a mask of real tokens."""
+    rows = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=True)["input_ids"] for p in merging.PROBES]
+    width = max(map(len, rows))
+    out = torch.zeros(len(rows), width, model.config.vocab_size)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.log_softmax(model.eval()(torch.tensor([row])).logits[0].float(), -1)
+            mask[i, : len(row)] = True
+    return out, mask
+
+
+def _greedy_answers(model: torch.nn.Module, tokenizer: object) -> list[list[int]]:
+    answers = []
+    for probe in merging.PROBES:
+        prompt = tokenizer.apply_chat_template(probe[:1], add_generation_prompt=True, tokenize=True, return_dict=True)
+        ids = torch.tensor([prompt["input_ids"]])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24)
+        answers.append(out[0, ids.shape[1] :].tolist())
+    return answers
+
+
+def test_export_writes_adapter_merged_model_and_card(
+    tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merged export is the model as trained: the 4-bit base + adapter, not full-precision base + adapter.
+    The card's snippet loads the adapter as trained, and the difference it states for the full-precision base is
+    what loading the adapter there gives."""
     result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path)])
     options = runs.read_config(tiny_sft_run)
     assert options["quantization"] == "4bit"  # the tiny recipe is QLoRA
@@ -46,8 +78,87 @@ def test_export_writes_adapter_merged_model_and_card(tiny_sft_run: Path, tmp_pat
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, trained.eval()(ids).logits, atol=1e-3)
     card = (tmp_path / "README.md").read_text()
-    assert "base_model: builtin:tiny" in card and "Recipe (resolved config)" in card and "eval_loss" in card
-    assert "dequantized base weights" in card
+    assert "Recipe (resolved config)" in card and "eval_loss" in card
+    assert "dequantized 4-bit weights" in card
+    metadata = ModelCard(card).data  # valid hub metadata; the built-in tiny model is on no hub: no base_model
+    assert metadata.library_name == "peft" and metadata.base_model is None and result.hub_base is None
+    assert "Original base: `builtin:tiny` (a built-in model" in card
+    assert f"1. `rlhf sft` run `{tiny_sft_run}` (this adapter): trained on `builtin:tiny`" in card
+    assert ModelCard((tmp_path / "merged" / "README.md").read_text()).data.library_name == "transformers"
+
+    # the card's snippet loads the model as trained
+    snippet = card.split("## Loading the adapter as trained", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "BitsAndBytesConfig(" in snippet and 'bnb_4bit_quant_type="nf4"' in snippet
+    namespace: dict[str, object] = {}
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, namespace)
+    as_loaded = namespace["model"]
+    # as training runs them: on CPUs with AVX512-BF16 bitsandbytes otherwise swaps in a bf16 inference kernel
+    # for 4-bit layers (KL 6e-5 per token on the tiny PPO policy; GPUs never take that path)
+    models._keep_4bit_layers_differentiable(as_loaded)  # type: ignore[arg-type]
+    as_trained, mask = _probe_logits(trained, tokenizer)
+    loaded, _ = _probe_logits(as_loaded, tokenizer)  # type: ignore[arg-type]
+    assert torch.allclose(loaded[mask], as_trained[mask], atol=1e-5)
+
+    # the adapter on the full-precision base: the difference the card and metrics.json state
+    base = AutoModelForCausalLM.from_pretrained(models.resolve_model_path("builtin:tiny"), dtype=torch.float32)
+    full = PeftModel.from_pretrained(base, "adapter")
+    unquantized, _ = _probe_logits(full, tokenizer)
+    kl = (as_trained.exp() * (as_trained - unquantized)).sum(-1)[mask]
+    stated = result.full_precision
+    assert stated is not None and stated.tokens == int(mask.sum())
+    assert stated.kl_vs_trained == pytest.approx(float(kl.mean()), rel=1e-3) and stated.kl_vs_trained > 1e-3
+    agreement = float((as_trained.argmax(-1) == unquantized.argmax(-1))[mask].float().mean())
+    assert stated.argmax_agreement == pytest.approx(agreement)
+    pairs = list(zip(_greedy_answers(trained, tokenizer), _greedy_answers(full, tokenizer), strict=True))
+    assert stated.greedy_answers_changed == sum(a != b for a, b in pairs)
+    assert stated.greedy_tokens == sum(max(len(a), len(b)) for a, b in pairs)
+    padded = [(a + [-1] * (len(b) - len(a)), b + [-1] * (len(a) - len(b))) for a, b in pairs]
+    assert stated.greedy_tokens_changed == sum(x != y for a, b in padded for x, y in zip(a, b, strict=True))
+    assert f"mean KL {stated.kl_vs_trained:.3e} nats per token" in card
+    assert f"differ at {stated.greedy_tokens_changed} of {stated.greedy_tokens} tokens" in card
+
+
+def _write_config(folder: Path, **options: object) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    quantized = {"quantization": "4bit", "dtype": "bfloat16", "bnb_4bit_compute_dtype": "bfloat16"}
+    record = {"output_dir": str(folder), **quantized, **options}
+    (folder / runs.CONFIG_FILE).write_text(yaml.safe_dump(record))
+
+
+def test_the_card_gives_the_hub_id_at_the_root_of_the_lineage_and_the_local_runs_in_its_body(tmp_path: Path) -> None:
+    """A PPO run on an SFT run's merged model of a hub model: base_model is the hub id, the body names both runs."""
+    sft, ppo = tmp_path / "runs" / "sft", tmp_path / "runs" / "ppo"
+    _write_config(sft, model_name_or_path="Qwen/Qwen2.5-0.5B-Instruct", dataset_name="my/demos")
+    (sft / "merged").mkdir()
+    SFTResult(output_dir=str(sft), train_loss=1.0, train_rows=10, global_steps=2, world_size=1, length_policy={}).write(
+        sft
+    )
+    _write_config(ppo, model_name_or_path=str(sft / "merged"), reward_model_path=str(tmp_path / "runs" / "reward"))
+    PPOResult(output_dir=str(ppo), steps=3).write(ppo)
+    check = MergeCheck("dequantized", 10, 1e-9, 1e-8, 1.0, 1e-4, 0.5, 1e-3)
+    full = FullPrecisionLoad(10, 0.0123, 0.2, 0.9, 3, 30, 7, 2)
+
+    def card(library: str = "peft") -> str:
+        options = runs.read_config(ppo)
+        (model_args,) = from_options([ModelArguments], options)
+        return export.model_card(ppo, options, model_args, PPOResult.read(ppo), None, check, full=full, library=library)
+
+    text = card()
+    metadata = ModelCard(text).data
+    assert metadata.base_model == "Qwen/Qwen2.5-0.5B-Instruct" and metadata.library_name == "peft"
+    assert ModelCard(card("transformers")).data.library_name == "transformers"
+    assert "ppo" in metadata.tags
+    assert f"1. `rlhf ppo` run `{ppo}` (this adapter): trained on `{sft / 'merged'}`" in text
+    assert f"2. `rlhf sft` run `{sft}` (its adapter merged into `merged/`" in text and "data `my/demos`" in text
+    assert "Original base: `Qwen/Qwen2.5-0.5B-Instruct` (on the Hugging Face hub)" in text
+    assert "bnb_4bit_compute_dtype=torch.bfloat16" in text and f'"{sft / "merged"}"' in text  # loads as trained
+    assert "mean KL 1.230e-02 nats per token" in text and "2 of 3 answers changed" in text
+
+    # the SFT run started from a local folder that no run of this toolkit wrote: no hub id to give
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    _write_config(sft, model_name_or_path=str(tmp_path / "models" / "base"))
+    assert ModelCard(card()).data.base_model is None and "(a local model folder)" in card()
 
 
 def test_export_adapter_names_a_base_that_loads_from_any_directory(
@@ -65,6 +176,9 @@ def test_export_into_the_original_weights_reports_what_it_costs(tiny_sft_run: Pa
     result = export.main(["--run_dir", str(tiny_sft_run), "--output_dir", str(tmp_path), "--merge_base", "original"])
     assert result.merge.merge_base == "original"
     assert result.merge.kl_vs_trained > 1e-3, result
+    # merged into the original weights is the adapter loaded on them: the card's figure, measured apart
+    assert result.full_precision is not None
+    assert result.full_precision.kl_vs_trained == pytest.approx(result.merge.kl_vs_trained, rel=1e-2)
 
 
 def test_export_refuses_a_merge_that_did_not_merge(

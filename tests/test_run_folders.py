@@ -149,8 +149,12 @@ def test_a_moved_pipeline_run_is_evaluated_exported_and_reported_from_another_fo
 
     run_cli("export", "--run_dir", "../b/run/ppo", "--output_dir", "export", "--eval_dir", "eval")
     after_export = ExportResult.read("export")
-    assert after_export.base == str(moved / "sft" / "merged")
+    assert after_export.base == str(moved / "sft" / "merged") and before_export.full_precision is not None
     assert _figures(after_export) == _figures(before_export)
+    adapter = json.loads((elsewhere / "export" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(moved / "sft" / "merged")
+    card = (elsewhere / "export" / "README.md").read_text()
+    assert f"`rlhf sft` run `{moved / 'sft'}`" in card and f"{tmp_path / 'a'}/" not in card
 
     page = report.build_report("../b/run").read_text()
     verdict = before_page.split("<div class='verdict ", 1)[1].split("</div>", 1)[0]
