@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from rlhf.config import ModelArguments, from_options
 from rlhf.results import (
     Calibration,
     CalibrationBin,
+    Diagnosis,
     Difference,
     Distribution,
     EvalResult,
@@ -230,10 +234,27 @@ def _fake_run(root: Path, ci_low: float) -> None:
     _write_jsonl(
         root / "ppo" / "metrics.jsonl",
         [
-            {"step": s, "objective/score": s, "objective/kl": s / 10, "response/length": 10, "gold/score": s / 5}
+            {
+                "step": s,
+                "objective/score": s,
+                "objective/kl": s / 10,
+                "response/length": 10,
+                "gold/score": s / 5,
+                "policy/entropy": 2.0 - s / 10,
+                "policy/clipfrac": 0.01 * s,
+                "value/explained_variance": 0.1 * s,
+                "reward/member_0": s,
+                "reward/member_1": s + 0.5,
+                "reward/ensemble_std": 0.25 * s,
+            }
             for s in range(1, 6)
         ],
     )
+    _write_config(
+        root / "sft", model_name_or_path="builtin:tiny", learning_rate=0.002, max_steps=-1, num_train_epochs=3
+    )
+    _write_config(root / "reward", model_name_or_path=str(root / "sft" / "merged"), ensemble_size=2, max_steps=40)
+    _write_config(root / "ppo", model_name_or_path=str(root / "sft" / "merged"), kl_coef=0.05, steps=5, cliprange=0.2)
     stats = PolicyScores(
         gold=0.4, gold_stderr=0.05, reward=1.0, reward_stderr=0.1, length=12.0, length_stderr=0.5, eos_rate=1.0
     )
@@ -271,15 +292,81 @@ def _fake_run(root: Path, ci_low: float) -> None:
     )
 
 
-def test_report_shows_the_verdict_plots_and_escaped_samples(tmp_path: Path) -> None:
+def test_report_is_one_file_with_the_verdict_embedded_plots_and_escaped_samples(tmp_path: Path) -> None:
     _fake_run(tmp_path, ci_low=0.7)
     page = report.build_report(tmp_path).read_text()
     assert "PPO beat the SFT policy" in page and "76%" in page
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "onerror=alert(2)>" not in page
-    for image in ("sft_loss.png", "reward.png", "ppo.png", "comparison.png", "calibration.png"):
+    # every plot is in the page itself (and beside it): nothing the page refers to by a path
+    sources = _references(page)
+    embedded = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in sources]
+    assert all(s.startswith("data:image/png;base64,") for s in sources), [s[:40] for s in sources]
+    images = ("sft_loss.png", "reward.png", "ppo.png", "rl_diagnostics.png", "comparison.png", "calibration.png")
+    for image in images:
         assert (tmp_path / "report" / image).stat().st_size > 1000, image
-        assert f"report/{image}" in page
+        assert (tmp_path / "report" / image).read_bytes() in embedded, image
+    assert len(sources) == len(images) and "report/" not in page
+
+
+def test_report_shows_the_rl_diagnostics_and_each_stages_hyperparameters(tmp_path: Path) -> None:
+    _fake_run(tmp_path, ci_low=0.7)
+    page = report.build_report(tmp_path).read_text()
+    diagnostics = page.split("<h2>RL diagnostics</h2>", 1)[1].split("<h2>", 1)[0]
+    for metric, first, last in (
+        ("policy/entropy", "1.9", "1.5"),
+        ("policy/clipfrac", "0.01", "0.05"),
+        ("value/explained_variance", "0.1", "0.5"),
+        ("reward/member_1", "1.5", "5.5"),
+        ("reward/ensemble_std", "0.25", "1.25"),
+        ("objective/kl", "0.1", "0.5"),
+    ):
+        assert f"<tr><td>{metric}</td><td>{first}</td><td>{last}</td>" in diagnostics, metric
+    settings = page.split("<h2>Hyperparameters</h2>", 1)[1]
+    assert "<th>sft</th>" in settings and "<th>reward</th>" in settings and "<th>ppo</th>" in settings
+    assert "<code>kl_coef</code>&nbsp;0.05" in settings and "<code>cliprange</code>&nbsp;0.2" in settings
+    assert "<code>num_train_epochs</code>&nbsp;3" in settings and "<code>max_steps</code>&nbsp;-1" not in settings
+    assert "<code>model_name_or_path</code>&nbsp;sft/merged" in settings  # inside the run: relative to it
+    assert "<code>ensemble_size</code>&nbsp;2" in settings
+
+
+def _references(page: str) -> list[str]:
+    """Every src/href (and other URL-valued attribute) of the page's tags, as a browser parses them."""
+    found: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(v or "" for k, v in attrs if k in ("src", "href", "data", "poster", "action"))
+
+    Parser().feed(page)
+    return found
+
+
+def _diagnosed(root: Path, flags: list[str]) -> None:
+    diagnosis = Diagnosis(
+        flags=flags,
+        first_flagged=12 if flags else None,
+        peak_step=9,
+        peak_value=0.8,
+        conservative_metric="objective/rlhf_reward",
+        peak_checkpoint="checkpoint-10",
+    )
+    PPOResult(output_dir=str(root / "ppo"), steps=20, diagnosis=diagnosis).write(root / "ppo")
+
+
+def test_report_shows_a_box_when_over_optimisation_was_flagged_and_not_otherwise(tmp_path: Path) -> None:
+    _fake_run(tmp_path, ci_low=0.7)
+    flag = "iteration 20: the reward model's score is flat (1.00 -> 1.01 ...) while KL to the SFT model rose"
+    _diagnosed(tmp_path, [flag])
+    page = report.build_report(tmp_path).read_text()
+    box = page.split("<div class='verdict warn'>", 1)[1].split("</div>", 1)[0]
+    assert "over-optimisation</b> from iteration 12" in box and html.escape(flag) in box
+    assert "peaked at iteration 9" in box and "checkpoint-10" in box
+    assert f"rlhf export --run_dir {tmp_path / 'ppo'} --checkpoint checkpoint-10" in box
+
+    _diagnosed(tmp_path, [])  # the same run, nothing flagged
+    page = report.build_report(tmp_path).read_text()
+    assert "verdict warn" not in page and "over-optimisation" not in page
 
 
 def test_report_says_when_ppo_did_not_clearly_win(tmp_path: Path) -> None:

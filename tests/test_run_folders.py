@@ -158,4 +158,5 @@ def test_a_moved_pipeline_run_is_evaluated_exported_and_reported_from_another_fo
 
     page = report.build_report("../b/run").read_text()
     verdict = before_page.split("<div class='verdict ", 1)[1].split("</div>", 1)[0]
-    assert verdict in page
+    assert verdict in page and "<h2>Hyperparameters</h2>" in page
+    assert "<code>model_name_or_path</code>&nbsp;sft/merged" in page  # read where it is now, shown inside the run
