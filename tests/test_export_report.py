@@ -300,8 +300,8 @@ def test_report_is_one_file_with_the_verdict_embedded_plots_and_escaped_samples(
     assert "onerror=alert(2)>" not in page
     # every plot is in the page itself (and beside it): nothing the page refers to by a path
     sources = _references(page)
-    embedded = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in sources]
     assert all(s.startswith("data:image/png;base64,") for s in sources), [s[:40] for s in sources]
+    embedded = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in sources]
     images = ("sft_loss.png", "reward.png", "ppo.png", "rl_diagnostics.png", "comparison.png", "calibration.png")
     for image in images:
         assert (tmp_path / "report" / image).stat().st_size > 1000, image

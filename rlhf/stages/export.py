@@ -283,6 +283,8 @@ def model_card(
     metadata = ModelCardData(library_name=library, base_model=hub_id(links[-1].model), tags=["rlhf", stage, "lora"])
     setup = ", ".join(f"{key}: {options.get(key)}" for key in ("quantization", "lora_r", "lora_alpha"))
     into = "dequantized 4-bit" if check.merge_base == "dequantized" else "original (full-precision)"
+    as_trained = check.merge_base == "dequantized" or model_args.quantization == "none"
+    which = "the weights it was trained on" if as_trained else "not the weights it was trained on"
     lines = [
         "---",
         metadata.to_yaml(),
@@ -294,7 +296,7 @@ def model_card(
         "",
         f"- `adapter/`: the PEFT adapter as trained, with tokenizer and chat template; its base is `{base}`.",
         f"- `merged/`: a standalone model (no PEFT or bitsandbytes needed): the adapter merged into the {into} "
-        f"weights of that base, the weights it was trained on, saved in {merged_dtype}. "
+        f"weights of that base ({which}), saved in {merged_dtype}. "
         f"Against the model as trained ({model_args.quantization} base + adapter): KL {check.kl_vs_trained:.2e} "
         f"nats per token, same greedy token at {check.argmax_agreement:.1%} of {check.tokens} positions.",
         "",
