@@ -30,6 +30,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf.core.errors import ConfigError
+from rlhf.results import absolute_paths
 
 C = TypeVar("C")
 
@@ -446,7 +447,7 @@ def write_resolved_config(path: Path, stage: str, *instances: Any) -> None:
     """Write every option the run used (defaults included) as a flat YAML recipe."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# Resolved config of `rlhf {stage}`: every option this run used. Re-run with --config {path.name}.\n"
-    path.write_text(header + yaml.safe_dump(resolved_dict(*instances), sort_keys=True))
+    path.write_text(header + yaml.safe_dump(absolute_paths(resolved_dict(*instances)), sort_keys=True))
 
 
 @dataclass

@@ -27,9 +27,9 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf import data, models
+from rlhf import data, models, sampling
 from rlhf.config import ModelArguments
-from rlhf.results import MergeCheck
+from rlhf.results import FullPrecisionLoad, MergeCheck
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,80 @@ def verify_merge(
         max_logit_diff_vs_trained=float((merged_logits - trained_logits)[real].abs().max()),
         max_logit_diff_vs_base=float((base_logits - trained_logits)[real].abs().max()),
         kl_requantized=requantized,
+    )
+
+
+@torch.no_grad()
+def _greedy(model: nn.Module, prompt: list[int], eos_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The greedy answer to ``prompt``: the most likely next token, one forward pass at a time, up to EOS.
+
+    No ``generate()``: nothing a checkpoint's saved generation config sets (repetition penalty, top-k)
+    can make the two models' answers differ for another reason than their weights.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    ids, answer = list(prompt), []
+    for _ in range(max_new_tokens):
+        token = int(model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].argmax())
+        answer.append(token)
+        ids.append(token)
+        if token in eos_ids:
+            break
+    return answer
+
+
+def _probe_prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """The probe conversations' user turns, ready for the assistant's answer."""
+    return [
+        tokenizer.apply_chat_template(p[:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for p in PROBES
+    ]
+
+
+def full_precision_load(
+    model_args: ModelArguments, adapter_dir: str | Path, max_new_tokens: int = 24
+) -> FullPrecisionLoad | None:
+    """How far the adapter on the unquantized base is from the model as trained (None for an unquantized run).
+
+    What a user gets from ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)``
+    (float32, the weights the adapter's config names) against the base quantized as the run loaded it
+    plus the adapter: teacher-forced KL and next-token agreement on the probe conversations, and the
+    greedy answers to their questions token by token. The models are loaded one after the other.
+    """
+    if model_args.quantization == "none":
+        return None
+    tokenizer = models.load_adapter_tokenizer(adapter_dir)
+    ids, mask = _probe_batch(tokenizer)
+    prompts = _probe_prompts(tokenizer)
+    answers: list[list[list[int]]] = []
+    logits: list[torch.Tensor] = []
+    for unquantized in (False, True):  # as trained, then on the full-precision base
+        if unquantized:
+            base = merge_base_model(model_args, tokenizer, "original")[0]
+        else:
+            base = models.load_causal_lm(model_args, tokenizer)
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        eos_ids = sampling.eos_token_ids(model.get_base_model(), tokenizer)
+        logits.append(_logits(model, ids, mask))
+        answers.append([_greedy(model, prompt, eos_ids, max_new_tokens) for prompt in prompts])
+        del model, base
+        gc.collect()
+    (trained, full), real = logits, mask.bool()
+    kl, max_kl = _kl(trained, full, mask)
+    compared = changed = 0
+    for a, b in zip(*answers, strict=True):
+        length = max(len(a), len(b))
+        compared += length
+        changed += sum(1 for i in range(length) if i >= min(len(a), len(b)) or a[i] != b[i])
+    return FullPrecisionLoad(
+        tokens=int(real.sum()),
+        kl_vs_trained=kl,
+        max_kl_vs_trained=max_kl,
+        argmax_agreement=float((trained.argmax(-1) == full.argmax(-1))[real].float().mean()),
+        prompts=len(prompts),
+        greedy_tokens=compared,
+        greedy_tokens_changed=changed,
+        greedy_answers_changed=sum(a != b for a, b in zip(*answers, strict=True)),
     )
 
 

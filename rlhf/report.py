@@ -1,17 +1,24 @@
-"""`rlhf report`: one HTML page and a few PNG plots that say at a glance whether a run worked.
+"""`rlhf report`: one self-contained HTML page that says at a glance whether a run worked, and what ran.
 
 Reads a pipeline run folder (``sft/``, ``reward/``, ``ppo/``, ``eval/``; any may be missing; a run with
 ``--rounds`` keeps reward, ppo and the annotation steps in ``round-N/``, and gets a section with one
-line and curve point per round) and writes ``report.html`` beside them and the plots into ``report/``.
+line and curve point per round) and writes ``report.html`` beside them, with every plot embedded in
+the page (base64 PNG: the file can be moved or mailed alone) and also saved into ``report/``.
 The verdict at the top compares the PPO and SFT policies on held-out prompts (gold judge where the
-task has one, else the reward model). Model output is untrusted text: every string is HTML-escaped.
+task has one, else the reward model); a box follows when the RL run's over-optimisation diagnosis
+(:mod:`rlhf.overoptimisation`) flagged it, naming the checkpoint to export instead. Then the RL
+diagnostics from the run's logged history (KL, entropy, clip fraction, value explained variance, the
+reward and each ensemble member), and each stage's main hyperparameters from its ``rlhf_config.yaml``.
+Model output is untrusted text: every string is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +29,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from rlhf.results import (
+    CONFIG_FILE,
     METRICS_FILE,
     Calibration,
+    Diagnosis,
     EvalResult,
     Evaluation,
     PolicyScores,
     PPOResult,
     RewardResult,
     RoundResult,
+    read_run_config,
     read_stage,
 )
 
@@ -101,11 +111,73 @@ def plot_ppo(history: list[dict[str, Any]], out: Path) -> str | None:
         ("response/length", "response length (tokens)"),
     ]
     panels = [(k, t) for k, t in panels if any(k in h for h in history)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
         _plot(ax, history, key)
         ax.set(title=title, xlabel="PPO iteration")
     return _save(fig, out / "ppo.png")
+
+
+REWARD_SPREAD = ("reward/ensemble_std", "reward/group_std", "reward/zero_std_groups")
+
+
+def _reward_keys(history: Sequence[dict[str, Any]]) -> list[str]:
+    """The reward's logged parts: a reward ensemble's members (``reward/member_0`` ...) in member order, and the
+    components (``reward/model``, each reward function) when there are several to tell apart."""
+    found = {k for h in history for k in h if k.startswith("reward/") and k not in REWARD_SPREAD}
+    members = sorted((k for k in found if k.startswith("reward/member_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    parts = sorted(found - set(members))
+    return members + (parts if len(parts) > 1 else [])
+
+
+def diagnostics(history: Sequence[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The RL diagnostics a run logged, as (panel title, [(metric key, label)]): only what is in the history."""
+    rewards = [(k, k.removeprefix("reward/")) for k in _reward_keys(history)]
+    panels = [
+        ("reward", [("objective/score", "trained on"), *rewards]),
+        ("reward ensemble disagreement", [("reward/ensemble_std", "members' std")]),
+        ("KL to the reference (nats/answer)", [("objective/kl", "KL")]),
+        ("approx KL, update vs rollout", [("policy/approx_kl", "approx KL")]),
+        ("policy entropy (nats/token)", [("policy/entropy", "entropy")]),
+        ("clip fraction", [("policy/clipfrac", "policy"), ("loss/value_clipfrac", "value")]),
+        ("value explained variance", [("value/explained_variance", "explained variance")]),
+        ("value loss", [("loss/value_loss", "value loss")]),
+        ("learning rate", [("lr", "policy")]),
+    ]
+    present = {k for h in history for k in h}
+    kept = [(title, [(k, label) for k, label in keys if k in present]) for title, keys in panels]
+    return [(title, keys) for title, keys in kept if keys]
+
+
+def plot_diagnostics(history: list[dict[str, Any]], out: Path) -> str | None:
+    panels = diagnostics(history)
+    if not panels:
+        return None
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.9 * rows), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, panels, strict=False):
+        for key, label in keys:
+            _plot(ax, history, key, label=label)
+        ax.set(title=title, xlabel="RL iteration")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    return _save(fig, out / "rl_diagnostics.png")
+
+
+def diagnostics_table(history: Sequence[dict[str, Any]]) -> str:
+    """Each diagnostic at the first and last iteration, and its range over the run."""
+    rows = []
+    for _, keys in diagnostics(history):
+        for key, _label in keys:
+            _, values = _series(history, key)
+            if values:
+                cells = [_e(key), *(f"{v:.4g}" for v in (values[0], values[-1], min(values), max(values)))]
+                rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>metric</th><th>first iteration</th><th>last iteration</th><th>min</th><th>max</th></tr>"
+    return "<table>" + head + "".join(rows) + "</table>"
 
 
 def round_folders(run_dir: Path) -> list[Path]:
@@ -229,6 +301,126 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _img(plots: Path, name: str | None, alt: str) -> str:
+    """A saved plot embedded in the page (base64 PNG), so the page needs no file beside it ("" for no plot)."""
+    if name is None:
+        return ""
+    data = base64.b64encode((plots / name).read_bytes()).decode("ascii")
+    return f"<img src='data:image/png;base64,{data}' alt='{_e(alt)}'>"
+
+
+def overoptimisation_box(diagnosis: Diagnosis | None, ppo_dir: Path) -> str:
+    """A warning when the RL run showed signs of reward over-optimisation, naming the checkpoint to export.
+
+    Empty when the diagnosis flagged nothing (or the run predates it).
+    """
+    if diagnosis is None or not diagnosis.flags:
+        return ""
+    parts = [
+        "<div class='verdict warn'><b>Signs of reward over-optimisation</b>"
+        + (f" from iteration {diagnosis.first_flagged}" if diagnosis.first_flagged is not None else "")
+        + ":<ul>"
+        + "".join(f"<li>{_e(flag)}</li>" for flag in diagnosis.flags)
+        + "</ul>"
+    ]
+    if diagnosis.peak_step is not None:
+        value = f" ({diagnosis.peak_value:.3f}, smoothed)" if diagnosis.peak_value is not None else ""
+        parts.append(
+            f"<p>The conservative reward ({_e(diagnosis.conservative_metric)}) peaked at iteration "
+            f"{diagnosis.peak_step}{_e(value)}.</p>"
+        )
+    if diagnosis.peak_checkpoint is not None:
+        command = (
+            f"rlhf export --run_dir {shlex.quote(str(ppo_dir.resolve()))} --checkpoint {diagnosis.peak_checkpoint}"
+        )
+        parts.append(
+            f"<p>The saved checkpoint nearest to that peak is {_e(diagnosis.peak_checkpoint)}; to ship the "
+            f"policy from there instead of the final one:</p><pre>{_e(command)}</pre>"
+        )
+    elif diagnosis.peak_step is not None:
+        parts.append("<p>No checkpoint was kept near the peak (save_steps, save_total_limit).</p>")
+    return "".join(parts) + "</div>"
+
+
+MODEL_OPTIONS = ("model_name_or_path", "dataset_name", "quantization", "lora_r", "lora_alpha", "seed")
+TRAINER_OPTIONS = (
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_length",
+)
+# The options that shape each stage's result, in the order a reader wants them; the full set is the
+# stage's rlhf_config.yaml.
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "sft": (*MODEL_OPTIONS, *TRAINER_OPTIONS, "assistant_only_loss"),
+    "reward": (*MODEL_OPTIONS, *TRAINER_OPTIONS, "ensemble_size", "ensemble_bootstrap", "center_rewards_coefficient"),
+    "dpo": (*MODEL_OPTIONS, *TRAINER_OPTIONS, "beta", "loss_type"),
+    "kto": (*MODEL_OPTIONS, *TRAINER_OPTIONS, "beta", "desirable_weight", "undesirable_weight"),
+    "ppo": (
+        *MODEL_OPTIONS,
+        "reward_model_path",
+        "reward_funcs",
+        "reward_weights",
+        "reward_aggregation",
+        "advantage_estimator",
+        "steps",
+        "rollout_batch_size",
+        "num_generations",
+        "mini_batch_size",
+        "ppo_epochs",
+        "learning_rate",
+        "value_learning_rate",
+        "kl_coef",
+        "kl_estimator",
+        "kl_penalty",
+        "adaptive_kl_target",
+        "cliprange",
+        "cliprange_value",
+        "gamma",
+        "lam",
+        "max_new_tokens",
+        "temperature",
+        "normalize_reward",
+        "reward_clip",
+        "missing_eos_penalty",
+    ),
+}
+
+
+def _option(value: Any, run_dir: Path) -> str:
+    """An option's value as shown: a path inside the run folder relative to it, lists comma-separated."""
+    if isinstance(value, list):
+        return ", ".join(_option(v, run_dir) for v in value)
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(run_dir):
+        return str(Path(value).relative_to(run_dir))
+    return str(value)
+
+
+def hyperparameters(run_dir: Path) -> str:
+    """Each stage's main options (from its ``rlhf_config.yaml``), one compact row per stage; unset ones left out."""
+    rows = []
+    for stage, keys in HYPERPARAMETERS.items():
+        folder = stage_folder(run_dir, stage)
+        if not (folder / CONFIG_FILE).is_file():
+            continue
+        options = read_run_config(folder)
+        by_steps = (options.get("max_steps") or 0) > 0  # max_steps overrides the epochs
+        shown = [
+            f"<code>{_e(key)}</code>&nbsp;{_e(_option(options[key], run_dir.resolve()))}"
+            for key in keys
+            if options.get(key) not in (None, [])
+            and not (key == "max_steps" and not by_steps)
+            and not (key == "num_train_epochs" and by_steps)
+            and not (key == "ensemble_bootstrap" and (options.get("ensemble_size") or 1) < 2)
+        ]
+        rows.append(f"<tr><th>{_e(stage)}</th><td>{' · '.join(shown)}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>" if rows else ""
+
+
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, list):
         return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
@@ -311,6 +503,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 .verdict { padding: 1em 1.2em; border-radius: 8px; font-size: 1.1em; }
 .ok { background: #e6ffed; border: 1px solid #2f855a; } .bad { background: #fff5f5; border: 1px solid #c53030; }
 .unknown { background: #f7fafc; border: 1px solid #a0aec0; }
+.warn { background: #fffaf0; border: 1px solid #c05621; margin-top: 0.8em; } pre { white-space: pre-wrap; }
 table { border-collapse: collapse; margin: 0.8em 0; width: 100%; } td, th { border: 1px solid #e2e8f0; padding: 6px 8px;
 text-align: left; vertical-align: top; } th { background: #f7fafc; } img { max-width: 100%; margin: 0.5em 0; }
 .score { color: #718096; font-size: 0.85em; margin-top: 4px; } h2 { margin-top: 1.6em; }
@@ -344,6 +537,7 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         f"<div class='verdict {css}'>{_e(verdict_text)}</div>",
     ]
     if ppo is not None:
+        parts.append(overoptimisation_box(ppo.diagnosis, stage_folder(run_dir, "ppo")))
         parts.append(f"<p>{_e(_method(ppo))}</p>")
         if ppo.judge_is_reward:
             parts.append(f"<div class='verdict bad'>{_e(JUDGE_IS_REWARD)}</div>")
@@ -352,7 +546,7 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         parts += [f"<h2>{_e(policy)} vs SFT on held-out prompts</h2>", _metric_rows(evaluation, rouge)]
         image = plot_comparison(evaluation, plots)
         if image:
-            parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='SFT vs PPO scores'>")
+            parts.append(_img(plots, image, "SFT vs PPO scores"))
     if rounds:
         parts += [
             f"<h2>Rounds ({len(rounds)})</h2>",
@@ -363,9 +557,16 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         ]
         image = plot_rounds(rounds, plots)
         if image:
-            parts.append(f"<img src='{PLOTS_DIR}/{image}' alt='per-round curves'>")
+            parts.append(_img(plots, image, "per-round curves"))
     if ppo_history:
-        parts += ["<h2>PPO training</h2>", f"<img src='{PLOTS_DIR}/{plot_ppo(ppo_history, plots)}' alt='PPO curves'>"]
+        parts += ["<h2>PPO training</h2>", _img(plots, plot_ppo(ppo_history, plots), "PPO curves")]
+        image = plot_diagnostics(ppo_history, plots)
+        if image:
+            parts += [
+                "<h2>RL diagnostics</h2>",
+                _img(plots, image, "RL diagnostics"),
+                diagnostics_table(ppo_history),
+            ]
     if samples:
         parts += [
             f"<h2>Sample answers (first {samples_shown} held-out prompts)</h2>",
@@ -377,15 +578,15 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         parts += [
             "<h2>Reward model</h2>",
             f"<p>{_e(line)}</p>",
-            f"<img src='{PLOTS_DIR}/{plot_reward(reward_history, plots)}' alt='reward model'>",
+            _img(plots, plot_reward(reward_history, plots), "reward model"),
         ]
         calibration = plot_calibration(evaluated.reward_model if evaluated is not None else None, plots)
         if calibration:
-            parts.append(f"<img src='{PLOTS_DIR}/{calibration}' alt='calibration'>")
+            parts.append(_img(plots, calibration, "calibration"))
     if sft_history:
         parts += [
             "<h2>Supervised fine-tuning</h2>",
-            f"<img src='{PLOTS_DIR}/{plot_sft(sft_history, plots)}' alt='SFT loss'>",
+            _img(plots, plot_sft(sft_history, plots), "SFT loss"),
         ]
     if annotation:
         pairs = _json(stage_folder(run_dir, "preferences") / "done.json").get("rows", {})
@@ -397,6 +598,9 @@ def build_report(run_dir: str | Path, samples_shown: int = 10) -> Path:
         if pairs:
             line += f"; exported {pairs.get('train', 0)} training and {pairs.get('test', 0)} held-out preference pairs"
         parts += ["<h2>Annotation</h2>", f"<p>{_e(line)}.</p>"]
+    settings = hyperparameters(run_dir)
+    if settings:
+        parts += ["<h2>Hyperparameters</h2>", settings]
     parts.append("</body></html>")
     path = run_dir / REPORT_FILE
     path.write_text("\n".join(parts))

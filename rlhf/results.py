@@ -7,6 +7,13 @@ pipeline, ``rlhf export``'s model card, ``rlhf report``, the tests) reads them b
 message naming the file, not a ``KeyError`` three modules away.
 
 Torch-free on purpose: the report and the pipeline's bookkeeping read results without loading a model.
+
+Run folders move (a whole ``runs/`` copied to another disk, a run mailed to a colleague): the paths a
+run records (its inputs in ``rlhf_config.yaml``, its folders in ``metrics.json``) are written absolute
+(:func:`absolute_paths`) beside the run's own ``output_dir``, and every reader re-resolves them
+(:func:`read_run_config`, :meth:`Result.read`): a path that lay inside the tree that moved with the run
+is read at its new place (:func:`relocate`), anything outside it (a base model in ``/models``, a hub
+id) as recorded.
 """
 
 from __future__ import annotations
@@ -20,9 +27,99 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dat
 from pathlib import Path
 from typing import Any, Self
 
+import yaml
+
 from rlhf.core.errors import ConfigError
 
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "rlhf_config.yaml"
+ANCHOR = "output_dir"  # where the run folder was when it recorded its paths
+# Options that may name a local file or folder (else a hub id or a built-in name, left as they are).
+PATH_OPTIONS = (
+    ANCHOR,
+    "model_name_or_path",
+    "tokenizer_name_or_path",
+    "chat_template_path",
+    "resume_from_checkpoint",
+    "reward_model_path",
+    "policy_init",
+    "dataset_name",
+    "recipe",
+    "prompts",
+)
+PATH = {"path": True}  # field metadata: a result's field that names a local file or folder
+
+
+# -- paths that survive a move ------------------------------------------------------------------
+
+
+def absolute_path(value: str) -> str:
+    """An existing local file or folder as an absolute path; anything else (a hub id, ``builtin:``) unchanged."""
+    return str(Path(value).expanduser().resolve()) if Path(value).expanduser().exists() else value
+
+
+def absolute_paths(options: Mapping[str, Any], keys: typing.Iterable[str] = PATH_OPTIONS) -> dict[str, Any]:
+    """``options`` with each of ``keys`` that names a local file or folder made absolute (at write time).
+
+    Relative to the working directory they meant something only there; absolute, with the run's own
+    ``output_dir`` beside them, :func:`relocate` can find them again after the tree moved.
+    """
+    out = dict(options)
+    for key in keys:
+        if isinstance(out.get(key), str):
+            out[key] = absolute_path(out[key])
+    return out
+
+
+def _moved(recorded: Path, current: Path) -> tuple[Path, Path] | None:
+    """(old root, new root) of the move that took the folder ``recorded`` to ``current``: both paths
+    without the trailing parts they share (``/a/runs/x/ppo`` -> ``/b/runs/x/ppo``: ``/a`` -> ``/b``)."""
+    if recorded == current:
+        return None
+    old, new = recorded.parts, current.parts
+    shared = 0
+    while shared < min(len(old), len(new)) - 1 and old[-1 - shared] == new[-1 - shared]:
+        shared += 1
+    return Path(*old[: len(old) - shared]), Path(*new[: len(new) - shared])
+
+
+def relocate(value: str, recorded: str | Path, current: str | Path) -> str:
+    """A path recorded by a run folder that was at ``recorded`` and is now at ``current``.
+
+    A path inside the tree that moved (the part of ``recorded`` that ``current`` does not share) is
+    read at its new place when it is there, or when the old place is gone too (so an error names
+    where it should be); a path outside it, a relative one (recorded by an older version) or a hub
+    id is returned as recorded.
+    """
+    path = Path(value)
+    moved = _moved(Path(recorded), Path(current).resolve()) if path.is_absolute() else None
+    if moved is None or not path.is_relative_to(moved[0]):
+        return value
+    there = moved[1] / path.relative_to(moved[0])
+    return str(there) if there.exists() or not path.exists() else value
+
+
+def relocated(record: Mapping[str, Any], folder: str | Path, keys: typing.Iterable[str]) -> dict[str, Any]:
+    """``record`` (read from ``folder``) with its path ``keys`` re-resolved where the run folder moved."""
+    out = dict(record)
+    recorded = out.get(ANCHOR)
+    if not isinstance(recorded, str) or not Path(recorded).is_absolute():
+        return out  # an older run folder that recorded relative paths: read as recorded
+    for key in keys:
+        if isinstance(out.get(key), str):
+            out[key] = relocate(out[key], recorded, folder)
+    return out
+
+
+def read_run_config(folder: str | Path) -> dict[str, Any]:
+    """The resolved options a run folder was made with (``rlhf_config.yaml``), its paths where they are now."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not a run folder of this toolkit (no {CONFIG_FILE})")
+    options = yaml.safe_load(path.read_text())
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: not a resolved config (a mapping of options)")
+    return relocated(options, folder, PATH_OPTIONS)
 
 
 def clean(value: Any) -> Any:
@@ -80,9 +177,15 @@ class Result:
     def from_json(cls, data: Mapping[str, Any], where: str = "metrics") -> Self:
         return _build(cls, data, where)  # type: ignore[no-any-return]
 
+    @classmethod
+    def path_fields(cls) -> list[str]:
+        """The fields that name local files or folders (``metadata=PATH``): absolute on disk, relocated on read."""
+        return [f.name for f in fields(cls) if f.metadata.get("path")]
+
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / METRICS_FILE
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        record = absolute_paths(self.to_json(), self.path_fields())
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -90,7 +193,7 @@ class Result:
         path = Path(folder) / METRICS_FILE
         if not path.is_file():
             raise ConfigError(f"{folder}: no {METRICS_FILE}; did the stage finish?")
-        return cls.from_json(json.loads(path.read_text()), str(path))
+        return cls.from_json(relocated(json.loads(path.read_text()), folder, cls.path_fields()), str(path))
 
     @classmethod
     def read_if_present(cls, folder: str | Path) -> Self | None:
@@ -127,6 +230,22 @@ class MergeCheck:
     max_logit_diff_vs_trained: float
     max_logit_diff_vs_base: float  # > 0: the adapter changed the model
     kl_requantized: float | None  # KL(trained || merged loaded again quantized), for quantized runs
+
+
+@dataclass(frozen=True)
+class FullPrecisionLoad:
+    """A quantized run's adapter loaded on its base in full precision (``PeftModel.from_pretrained`` on the
+    unquantized base, what the adapter's ``base_model_name_or_path`` loads), against the model as trained
+    (the base quantized as in training + the adapter). KLs in nats per token."""
+
+    tokens: int  # teacher-forced positions of the probe conversations
+    kl_vs_trained: float  # mean KL(trained || full-precision load)
+    max_kl_vs_trained: float
+    argmax_agreement: float  # share of those positions where both pick the same next token
+    prompts: int  # probe prompts answered greedily by both
+    greedy_tokens: int  # positions compared: per prompt, the longer of the two greedy answers
+    greedy_tokens_changed: int  # positions where the two greedy answers differ (or one has ended)
+    greedy_answers_changed: int  # prompts whose greedy answers differ at all
 
 
 @dataclass(frozen=True)
@@ -229,7 +348,7 @@ class Evaluation:
 class TrainerResult(Result):
     """What the stages built on a transformers ``Trainer`` (sft, reward) report."""
 
-    output_dir: str
+    output_dir: str = field(metadata=PATH)
     train_loss: float
     train_rows: int
     global_steps: int
@@ -249,7 +368,7 @@ class SFTResult(TrainerResult):
     eval_rows: int = 0
     loss_tokens_per_epoch: int = 0
     trainable_parameters: int = 0
-    merged_model: str | None = None  # output_dir/merged, when the recipe merges
+    merged_model: str | None = field(default=None, metadata=PATH)  # output_dir/merged, when the recipe merges
     merge: MergeCheck | None = None
 
 
@@ -307,7 +426,7 @@ class Diagnosis:
 @dataclass(frozen=True, kw_only=True)
 class PPOResult(Result):
     stage: str = "ppo"
-    output_dir: str
+    output_dir: str = field(metadata=PATH)
     steps: int
     advantage_estimator: str = "gae"  # gae (PPO), grpo, rloo or reinforce_pp
     reward_components: list[str] = field(default_factory=list)  # "model" and/or the reward functions' names
@@ -348,9 +467,9 @@ class RoundResult(Result):
 @dataclass(frozen=True, kw_only=True)
 class EvalResult(Evaluation, Result):
     stage: str = "eval"
-    output_dir: str
-    ppo_dir: str
-    prompts_dataset: str
+    output_dir: str = field(metadata=PATH)
+    ppo_dir: str = field(metadata=PATH)
+    prompts_dataset: str = field(metadata=PATH)
     rouge: dict[str, dict[str, float]] | None = None  # by policy, where the prompts have references
     reward_model: Calibration | None = None  # on the reward model's held-out preference pairs
     runtime_seconds: float = 0.0
@@ -359,11 +478,13 @@ class EvalResult(Evaluation, Result):
 @dataclass(frozen=True, kw_only=True)
 class ExportResult(Result):
     stage: str = "export"
-    output_dir: str
-    run_dir: str
-    base: str
+    output_dir: str = field(metadata=PATH)
+    run_dir: str = field(metadata=PATH)
+    base: str = field(metadata=PATH)  # what the adapter was trained on (a local folder, or a hub id)
     merged_dtype: str
     merge: MergeCheck
+    hub_base: str | None = None  # the hub id at the root of the lineage, where there is one
+    full_precision: FullPrecisionLoad | None = None  # a quantized run's adapter on the unquantized base
     pushed_to: str | None = None
     runtime_seconds: float = 0.0
 
@@ -389,4 +510,4 @@ def read_stage(folder: str | Path) -> Result:
     kind = STAGE_RESULTS.get(str(data.get("stage")))
     if kind is None:
         raise ConfigError(f"{path}: unknown stage {data.get('stage')!r}")
-    return kind.from_json(data, str(path))
+    return kind.from_json(relocated(data, folder, kind.path_fields()), str(path))

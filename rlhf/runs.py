@@ -14,16 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf.config import write_resolved_config
 from rlhf.core.errors import ConfigError
-from rlhf.results import METRICS_FILE, clean
+from rlhf.results import CONFIG_FILE, METRICS_FILE, clean, read_run_config
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "rlhf_config.yaml"
 HISTORY_FILE = "log_history.jsonl"
 
 
@@ -71,12 +69,7 @@ def write_history(output_dir: str | Path, history: list[dict[str, Any]]) -> None
             handle.write(json.dumps(clean(entry)) + "\n")
 
 
-def read_config(output_dir: str | Path) -> dict[str, Any]:
-    """The resolved options a run folder was made with."""
-    path = Path(output_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{output_dir}: not a run folder of this toolkit (no {CONFIG_FILE})")
-    return yaml.safe_load(path.read_text())
+read_config = read_run_config  # the resolved options, paths where they are now (torch-free, in rlhf.results)
 
 
 def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:

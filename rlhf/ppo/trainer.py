@@ -521,6 +521,9 @@ class PPOTrainer:
         folder.mkdir(parents=True, exist_ok=True)
         save_file(state, str(folder / "adapter_model.safetensors"))
         config = self.roles.peft.peft_config[role]
+        # the base this run loaded, where it is now: a value adapter started from the reward model's would
+        # name the base the reward run recorded (another place, once the run folders moved)
+        config.base_model_name_or_path = self.roles.peft.get_base_model().name_or_path
         inference_mode = config.inference_mode
         config.inference_mode = True
         config.save_pretrained(str(folder))

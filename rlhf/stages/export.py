@@ -2,7 +2,14 @@
 
 Writes ``output_dir/adapter`` (the PEFT adapter as trained, with tokenizer and chat template),
 ``output_dir/merged`` (the adapter merged into its base: plain safetensors any tool loads), and a
-model card (``README.md``) with the base model, recipe, data, metrics and evaluation table.
+model card (``README.md``): hub metadata whose ``base_model`` is the hub id at the root of the run's
+lineage (a PPO run -> the SFT run whose merged model it trained on -> that run's base), the local
+lineage in the body, how to load the adapter as trained (the quantization config and a snippet), what
+the merged folder is, the recipe, data, metrics and evaluation table.
+
+A QLoRA adapter loaded on its base in full precision (what ``base_model_name_or_path`` names) is
+another model than the one trained; the export measures how far (:func:`rlhf.merging.full_precision_load`)
+and states it in the card and ``metrics.json``.
 
 The merge is checked before anything is called done (:mod:`rlhf.merging`): the merged model,
 reloaded from disk, is compared with the model *as trained* (the base loaded as the run loaded it,
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -25,13 +33,27 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 import yaml
+from huggingface_hub import ModelCardData
 
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo.roles import POLICY
-from rlhf.results import METRICS_FILE, EvalResult, Evaluation, ExportResult, MergeCheck, PPOResult, Result, read_stage
+from rlhf.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    EvalResult,
+    Evaluation,
+    ExportResult,
+    FullPrecisionLoad,
+    MergeCheck,
+    PPOResult,
+    Result,
+    read_stage,
+)
+from rlhf.stages.sft import MERGED_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -90,36 +112,196 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Link:
+    """One run in an adapter's lineage: which stage made it, where it is, and what it trained on."""
+
+    stage: str
+    run_dir: str
+    model: str  # the model_name_or_path it recorded, where that is now
+    dataset: str | None = None
+    reward_model: str | None = None
+
+
+def made_by(model: str) -> Path | None:
+    """The run folder of this toolkit that wrote a local model (an SFT run's ``merged/``), if one did."""
+    path = Path(model)
+    return path.parent if path.name == MERGED_DIR and (path.parent / CONFIG_FILE).is_file() else None
+
+
+def lineage(run_dir: Path) -> list[Link]:
+    """This run, then the run that made the model it trained on, and so on: the last link's model is the
+    original base (a hub id, a built-in model, or a local folder no run of this toolkit wrote)."""
+    links: list[Link] = []
+    folder: Path | None = run_dir
+    while folder is not None and str(folder) not in {link.run_dir for link in links}:
+        options = runs.read_config(folder)
+        stage = read_stage(folder).stage if (folder / METRICS_FILE).is_file() else "?"
+        model = str(options["model_name_or_path"])
+        links.append(Link(stage, str(folder), model, options.get("dataset_name"), options.get("reward_model_path")))
+        folder = made_by(model)
+    return links
+
+
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")  # a hub repo id's shape
+
+
+def hub_id(model: str) -> str | None:
+    """``model`` if it names a model on the hub (not a local folder, not a built-in), else None."""
+    if Path(model).expanduser().exists() or not HUB_ID.fullmatch(model) or ".." in model or "--" in model:
+        return None
+    return model
+
+
+def _python(value: Any) -> str:
+    """A value as Python source: torch dtypes as ``torch.<name>``, strings in double quotes."""
+    if isinstance(value, torch.dtype):
+        return f"torch.{str(value).removeprefix('torch.')}"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+QUANTIZATION_FIELDS = (
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant",
+    "bnb_4bit_compute_dtype",
+    "bnb_4bit_quant_storage",
+)
+
+
+def load_snippet(model_args: ModelArguments, base: str) -> str:
+    """Python that loads the adapter (in ``adapter/``) on its base exactly as the run trained it.
+
+    The ``BitsAndBytesConfig`` is the one :func:`rlhf.models.quantization_config` built for training,
+    written out field by field.
+    """
+    quantization = models.quantization_config(model_args)
+    lines = [
+        "import torch",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig",
+        "",
+    ]
+    loading = f"dtype={_python(models.DTYPES.get(str(model_args.dtype), model_args.dtype))}"
+    if quantization is not None:
+        names = (
+            [n for n in QUANTIZATION_FIELDS if n != "load_in_8bit"] if quantization.load_in_4bit else ["load_in_8bit"]
+        )
+        lines += ["quantization = BitsAndBytesConfig("]
+        lines += [f"    {name}={_python(getattr(quantization, name))}," for name in names]
+        lines += [")"]
+        loading += ',\n    quantization_config=quantization,\n    device_map="auto"'
+    lines += [
+        f"base = AutoModelForCausalLM.from_pretrained(\n    {_python(base)},\n    {loading},\n)",
+        'tokenizer = AutoTokenizer.from_pretrained("adapter")',
+        'model = PeftModel.from_pretrained(base, "adapter")',
+    ]
+    return "\n".join(lines)
+
+
+def _lineage_lines(links: Sequence[Link]) -> list[str]:
+    lines = ["## Lineage", ""]
+    for number, link in enumerate(links, start=1):
+        extra = f"; data `{link.dataset}`" if link.dataset else ""
+        extra += f"; reward model `{link.reward_model}`" if link.reward_model else ""
+        what = (
+            "this adapter"
+            if number == 1
+            else f"its adapter merged into `{MERGED_DIR}/`: the model run {number - 1} trained on"
+        )
+        lines.append(f"{number}. `rlhf {link.stage}` run `{link.run_dir}` ({what}): trained on `{link.model}`{extra}.")
+    root = links[-1].model
+    hub = hub_id(root)
+    kind = (
+        "on the Hugging Face hub"
+        if hub
+        else "a built-in model of this toolkit, not on the hub"
+        if root.startswith("builtin:")
+        else "a local model folder"
+    )
+    return [*lines, "", f"Original base: `{root}` ({kind}).", ""]
+
+
+def _loading_lines(model_args: ModelArguments, base: str, full: FullPrecisionLoad | None) -> list[str]:
+    if full is None:
+        return [
+            "## Loading the adapter",
+            "",
+            f"The run trained on the base in full precision ({model_args.dtype}); this loads it as trained:",
+            "",
+            "```python",
+            load_snippet(model_args, base),
+            "```",
+            "",
+        ]
+    return [
+        "## Loading the adapter as trained",
+        "",
+        f"The adapter was trained on the base quantized {model_args.quantization} and reproduces the trained "
+        "model only on the base quantized the same way:",
+        "",
+        "```python",
+        load_snippet(model_args, base),
+        "```",
+        "",
+        "On a CPU with AVX512-BF16, bitsandbytes runs 4-bit layers in inference through a bf16 kernel that moves "
+        "the logits slightly; training turns it off (`support_avx512bf16_for_cpu = False` on every `Linear4bit`), "
+        "which reproduces the trained model exactly. GPUs do not take that path.",
+        "",
+        "Loaded on the full-precision base instead (`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained"
+        f"(base), 'adapter')`, float32), it is another model: mean KL {full.kl_vs_trained:.3e} nats per token "
+        f"(max {full.max_kl_vs_trained:.3e}) against the model as trained, the same next token at "
+        f"{full.argmax_agreement:.1%} of {full.tokens} positions; greedy answers to {full.prompts} prompts differ "
+        f"at {full.greedy_tokens_changed} of {full.greedy_tokens} tokens ({full.greedy_answers_changed} of "
+        f"{full.prompts} answers changed). For a model without bitsandbytes use `merged/`.",
+        "",
+    ]
+
+
 def model_card(
     run_dir: Path,
     options: dict[str, Any],
+    model_args: ModelArguments,
     trained: Result | None,
     evaluation: Evaluation | None,
     check: MergeCheck,
+    *,
+    full: FullPrecisionLoad | None = None,
     checkpoint: str | None = None,
+    merged_dtype: str = "float32",
+    library: str = "peft",
 ) -> str:
-    """The export's README.md: what the model is, how it was made, and how well it did."""
+    """The export's README.md: hub metadata, what the files are, how to load them, lineage, how well it did.
+
+    ``model_args``: the base as the run loaded it (dtypes resolved). ``library``: ``peft`` for the export
+    folder's card (the adapter), ``transformers`` for ``merged/``'s copy.
+    """
     stage = trained.stage if trained is not None else "?"
-    base = options.get("model_name_or_path")
+    base = models.resolve_model_path(model_args.model_name_or_path)
+    links = lineage(run_dir)
+    metadata = ModelCardData(library_name=library, base_model=hub_id(links[-1].model), tags=["rlhf", stage, "lora"])
     setup = ", ".join(f"{key}: {options.get(key)}" for key in ("quantization", "lora_r", "lora_alpha"))
-    reward = f" Reward model: `{options['reward_model_path']}`." if options.get("reward_model_path") else ""
+    into = "dequantized 4-bit" if check.merge_base == "dequantized" else "original (full-precision)"
+    as_trained = check.merge_base == "dequantized" or model_args.quantization == "none"
+    which = "the weights it was trained on" if as_trained else "not the weights it was trained on"
     lines = [
         "---",
-        "library_name: peft",
-        f"base_model: {base}",
-        f"tags: [rlhf, {stage}, lora]",
+        metadata.to_yaml(),
         "---",
         "",
         f"# {run_dir.name}: {stage} adapter" + (f" ({Path(checkpoint).name})" if checkpoint else ""),
         "",
-        f"Trained with `rlhf {stage}` (the `rlhf` toolkit) on `{base}` ({setup}).",
-        f"Data: `{options.get('dataset_name')}`.{reward}",
+        f"Trained with `rlhf {stage}` (the `rlhf` toolkit) on `{model_args.model_name_or_path}` ({setup}).",
         "",
-        "- `adapter/`: the PEFT adapter; load with `PeftModel.from_pretrained(base, 'adapter')`.",
-        f"- `merged/`: the adapter merged into the {check.merge_base} base weights (safetensors). Against the "
-        f"model as trained ({options.get('quantization')} base + adapter): KL {check.kl_vs_trained:.2e} nats per "
-        f"token, same greedy token at {check.argmax_agreement:.1%} of {check.tokens} positions.",
+        f"- `adapter/`: the PEFT adapter as trained, with tokenizer and chat template; its base is `{base}`.",
+        f"- `merged/`: a standalone model (no PEFT or bitsandbytes needed): the adapter merged into the {into} "
+        f"weights of that base ({which}), saved in {merged_dtype}. "
+        f"Against the model as trained ({model_args.quantization} base + adapter): KL {check.kl_vs_trained:.2e} "
+        f"nats per token, same greedy token at {check.argmax_agreement:.1%} of {check.tokens} positions.",
         "",
+        *_loading_lines(model_args, base, full),
+        *_lineage_lines(links),
     ]
     source = evaluation or (trained.eval if isinstance(trained, PPOResult) else None)
     if source is not None:
@@ -179,23 +361,47 @@ def run(config: ExportConfig) -> ExportResult:
                 break
     (model_args,) = from_options([ModelArguments], options)
     models.resolve_dtypes(model_args, SimpleNamespace(bf16=options.get("bf16"), fp16=options.get("fp16")))
+    _name_base(adapter_dir, models.resolve_model_path(model_args.model_name_or_path))
     check = merging.merge_and_verify(
         model_args, adapter_dir, merged_dir, config.merged_dtype, config.merge_base, config.max_kl
     )
-    card = model_card(run_dir, options, trained, evaluation, check, config.checkpoint)
-    (out / "README.md").write_text(card)
-    (merged_dir / "README.md").write_text(card)
+    full = merging.full_precision_load(model_args, adapter_dir)
+    for folder, library in ((out, "peft"), (merged_dir, "transformers")):
+        card = model_card(
+            run_dir,
+            options,
+            model_args,
+            trained,
+            evaluation,
+            check,
+            full=full,
+            checkpoint=config.checkpoint,
+            merged_dtype=config.merged_dtype,
+            library=library,
+        )
+        (folder / "README.md").write_text(card)
     result = ExportResult(
         output_dir=str(out),
         run_dir=str(run_dir),
         base=model_args.model_name_or_path,
         merged_dtype=config.merged_dtype,
         merge=check,
+        hub_base=hub_id(lineage(run_dir)[-1].model),
+        full_precision=full,
         pushed_to=push(merged_dir, config.push_to_hub) if config.push_to_hub else None,
         runtime_seconds=round(time.time() - started, 1),
     )
     result.write(out)
     return result
+
+
+def _name_base(adapter_dir: Path, base: str) -> None:
+    """Point the exported adapter's ``base_model_name_or_path`` at its base where it is now (a run folder
+    that moved recorded the old place), so ``AutoPeftModel`` loads it from any directory."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def push(folder: Path, repo_id: str) -> str:

@@ -670,7 +670,7 @@ class Pipeline:
 
     def report(self, out: Path, rnd: int) -> dict[str, Any]:
         path = build_report(self.out)
-        return {"report": str(path)}
+        return {"report": str(path.relative_to(self.out))}  # done.json paths: inside the run folder, relative
 
     def _finish_round(self, rnd: int) -> dict[str, Any]:
         """The round's figures, from its stages' records: ``round-N/metrics.json`` and ``round-N/done.json``."""
