@@ -148,6 +148,48 @@ def _auto_precision(config: Any) -> None:
         config.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
 
 
+def _check_bf16(config: Any) -> None:
+    """bf16 asked for where it cannot run: one line saying what to set (transformers' own check is vaguer)."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if not (config.bf16 or config.bf16_full_eval) or config.use_cpu:
+        return
+    if is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return
+    if torch.cuda.is_available():
+        raise ConfigError(
+            f"bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16 (that needs Ampere or newer): "
+            "set fp16: true, or leave bf16 unset to pick the precision from the hardware"
+        )
+    raise ConfigError(
+        "bf16: true needs a GPU with bf16 (Ampere or newer) and none is visible: leave bf16 unset (fp32 on CPU), "
+        "or add use_cpu: true for bf16 autocast on the CPU (slow)"
+    )
+
+
+# Trackers whose package name differs from their report_to name.
+_TRACKER_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """Every tracker in report_to is one transformers knows and is installed (it would fail after loading)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    installed = get_available_reporting_integrations()
+    for name in report_to:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(
+                f"report_to: {name!r} is not a tracker; one of {sorted(INTEGRATION_TO_CALLBACK)}, or none"
+                f"{_closest(name, list(INTEGRATION_TO_CALLBACK))}"
+            )
+        if name not in installed:
+            raise ConfigError(
+                f"report_to: {name} is not installed: `pip install {_TRACKER_PACKAGES.get(name, name)}`, or report to "
+                f"{' or '.join([*installed, 'none'])}"
+            )
+
+
 @dataclass
 class _TrainerOptions(RunOptions):
     """What the sft and reward stages change in TRL's configs: precision for the hardware, frequent checkpoints.
@@ -164,7 +206,9 @@ class _TrainerOptions(RunOptions):
 
     def __post_init__(self) -> None:
         _auto_precision(self)
+        _check_bf16(self)
         super().__post_init__()  # TRL's config, next in the MRO
+        _check_trackers(self.report_to)
 
 
 def merge_base_field() -> Any:
@@ -665,6 +709,15 @@ class PPOConfig(RunOptions):
         "max_completion_length": "it is max_new_tokens here",
         "num_iterations": "GRPO's num_iterations is ppo_epochs here",
         "epsilon": "GRPO's epsilon is cliprange here",
+        "max_steps": "PPO counts iterations (each a rollout, scoring and an update) with steps, e.g. --steps 2",
+        "num_train_epochs": "PPO runs steps iterations (--steps); ppo_epochs is the passes over each rollout",
+        "total_episodes": "PPO runs steps iterations of rollout_batch_size episodes; set steps",
+        "num_ppo_epochs": "it is ppo_epochs here",
+        "response_length": "it is max_new_tokens here",
+        "per_device_train_batch_size": "PPO samples rollout_batch_size answers per iteration and steps the "
+        "optimizer every mini_batch_size of them",
+        "gradient_accumulation_steps": "mini_batch_size episodes make one optimizer step, micro_batch_size go "
+        "through each forward/backward",
     }
 
     @property
@@ -717,3 +770,11 @@ class PPOConfig(RunOptions):
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]
+        for tracker in self.report_to:
+            if tracker != "tensorboard":
+                raise ConfigError(
+                    f"report_to: rlhf ppo logs to tensorboard (and every iteration to metrics.jsonl), not to "
+                    f"{tracker!r}: use tensorboard or none"
+                )
+        if self.report_to:
+            _check_trackers(self.report_to)
