@@ -35,6 +35,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf.core.errors import ConfigError
+from rlhf.core.rows import parse_columns
 
 C = TypeVar("C")
 
@@ -152,6 +153,27 @@ class DataArguments:
             "choices": ["drop", "truncate", "error"],
         },
     )
+    columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Columns under other names, as COLUMN=NAME pairs (space- or comma-separated): e.g. "
+            "chosen=better,rejected=worse reads 'better' as chosen. Alpaca rows (instruction, input, output) and "
+            "ShareGPT rows (conversations of from/value turns) are converted without it; docs/data.md lists the "
+            "columns."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.columns, dict):  # a YAML mapping: {chosen: better}
+            self.columns = [f"{ours}={theirs}" for ours, theirs in self.columns.items()]
+        elif isinstance(self.columns, str):
+            self.columns = [self.columns]
+        parse_columns(self.columns or [])  # a malformed or unknown column is refused now, before anything loads
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        """``columns`` as ``{our column: the dataset's name}``."""
+        return parse_columns(self.columns or [])
 
 
 @dataclass

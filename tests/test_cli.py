@@ -76,7 +76,7 @@ def test_stage_help_puts_our_options_first_grouped_in_plain_text(capsys) -> None
     assert all(t.startswith("other options of ") for t in titles[4:]) and len(titles) > 4
     # ours (and the few TRL options recipes set) described, before any other TRL/transformers option
     first_other = out.index("other options of ")
-    for option in ("--quantization", "--overlong", "--learning_rate", "--merge_adapter", "--resume"):
+    for option in ("--quantization", "--overlong", "--columns", "--learning_rate", "--merge_adapter", "--resume"):
         assert out.index(option) < first_other
     assert "--packing" not in out and "packing," in out[first_other:]  # TRL's others: by name only
     for markup in ("`", ":class:", "](", "<Tip", "%%"):

@@ -178,3 +178,10 @@ def test_ppo_refuses_a_tracker_it_does_not_log_to(capsys: pytest.CaptureFixture[
     assert main(["ppo", "--report_to", "wandb"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "report_to: rlhf ppo logs to tensorboard" in line and "'wandb'" in line
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "check", "--kind", "sft", "--dataset", "trl-lib/Capybarra"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("rlhf data: error: trl-lib/Capybarra: not a local file or folder, and the hub cannot")
+    assert "`hf download --repo-type dataset trl-lib/Capybarra`" in line
