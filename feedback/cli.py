@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 import sqlalchemy as sa
 
@@ -43,6 +43,7 @@ from feedback import agreement, export, importer, langsmith_sync
 from feedback.enums import Mode, Role
 from feedback.store import LoginLimits, Store, StoreError, accounts, migrate, redact, unencodable
 from rlhf.core.errors import USER_ERRORS, DataError
+from rlhf.core.options import ArgumentParser, other_spellings
 
 logger = logging.getLogger(__name__)
 
@@ -318,25 +319,16 @@ CommandFactory = Callable[[str, Callable[[argparse.Namespace], None], str], argp
 Extension = Callable[[CommandFactory], None]
 
 
-class _Parser(argparse.ArgumentParser):
-    """Takes both spellings of a long option, ``--test-fraction`` and ``--test_fraction``, as ``rlhf`` does."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # a misspelt option is an error, not a prefix
-
-    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
-        spellings = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
-        return super().add_argument(*names, *(s for s in spellings if s not in names), **kwargs)
-
-
 def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:
     """The parser of every feedback command, plus the ``extensions``' (commands that need more than the store).
 
     ``rlhf feedback generate`` needs a model, which this package never imports: the ``rlhf`` side
     adds it as an extension (:mod:`rlhf.feedback_cli`).
     """
-    parser = _Parser(prog="rlhf feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(
+        prog="rlhf feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     default_db = os.environ.get("RLHF_FEEDBACK_DB", "feedback.db")
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -430,24 +422,22 @@ def make_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser
     return parser
 
 
-def _unknown_option(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> str:
+def _unknown_option(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> NoReturn:
     """``unrecognized arguments`` with the closest option of the command, as ``rlhf <stage>`` says it."""
     actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    known = [o for o in actions.choices[command]._option_string_actions if o.startswith("--")]
+    sub = actions.choices[command]
+    declared = [o for o in sub._option_string_actions if o.startswith("--")]
+    known = declared + [other for o in declared for other in other_spellings(o)]  # answered in the user's spelling
     flag = next((u for u in unknown if u.startswith("-")), unknown[0]).split("=", 1)[0]
     match = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-    return (
-        f"unknown option {flag!r}"
-        + (f" (did you mean '{match[0]}'?)" if match else "")
-        + f"; see rlhf feedback {command} --help"
-    )
+    sub.error(f"unknown option {flag!r}" + (f" (did you mean '{match[0]}'?)" if match else ""))
 
 
 def main(argv: Sequence[str] | None = None, extensions: Sequence[Extension] = ()) -> None:
     parser = make_parser(extensions)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(_unknown_option(parser, args.command, unknown))
+        _unknown_option(parser, args.command, unknown)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines narrate every schema check
     if args.command == "annotators" and args.action != "list" and not args.name:
         make_parser(extensions).error(f"annotators {args.action}: give the annotator's name")

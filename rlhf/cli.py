@@ -35,6 +35,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "feedback": ("rlhf.feedback_cli", "annotation app, feedback store, preference export and LangSmith sync"),
 }
 
+# Algorithms that are not commands of their own: the command that runs each (one line each).
+RUN_AS: dict[str, str] = {
+    "grpo": "GRPO runs as `rlhf ppo --advantage_estimator grpo` (a recipe: `rlhf ppo --config "
+    "recipes/qwen2.5-0.5b-instruct/grpo.yaml`; in the pipeline: --ppo.advantage_estimator grpo)",
+    "dr_grpo": "Dr. GRPO runs as `rlhf ppo --advantage_estimator grpo --scale_rewards false --loss_type dr_grpo`",
+    "rloo": "RLOO runs as `rlhf ppo --advantage_estimator rloo` (num_generations answers per prompt, 4 unless set; "
+    "in the pipeline: --ppo.advantage_estimator rloo)",
+    "reinforce_pp": "REINFORCE++ runs as `rlhf ppo --advantage_estimator reinforce_pp` "
+    "(in the pipeline: --ppo.advantage_estimator reinforce_pp)",
+}
+RUN_AS["reinforce++"] = RUN_AS["reinforce_pp"]
+
 USAGE = """usage: rlhf <command> [--config recipe.yaml] [--option value ...]
 
 Align a language model on modest hardware: SFT, reward modelling and PPO on one QLoRA base.
@@ -63,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlhf {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    alias = name.lower().replace("-", "_")
+    if name not in COMMANDS and alias in RUN_AS:
+        print(f"rlhf: {name!r} is not a command: {RUN_AS[alias]}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"rlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -14,9 +14,14 @@ never sees (YAML defaults) are checked against their field's type and choices.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import inspect
+import re
+import shutil
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Sequence
@@ -30,6 +35,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf.core.errors import ConfigError
+from rlhf.core.rows import parse_columns
 from rlhf.results import absolute_paths
 
 C = TypeVar("C")
@@ -47,6 +53,27 @@ class ModelArguments(trl.ModelConfig):
     fp16 on older GPUs such as the T4, fp32 on CPU).
     """
 
+    help_title: ClassVar[str] = "model (the base model, its quantization and the LoRA adapter trained on it)"
+    # TRL's ModelConfig options `--help` describes (the rest are listed by name only).
+    help_shown: ClassVar[tuple[str, ...]] = (
+        "model_revision",
+        "attn_implementation",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_modules_to_save",
+        "use_rslora",
+        "use_dora",
+        "bnb_4bit_quant_type",
+    )
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The base model: a hub id, a local folder or builtin:tiny. rlhf reward and rlhf ppo start from "
+            "the merged SFT model (<sft output_dir>/merged)."
+        },
+    )
     quantization: str | None = field(
         default=None,
         metadata={
@@ -98,6 +125,8 @@ class ModelArguments(trl.ModelConfig):
 class DataArguments:
     """Where the data comes from and how it is split."""
 
+    help_title: ClassVar[str] = "data (where the rows come from and how they are read and split)"
+
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -125,6 +154,27 @@ class DataArguments:
             "choices": ["drop", "truncate", "error"],
         },
     )
+    columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Columns under other names, as COLUMN=NAME pairs (space- or comma-separated): e.g. "
+            "chosen=better,rejected=worse reads 'better' as chosen. Alpaca rows (instruction, input, output) and "
+            "ShareGPT rows (conversations of from/value turns) are converted without it; docs/data.md lists the "
+            "columns."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.columns, dict):  # a YAML mapping: {chosen: better}
+            self.columns = [f"{ours}={theirs}" for ours, theirs in self.columns.items()]
+        elif isinstance(self.columns, str):
+            self.columns = [self.columns]
+        parse_columns(self.columns or [])  # a malformed or unknown column is refused now, before anything loads
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        """``columns`` as ``{our column: the dataset's name}``."""
+        return parse_columns(self.columns or [])
 
 
 @dataclass
@@ -149,12 +199,81 @@ def _auto_precision(config: Any) -> None:
         config.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
 
 
+def _check_bf16(config: Any) -> None:
+    """bf16 asked for where it cannot run: one line saying what to set (transformers' own check is vaguer)."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if not (config.bf16 or config.bf16_full_eval) or config.use_cpu:
+        return
+    if is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return
+    if torch.cuda.is_available():
+        raise ConfigError(
+            f"bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16 (that needs Ampere or newer): "
+            "set fp16: true, or leave bf16 unset to pick the precision from the hardware"
+        )
+    raise ConfigError(
+        "bf16: true needs a GPU with bf16 (Ampere or newer) and none is visible: leave bf16 unset (fp32 on CPU), "
+        "or add use_cpu: true for bf16 autocast on the CPU (slow)"
+    )
+
+
+# Trackers whose package name differs from their report_to name.
+_TRACKER_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """Every tracker in report_to is one transformers knows and is installed (it would fail after loading)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    installed = get_available_reporting_integrations()
+    for name in report_to:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(
+                f"report_to: {name!r} is not a tracker; one of {sorted(INTEGRATION_TO_CALLBACK)}, or none"
+                f"{_closest(name, list(INTEGRATION_TO_CALLBACK))}"
+            )
+        if name not in installed:
+            raise ConfigError(
+                f"report_to: {name} is not installed: `pip install {_TRACKER_PACKAGES.get(name, name)}`, or report to "
+                f"{' or '.join([*installed, 'none'])}"
+            )
+
+
 @dataclass
 class _TrainerOptions(RunOptions):
     """What the sft and reward stages change in TRL's configs: precision for the hardware, frequent checkpoints.
 
     Listed before TRL's class in each config's bases, so these fields replace TRL's of the same name.
     """
+
+    # TRL's and transformers' training options `--help` describes (the ones recipes set); the rest are
+    # listed by name only, and described by --help_all.
+    help_shown: ClassVar[tuple[str, ...]] = (
+        "output_dir",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "optim",
+        "max_length",
+        "gradient_checkpointing",
+        "eval_strategy",
+        "eval_steps",
+        "eval_on_start",
+        "logging_steps",
+        "seed",
+        "report_to",
+        "use_cpu",
+        "trust_remote_code",
+    )
 
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on if the GPU has it."})
     fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision. Unset: on for GPUs without bf16."})
@@ -165,7 +284,9 @@ class _TrainerOptions(RunOptions):
 
     def __post_init__(self) -> None:
         _auto_precision(self)
+        _check_bf16(self)
         super().__post_init__()  # TRL's config, next in the MRO
+        _check_trackers(self.report_to)
 
 
 def merge_base_field() -> Any:
@@ -228,10 +349,14 @@ class RewardConfig(_TrainerOptions, trl.RewardConfig):
 class DPOConfig(_TrainerOptions, trl.DPOConfig):
     """TRL's DPOConfig with our precision, checkpoint and resume options (the reference: adapters disabled)."""
 
+    help_shown: ClassVar[tuple[str, ...]] = (*_TrainerOptions.help_shown, "beta", "loss_type")
+
 
 @dataclass
 class KTOConfig(_TrainerOptions, trl.KTOConfig):
     """TRL's KTOConfig; the weights of desirable and undesirable answers follow the data unless given."""
+
+    help_shown: ClassVar[tuple[str, ...]] = (*_TrainerOptions.help_shown, "beta")
 
     desirable_weight: float | None = field(
         default=None,
@@ -345,15 +470,161 @@ def _check_recipe_value(f: dataclasses.Field, annotation: Any, value: Any, where
         )
 
 
+# ----------------------------------------------------------------------------------------------
+# Help: this toolkit's options first, grouped, in plain text; TRL's and transformers' others by name
+
+
+def plain(text: str) -> str:
+    """Help text without markup: Markdown links and code spans, Sphinx roles and tags, as one paragraph."""
+    text = re.sub(r"\[([^\]]+)\]\((\S+?)\)", r"\1 (\2)", text)
+    text = re.sub(r":(?:class|func|meth|mod|attr|obj|ref|data|exc|paramref):`~?([^`]+)`", r"\1", text)
+    text = re.sub(r"</?(?:Tip|tip|br|p|code|b|i|em|strong)\b[^<>]*>", "", text)
+    return " ".join(text.replace("`", "").replace("%%", "%").split())
+
+
+def _declared_by(kind: type, name: str) -> type:
+    """The class whose own annotations declare a field (the first in the MRO: an override is its own)."""
+    return next(c for c in kind.__mro__ if name in inspect.get_annotations(c))
+
+
+def _ours(kind: type) -> bool:
+    return kind.__module__.split(".")[0] == "rlhf"
+
+
+def _library(owner: type, kind: type) -> str:
+    """`TRL's SFTConfig`: the library and public class a field comes from (a private base: its public subclass)."""
+    top = owner.__module__.split(".")[0]
+    if owner.__name__.startswith("_"):
+        owner = next(c for c in kind.__mro__ if c.__module__.split(".")[0] == top and not c.__name__.startswith("_"))
+    library = {"trl": "TRL's", "transformers": "transformers'"}.get(top, f"{top}'s")
+    return f"{library} {owner.__name__}"
+
+
+@dataclass(frozen=True)
+class HelpSection:
+    """A titled group of options in `--help`: described in full, or (`by_name`) listed by name only."""
+
+    title: str
+    names: tuple[str, ...]
+    by_name: bool = False
+
+
+def help_sections(dataclass_types: Sequence[type], stage: str, full: bool = False) -> list[HelpSection]:
+    """The stage's options grouped for `--help`: model, data, training, the stage's own, then the rest.
+
+    Described in full: this toolkit's options (declared by its classes) and the few of TRL's and
+    transformers' that recipes set (each class's ``help_shown``); the others are listed by name per
+    library class, or described too with ``full`` (``--help_all``).
+    """
+    sections: list[HelpSection] = []
+    others: dict[str, list[str]] = {}
+    for kind in dataclass_types:
+        names = [f.name for f in dataclasses.fields(kind) if f.init]
+        owner = {name: _declared_by(kind, name) for name in names}
+        shown: tuple[str, ...] = getattr(kind, "help_shown", ())
+        if hasattr(kind, "help_title"):
+            sections.append(HelpSection(kind.help_title, tuple(n for n in names if _ours(owner[n]) or n in shown)))
+        elif all(_ours(owner[n]) for n in names):
+            sections.append(HelpSection(stage, tuple(names)))
+        else:
+            inherited = [n for n in names if _ours(owner[n]) and owner[n] is not kind]
+            training = [n for n in shown if n in owner and n not in inherited] + inherited
+            sections.append(HelpSection("training (the trainer options recipes set, and resuming)", tuple(training)))
+            own = tuple(n for n in names if owner[n] is kind)
+            if own:
+                sections.append(HelpSection(f"{stage} (this stage's own options)", own))
+        described = {n for section in sections for n in section.names}
+        for name in names:
+            if name not in described:
+                others.setdefault(_library(owner[name], kind), []).append(name)
+    sections += [
+        HelpSection(f"other options of {library}", tuple(sorted(n)), not full) for library, n in others.items()
+    ]
+    return sections
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.choices is not None:
+        listed = ",".join(str(c) for c in action.choices)
+        return f"{{{listed}}}" if len(listed) <= 40 else "NAME"
+    kind = {"string_to_bool": "true|false", "int": "N", "float": "X", "str": "TEXT"}.get(
+        getattr(action.type, "__name__", ""), "VALUE"
+    )
+    if action.nargs == "?":
+        return f"[{kind}]"
+    return f"{kind} [{kind} ...]" if action.nargs == "+" else kind
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value is argparse.SUPPRESS or value == "" or value == []:
+        return ""
+    value = getattr(value, "value", value)  # enums (IntervalStrategy, ...)
+    return " (default: " + (" ".join(map(str, value)) if isinstance(value, list) else str(value)) + ")"
+
+
 class _Parser(HfArgumentParser):
+    """The stages' parser: one-line errors, and a `--help` that puts this toolkit's options first."""
+
     def error(self, message: str) -> typing.NoReturn:  # argparse would print the whole usage and exit
         raise ConfigError(f"{message}; see {self.prog} --help")
+
+    def format_help(self, full: bool = False) -> str:
+        width = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+        column = 34
+        actions: dict[str, argparse.Action] = {}
+        for action in self._actions:
+            actions.setdefault(action.dest, action)  # the option itself, not its --no_ complement
+        stage = self.prog.removeprefix("rlhf ")
+        lines = [
+            f"usage: {self.prog} [--config RECIPE.yaml] [--OPTION VALUE ...]",
+            "",
+            *textwrap.wrap(plain(self.description or ""), width),
+            "",
+            *textwrap.wrap(
+                "Every option is a key of the YAML recipe (--config) and a flag, which wins over the recipe. "
+                "--option_name and --option-name are the same; a true/false option also takes --no_NAME to turn "
+                f"it off. {self.prog} --help_all describes every option.",
+                width,
+            ),
+        ]
+        for section in help_sections(self.dataclass_types, stage, full):
+            lines += ["", f"{section.title}:"]
+            if section.by_name:
+                lines += textwrap.wrap(", ".join(section.names), width, initial_indent="  ", subsequent_indent="  ")
+                continue
+            for name in section.names:
+                action = actions[name]
+                head = f"  --{name} {_metavar(action)}"
+                text = plain(action.help or "") + _shown_default(action.default)
+                if action.choices is not None and _metavar(action) == "NAME":
+                    text += " Choices: " + ", ".join(str(c) for c in action.choices) + "."
+                body = textwrap.wrap(text, width - column) or [""]
+                if len(head) < column - 1:
+                    lines.append(head.ljust(column) + body[0])
+                    body = body[1:]
+                else:
+                    lines.append(head)
+                lines += [" " * column + line for line in body]
+        return "\n".join(lines) + "\n"
+
+
+class _HelpAll(argparse.Action):
+    """``--help_all``: `--help` with every option described, TRL's and transformers' too."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        assert isinstance(parser, _Parser)
+        print(parser.format_help(full=True), end="")
+        parser.exit()
 
 
 def make_parser(dataclass_types: Sequence[type], prog: str, description: str) -> HfArgumentParser:
     """The parser of one stage; shared by `rlhf <stage>` and the stage's `main(argv)`."""
     parser = _Parser(list(dataclass_types), prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML recipe: a mapping of the options below.")
+    parser.add_argument("--help_all", "--help-all", action=_HelpAll, help="Describe every option.")
     return parser
 
 
@@ -367,7 +638,7 @@ def parse(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(dataclass_types, prog, description)
-    known = sorted(a.dest for a in parser._actions if a.dest not in ("help", "config"))
+    known = sorted(a.dest for a in parser._actions if a.dest not in ("help", "help_all", "config"))
     retired = {k: v for t in dataclass_types for k, v in getattr(t, "retired_keys", {}).items()}
 
     config_path = None
@@ -401,7 +672,7 @@ def parse(
         bare = name[3:] if name.startswith("no_") else name
         if name in retired:
             raise ConfigError(f"--{name} is not an option: {retired[name]}")
-        if name not in known and bare not in known and name != "help":
+        if name not in known and bare not in known and name not in ("help", "help_all"):
             raise ConfigError(f"unknown option '--{name}'{_closest(name, known)}; see --help")
 
     try:
@@ -674,6 +945,15 @@ class PPOConfig(RunOptions):
         "max_completion_length": "it is max_new_tokens here",
         "num_iterations": "GRPO's num_iterations is ppo_epochs here",
         "epsilon": "GRPO's epsilon is cliprange here",
+        "max_steps": "PPO counts iterations (each a rollout, scoring and an update) with steps, e.g. --steps 2",
+        "num_train_epochs": "PPO runs steps iterations (--steps); ppo_epochs is the passes over each rollout",
+        "total_episodes": "PPO runs steps iterations of rollout_batch_size episodes; set steps",
+        "num_ppo_epochs": "it is ppo_epochs here",
+        "response_length": "it is max_new_tokens here",
+        "per_device_train_batch_size": "PPO samples rollout_batch_size answers per iteration and steps the "
+        "optimizer every mini_batch_size of them",
+        "gradient_accumulation_steps": "mini_batch_size episodes make one optimizer step, micro_batch_size go "
+        "through each forward/backward",
     }
 
     @property
@@ -726,6 +1006,14 @@ class PPOConfig(RunOptions):
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]
+        for tracker in self.report_to:
+            if tracker != "tensorboard":
+                raise ConfigError(
+                    f"report_to: rlhf ppo logs to tensorboard (and every iteration to metrics.jsonl), not to "
+                    f"{tracker!r}: use tensorboard or none"
+                )
+        if self.report_to:
+            _check_trackers(self.report_to)
         self._check_fsdp()
 
     def _check_fsdp(self) -> None:

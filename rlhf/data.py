@@ -22,11 +22,12 @@ from typing import Any
 import datasets
 import torch
 from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetNotFoundError
 from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import DataArguments
 from rlhf.core.errors import DataError
-from rlhf.core.rows import Source, read_file, split_files, validate
+from rlhf.core.rows import Conversion, Source, convert, read_file, split_files
 from rlhf.results import LengthReport
 from rlhf.tiny import task
 
@@ -74,21 +75,43 @@ def load_split(name: str, split: str, config: str | None = None) -> tuple[list[d
         if "split" in str(error).lower():
             return None
         raise
+    except DatasetNotFoundError as error:
+        raise DataError(
+            f"{name}: not a local file or folder, nor a dataset on the hub: check the spelling (a private dataset "
+            "needs `hf auth login`)"
+        ) from error
+    except ConnectionError as error:  # offline (HF_DATASETS_OFFLINE) or unreachable, and not in the cache
+        raise DataError(
+            f"{name}: not a local file or folder, and the hub cannot be reached to load it ({error}): check the "
+            f"spelling, or download it where the hub is reachable (`hf download --repo-type dataset {name}`)"
+        ) from error
     return loaded.to_list(), Source(f"{name}[{split}]")
+
+
+def load_rows(
+    name: str, split: str, kind: str, config: str | None = None, columns: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], Source, Conversion] | None:
+    """Rows of one split in this toolkit's format ``kind``, converted (renamed columns, Alpaca, ShareGPT) and
+    validated; ``None`` when the dataset has no such split. Says what it converted."""
+    loaded = load_split(name, split, config)
+    if loaded is None:
+        return None
+    rows, conversion = convert(loaded[0], kind, loaded[1], columns)
+    if conversion.describe():
+        logger.info("%s: read as %s", loaded[1].name, conversion.describe())
+    return rows, loaded[1], conversion
 
 
 def load_splits(args: DataArguments, kind: str, seed: int) -> tuple[Dataset, Dataset | None]:
     """Train and evaluation sets, validated; the evaluation set is the test split or a held-out slice."""
     if not args.dataset_name:
         raise DataError("no dataset: set dataset_name in the recipe or pass --dataset_name")
-    train = load_split(args.dataset_name, args.dataset_train_split, args.dataset_config)
+    train = load_rows(args.dataset_name, args.dataset_train_split, kind, args.dataset_config, args.column_map)
     if train is None:
         raise DataError(f"{args.dataset_name}: no split {args.dataset_train_split!r}")
-    rows, source = train
-    validate(rows, kind, source)
-    test = load_split(args.dataset_name, args.dataset_test_split, args.dataset_config)
+    rows = train[0]
+    test = load_rows(args.dataset_name, args.dataset_test_split, kind, args.dataset_config, args.column_map)
     if test is not None:
-        validate(test[0], kind, test[1])
         train_set, eval_set = Dataset.from_list(rows), Dataset.from_list(test[0])
     elif args.eval_split_size > 0:
         split = Dataset.from_list(rows).train_test_split(test_size=args.eval_split_size, seed=seed)

@@ -2,8 +2,9 @@
 
 * ``rlhf data tiny --out DIR`` writes the built-in task's sets as JSONL (the formats every stage
   reads), so users can see and copy them.
-* ``rlhf data check --kind sft|preference|prompt --dataset PATH`` validates a dataset with the
-  same checks the stages run, and prints its size per split.
+* ``rlhf data check --kind sft|preference|unpaired|prompt --dataset PATH [--columns COLUMN=NAME,...]``
+  reads a dataset as the stages read it (converting Alpaca and ShareGPT rows, renaming columns),
+  validates it with the same checks, and prints what it converted and its size per split.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlhf import data
-from rlhf.core.rows import CHECKS, validate
+from rlhf.core.options import ArgumentParser
+from rlhf.core.rows import CHECKS, parse_columns
 
 TINY_SETS = {"sft": "builtin:tiny/sft", "pairs": "builtin:tiny/pairs", "prompts": "builtin:tiny/prompts"}
 
@@ -33,22 +35,26 @@ def write_tiny(out: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="rlhf data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="rlhf data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     tiny = commands.add_parser("tiny", help="write the built-in tiny task's datasets as JSONL")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write sft/, pairs/, prompts/ into")
     check = commands.add_parser("check", help="validate a dataset as a stage would")
     check.add_argument("--kind", choices=sorted(CHECKS), required=True, help="what the dataset is for")
     check.add_argument("--dataset", required=True, help="file, folder, hub id or builtin:... name")
+    check.add_argument("--dataset_config", help="configuration name (hub datasets)")
+    check.add_argument(
+        "--columns", nargs="+", default=[], help="columns under other names: COLUMN=NAME pairs, as the stages take"
+    )
     args = parser.parse_args(argv)
     if args.command == "tiny":
         for path in write_tiny(args.out):
             print(path)
         return
+    columns = parse_columns(args.columns)
     for split in ("train", "test"):
-        loaded = data.load_split(args.dataset, split)
+        loaded = data.load_rows(args.dataset, split, args.kind, args.dataset_config, columns)
         if loaded is not None:
-            validate(loaded[0], args.kind, loaded[1])
-            print(f"{args.dataset} [{split}]: {len(loaded[0])} rows, valid {args.kind} data")
+            rows, _, conversion = loaded
+            read_as = f" (read as {conversion.describe()})" if conversion.describe() else ""
+            print(f"{args.dataset} [{split}]: {len(rows)} rows, valid {args.kind} data{read_as}")

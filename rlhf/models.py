@@ -10,12 +10,22 @@ exactly as it was trained.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from peft import LoraConfig, PeftModel
 from transformers import (
     AutoModelForCausalLM,
@@ -34,6 +44,10 @@ from rlhf.tiny.build import MODEL_DIR as TINY_MODEL_DIR
 logger = logging.getLogger(__name__)
 
 BUILTIN_MODELS = {"builtin:tiny": TINY_MODEL_DIR}
+MERGED_DIR = "merged"  # where `rlhf sft --merge_adapter true` writes the merged model, under its output_dir
+
+# Files one of which a saved tokenizer has (fast, sentencepiece, BPE and WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 # Tokens that some families reserve for padding; used before adding a new one, which would need a
 # resized (and untrained) embedding row.
@@ -42,13 +56,20 @@ _RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endo
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def resolve_model_path(name_or_path: str) -> str:
+def resolve_model_path(name_or_path: str | None, option: str = "model_name_or_path") -> str:
     """A built-in name (``builtin:tiny``) to its folder, a local folder to its absolute path, a hub id unchanged.
 
     Local folders become absolute so that an adapter saved on the model records a base that loads
     from any working directory. A name that can only be a local path (``./x``, ``runs/tiny/sft/merged``)
-    but does not exist is an error naming the stage that writes it, instead of a hub traceback.
+    but does not exist is an error naming the stage that writes it, instead of a hub traceback; so is
+    no name at all (a recipe without ``option``).
     """
+    if not name_or_path:
+        raise ConfigError(
+            f"{option}: not set; name the model in the recipe ({option}: ...) or pass --{option} "
+            "(a hub id, a model folder, or builtin:tiny; rlhf reward and rlhf ppo start from the merged SFT model, "
+            "<sft output_dir>/merged)"
+        )
     if name_or_path.startswith("builtin:"):
         if name_or_path not in BUILTIN_MODELS:
             raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {sorted(BUILTIN_MODELS)}")
@@ -71,19 +92,67 @@ def looks_local(name_or_path: str) -> bool:
 
 
 def producer_hint(path: Path) -> str:
-    """Which command writes a missing run folder (``runs/<recipe>/sft/merged`` -> ``rlhf sft``), as advice."""
-    stage = path.parent.name if path.name == "merged" else path.name
+    """Which command writes a missing run folder (``<run>/sft/merged`` -> ``rlhf sft``), as advice.
+
+    ``rlhf sft`` writes its merged model to ``<output_dir>/merged``, so the command names the folder
+    above ``merged`` as output_dir. The recipe is named when the one this repository's layout puts
+    there (``recipes/<run>/<stage>.yaml``, from the working directory) exists, else left for the user.
+    """
+    merged = path.name == MERGED_DIR
+    stage = "sft" if merged else path.name
     if stage not in ("sft", "reward", "ppo"):
         return ""
+    output_dir = path.parent if merged else path
+    recipe = Path("recipes") / output_dir.parent.name / f"{stage}.yaml"
+    config = str(recipe) if recipe.is_file() else f"<your {stage} recipe>"
     what = (
-        "the merged SFT model that `rlhf sft` writes (merge_adapter: true)"
-        if path.name == "merged"
-        else (f"the run folder that `rlhf {stage}` writes")
+        "the merged SFT model, which `rlhf sft` writes to <output_dir>/merged"
+        if merged
+        else f"the run folder that `rlhf {stage}` writes"
     )
-    run_root = path.parent.parent if path.name == "merged" else path.parent
-    recipe = Path("recipes") / run_root.name / f"{stage}.yaml"
-    command = f"rlhf {stage} --config {recipe}" if recipe.is_file() else f"rlhf {stage} --output_dir {path}"
+    command = f"rlhf {stage} --config {config} --output_dir {output_dir}" + (" --merge_adapter true" if merged else "")
     return f"; it is {what}: run that stage first (`{command}`)"
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def why_not_loadable(name: str, error: OSError) -> str:
+    """One line saying why transformers could not load ``name`` and what to do, from its multi-line OSError.
+
+    The hub client's exception under transformers' OSError tells which case it is: offline (or the hub
+    unreachable) without the model in the cache, no such model (often a misspelt id), a gated model.
+    """
+    causes = list(_causes(error))
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(name).expanduser().is_dir():
+        return first  # a local folder: transformers names the file it lacks
+    if any(isinstance(c, GatedRepoError) for c in causes):
+        return f"a gated model: accept its terms on https://huggingface.co/{name} and log in (`hf auth login`)"
+    if any(isinstance(c, RevisionNotFoundError) for c in causes):
+        return "no such revision of this model (model_revision)"
+    if any(isinstance(c, RepositoryNotFoundError) for c in causes):
+        return "not a local folder nor a model on the hub: check the spelling (a private model needs `hf auth login`)"
+    if any(isinstance(c, LocalEntryNotFoundError | OfflineModeIsEnabled) for c in causes):
+        offline = " (HF_HUB_OFFLINE is set)" if hub_constants.HF_HUB_OFFLINE else ""
+        return (
+            f"not a local folder, and not in the hub cache ({hub_constants.HF_HUB_CACHE}) while the hub cannot be "
+            f"reached{offline}: check the spelling, or download it where the hub is reachable (`hf download {name}`)"
+        )
+    return first
+
+
+@contextlib.contextmanager
+def loading(option: str, name: str) -> Iterator[None]:
+    """Loading ``name`` (the value of ``option``): a model or tokenizer transformers cannot find is a ConfigError."""
+    try:
+        yield
+    except OSError as error:
+        raise ConfigError(f"{option}: {name}: {why_not_loadable(name, error)}") from error
 
 
 def resolve_dtypes(model_args: ModelArguments, training_args: Any | None = None) -> None:
@@ -120,10 +189,18 @@ def process_device() -> torch.device:
 
 def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer with a pad token distinct from EOS (pad == EOS masks EOS out of losses)."""
-    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
-    )
+    option = "tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "model_name_or_path"
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    path = resolve_model_path(name, option)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{option}: {name}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it beside "
+            "the model (tokenizer.save_pretrained(folder)), or set tokenizer_name_or_path to the model it came from"
+        )
+    with loading(option, name):
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        )
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         vocab = tokenizer.get_vocab()
         reserved = [t for t in _RESERVED_PAD_TOKENS if t in vocab and vocab[t] != tokenizer.eos_token_id]
@@ -187,7 +264,8 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """The base (or SFT-merged) causal LM, quantized as the recipe says."""
     path = resolve_model_path(model_args.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_args, trust_remote_code))
+    with loading("model_name_or_path", model_args.model_name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(model_args, trust_remote_code))
     if model_args.quantization == "4bit":
         _keep_4bit_layers_differentiable(model)
     return match_tokenizer(model, tokenizer)
@@ -199,7 +277,8 @@ def load_reward_backbone(
     """A sequence classifier with one output (the reward) on top of the given causal LM checkpoint."""
     path = resolve_model_path(model_args.model_name_or_path)
     kwargs = _model_kwargs(model_args, trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    with loading("model_name_or_path", model_args.model_name_or_path):
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
     if model_args.quantization == "4bit":
         _keep_4bit_layers_differentiable(model)
     return match_tokenizer(model, tokenizer)

@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from rlhf.core.options import ArgumentParser
 from rlhf.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -685,7 +686,7 @@ def build_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rlhf report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

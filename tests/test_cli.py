@@ -64,3 +64,41 @@ def test_one_flag_style_both_spellings_everywhere_and_a_did_you_mean(tmp_path, c
     with pytest.raises(SystemExit):
         main(["feedback", "export", "--db", db, "--format", "pairs", "--out", str(out), "--test_fractio", "0.2"])
     assert "unknown option '--test_fractio' (did you mean '--test_fraction'?)" in capsys.readouterr().err
+
+
+def test_stage_help_puts_our_options_first_grouped_in_plain_text(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    titles = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert [t.split(" ")[0] for t in titles[:4]] == ["model", "data", "training", "sft"]
+    assert all(t.startswith("other options of ") for t in titles[4:]) and len(titles) > 4
+    # ours (and the few TRL options recipes set) described, before any other TRL/transformers option
+    first_other = out.index("other options of ")
+    for option in ("--quantization", "--overlong", "--columns", "--learning_rate", "--merge_adapter", "--resume"):
+        assert out.index(option) < first_other
+    assert "--packing" not in out and "packing," in out[first_other:]  # TRL's others: by name only
+    for markup in ("`", ":class:", "](", "<Tip", "%%"):
+        assert markup not in out
+    assert len(out.splitlines()) < 250
+
+
+def test_help_all_describes_every_option_in_plain_text(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["dpo", "--help-all"])
+    out = capsys.readouterr().out
+    assert "--packing" not in out  # not a DPO option
+    for option in ("--beta", "--precompute_ref_log_probs", "--adam_beta1", "--use_rslora"):
+        assert option in out
+    assert "other options of TRL's DPOConfig:" in out
+    for markup in ("`", ":class:", "](", "<Tip", "%%"):
+        assert markup not in out
+
+
+def test_plain_strips_markup() -> None:
+    from rlhf.config import plain
+
+    text = "See :class:`~transformers.Trainer`, ``x`` and `y`, the [paper](https://a.b/c).\n<Tip>Mind <sft dir>.</Tip>"
+    text += " 20%%"
+    assert plain(text) == "See transformers.Trainer, x and y, the paper (https://a.b/c). Mind <sft dir>. 20%"

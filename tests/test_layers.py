@@ -55,7 +55,9 @@ def test_importing_the_feedback_app_and_cli_loads_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["heavy"] == []
-    assert set(loaded["rlhf"]) <= {"rlhf", "rlhf.cli", "rlhf.core", "rlhf.core.errors", "rlhf.core.rows"}
+    assert set(loaded["rlhf"]) <= {
+        *("rlhf", "rlhf.cli", "rlhf.core", "rlhf.core.errors", "rlhf.core.options", "rlhf.core.rows")
+    }
 
 
 def test_rlhf_feedback_commands_other_than_generate_load_no_torch(tmp_path: Path) -> None:

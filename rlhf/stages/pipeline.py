@@ -112,7 +112,9 @@ class PipelineConfig:
     db: str | None = field(default=None, metadata={"help": "Feedback store URL; unset: sqlite in output_dir."})
     prompts: str = field(
         default="builtin:tiny/prompts",
-        metadata={"help": "Prompts to sample candidates for: a hub dataset id, a local file or folder, or builtin:."},
+        metadata={
+            "help": "Prompts to sample candidates for: a hub dataset id, a local file or folder, or a built-in set."
+        },
     )
     prompts_config: str | None = field(default=None, metadata={"help": "Configuration (subset) of a hub `prompts`."})
     prompts_split: str = field(default="train", metadata={"help": "Split of `prompts` to annotate."})

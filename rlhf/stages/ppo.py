@@ -25,7 +25,6 @@ from datasets import Dataset
 from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
-from rlhf.core.rows import validate
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.sampler import PolicySampler
@@ -128,13 +127,11 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     """The trainer with its shared base and prompts (train split for rollouts, test split held out)."""
     if not data_args.dataset_name:
         raise ConfigError("dataset_name: PPO needs prompts (a dataset with a 'prompt' column)")
-    train_rows = data.load_split(data_args.dataset_name, data_args.dataset_train_split, data_args.dataset_config)
+    name, subset, columns = data_args.dataset_name, data_args.dataset_config, data_args.column_map
+    train_rows = data.load_rows(name, data_args.dataset_train_split, "prompt", subset, columns)
     if train_rows is None:
         raise ConfigError(f"{data_args.dataset_name}: no {data_args.dataset_train_split!r} split of prompts")
-    validate(train_rows[0], "prompt", train_rows[1])
-    eval_rows = data.load_split(data_args.dataset_name, data_args.dataset_test_split, data_args.dataset_config)
-    if eval_rows is not None:
-        validate(eval_rows[0], "prompt", eval_rows[1])
+    eval_rows = data.load_rows(name, data_args.dataset_test_split, "prompt", subset, columns)
     if config.fsdp:
         _check_sharding(model_args)
     roles, tokenizer = build_roles(model_args, config)

@@ -23,13 +23,13 @@ from trl import SFTTrainer
 from rlhf import data, merging, models, runs
 from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
+from rlhf.models import MERGED_DIR
 from rlhf.results import LengthReport, SFTResult
 
 logger = logging.getLogger(__name__)
 
 CONFIG_TYPES = [ModelArguments, DataArguments, SFTConfig]
 DESCRIPTION = "Supervised fine-tuning: train a LoRA adapter on chat (or prompt/completion, or text) data."
-MERGED_DIR = "merged"
 
 
 class _SFTTrainer(SFTTrainer):
