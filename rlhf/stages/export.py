@@ -40,6 +40,7 @@ from huggingface_hub import ModelCardData
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.core.errors import ConfigError
+from rlhf.models import MERGED_DIR
 from rlhf.ppo.roles import POLICY
 from rlhf.results import (
     CONFIG_FILE,
@@ -53,7 +54,6 @@ from rlhf.results import (
     Result,
     read_stage,
 )
-from rlhf.stages.sft import MERGED_DIR
 
 logger = logging.getLogger(__name__)
 
