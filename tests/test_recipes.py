@@ -65,6 +65,8 @@ def test_real_recipes_are_the_qlora_setup_and_the_chain_of_folders_the_readme_de
             assert options["reward_model_path"] == str(run / "reward"), stage
         if recipe.name == "qwen2.5-7b-instruct" and stage in ("sft", "reward", "dpo"):
             assert (options["per_device_train_batch_size"], options["gradient_accumulation_steps"]) == (1, 16)
+        if recipe.name == "qwen2.5-7b-instruct" and stage == "kto":
+            assert (options["per_device_train_batch_size"], options["gradient_accumulation_steps"]) == (2, 8)
     assert _options(recipe, "sft")["merge_adapter"] is True
     grpo = _options(recipe, "grpo")
     assert (grpo["advantage_estimator"], grpo["num_generations"]) == ("grpo", 8)
