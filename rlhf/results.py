@@ -54,8 +54,9 @@ PATH = {"path": True}  # field metadata: a result's field that names a local fil
 
 
 def absolute_path(value: str) -> str:
-    """An existing local file or folder as an absolute path; anything else (a hub id, ``builtin:``) unchanged."""
-    return str(Path(value).expanduser().resolve()) if Path(value).expanduser().exists() else value
+    """An existing local file or folder as an absolute path; anything else (a hub id, ``builtin:``, an unset
+    option's empty string, which ``Path`` would read as the working directory) unchanged."""
+    return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
 
 def absolute_paths(options: Mapping[str, Any], keys: typing.Iterable[str] = PATH_OPTIONS) -> dict[str, Any]:
