@@ -15,8 +15,8 @@ gold gain with its 95% interval, the gold win rate, the reward-model win rate, t
 (the over-optimisation the reward model did not see), the reward model's ranking accuracy on the final
 policy's own answers with gold as truth (all pairs the judge separates, and the pairs that differ only in
 correctness: same politeness, ending, rudeness, repetition and stray sentences, one right and one wrong),
-for ensembles how much the members disagree on those pairs, the KL to the SFT model and the RL stage's
-wall time. Task-specific (it reads the tiny task's judge's verdict rule by rule), so it lives here and
+for ensembles how much the members disagree on those pairs, the KL to the SFT model, and the reward and
+RL stages' wall times. Task-specific (it reads the tiny task's judge's verdict rule by rule), so it lives here and
 not in the toolkit.
 
 Run it on an idle machine: two torch processes on 2 cores slow each other down many times over.
@@ -92,7 +92,7 @@ def _member_disagreement(pairs: list[Any]) -> float | None:
     return sum(split) / len(split)
 
 
-def measure(folder: Path, rl_seconds: float) -> dict[str, Any]:
+def measure(folder: Path, reward_seconds: float, rl_seconds: float) -> dict[str, Any]:
     evaluation = EvalResult.read(folder / "eval")
     samples = [json.loads(line) for line in (folder / "eval" / "samples.jsonl").read_text().splitlines()]
     separated, correctness_only = _policy_pairs(samples, "ppo")
@@ -111,6 +111,7 @@ def measure(folder: Path, rl_seconds: float) -> dict[str, Any]:
         "correctness_pairs": len(correctness_only),
         "members_split": _member_disagreement(correctness_only),
         "kl": evaluation.kl_ppo_to_sft,
+        "reward_seconds": reward_seconds,
         "rl_seconds": rl_seconds,
     }
 
@@ -138,11 +139,13 @@ def main() -> None:
                 start = "ppo" if trained_reward == reward_overrides else "reward"
                 _run(shared, ["--from_stage", start, *seeds, *reward_overrides, *rl_overrides])
                 trained_reward = reward_overrides
-                rl_seconds = json.loads((shared / "ppo" / "done.json").read_text())["seconds"]
+                reward_seconds, rl_seconds = (
+                    json.loads((shared / stage / "done.json").read_text())["seconds"] for stage in ("reward", "ppo")
+                )
                 shutil.rmtree(keep, ignore_errors=True)
                 for name in ("reward", "ppo", "eval"):
                     shutil.copytree(shared / name, keep / name, ignore=shutil.ignore_patterns("checkpoint-*"))
-                (keep / "result.json").write_text(json.dumps(measure(keep, rl_seconds), indent=2))
+                (keep / "result.json").write_text(json.dumps(measure(keep, reward_seconds, rl_seconds), indent=2))
             results[variant].append(json.loads((keep / "result.json").read_text()))
 
     def cell(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
@@ -163,6 +166,7 @@ def main() -> None:
         ("RM acc. right-vs-wrong", "rm_acc_correctness", ".2f"),
         ("members split", "members_split", ".2f"),
         ("KL", "kl", ".2f"),
+        ("reward s", "reward_seconds", ".0f"),
         ("RL s", "rl_seconds", ".0f"),
     ]
     print(f"seeds {args.seeds}: mean (each seed)")
