@@ -814,6 +814,16 @@ class PPOConfig(RunOptions):
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (log-probs use the same)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
+    rollout_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "What samples the answers (rlhf/engine.py): transformers (generate() on the training model); "
+            "merged (a float32 copy of the policy with the LoRA merged, refreshed every iteration: faster, costs "
+            "a float32 copy of the base's linear layers, needs float32 compute); auto: merged where the trainer "
+            "computes in float32, else transformers.",
+            "choices": ["auto", "transformers", "merged"],
+        },
+    )
     # Reward
     reward_funcs: list[str] = field(
         default_factory=list,
