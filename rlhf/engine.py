@@ -131,6 +131,21 @@ class TransformersEngine:
         return _rollout(tokens, logprobs, self.eos_ids, self.pad_token_id)
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (N x V, rows summing to 1), drawn with probability ``probs``.
+
+    Inverse-CDF sampling with one uniform number per row: the first token whose cumulative
+    probability exceeds it (so a token of probability 0, outside top-k / top-p, is never drawn). The
+    cumulative sum is taken in float64, so a token's chance is its probability to ~1e-12 even over a
+    152k vocabulary. ``torch.multinomial`` draws one exponential number per token of the vocabulary
+    for the same result (measured on one CPU thread: 0.29 vs 3.9 ms for 64 x 606, 9 vs 113 ms for
+    8 x 151,936).
+    """
+    cdf = probs.double().cumsum(-1)
+    point = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def decode(
     model: PreTrainedModel,
@@ -142,38 +157,44 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ancestral sampling with a KV cache: new tokens (N x R) and each one's log-prob where it was drawn.
 
-    generate()'s sampling step, step for step: float32 logits of the last position, divided by the
-    temperature, cut by top-k then top-p (:func:`rlhf.sampling.truncate`), one ``multinomial`` draw
-    from their softmax per row (so the same seed draws the same tokens from the same logits), padding
-    after a row's EOS, and a stop once every row has ended. Without generate()'s configuration,
-    processors and stopping machinery around it; and the log-prob of the drawn token comes for the
-    price of one log-softmax of N x V per step.
+    generate()'s sampling step: float32 logits of the last position, divided by the temperature, cut
+    by top-k then top-p (:func:`rlhf.sampling.truncate`), a draw from their softmax (:func:`draw`),
+    padding after a row's EOS, and a stop once every row has ended. Without generate()'s
+    configuration, processors and stopping machinery; and the log-prob of the drawn token comes for
+    one log-softmax of N x V per step.
     """
     k = settings.num_return_sequences
     if k > 1:
         query, query_mask = query.repeat_interleave(k, 0), query_mask.repeat_interleave(k, 0)
+    width = query.shape[1]
     cache = DynamicCache(config=model.config)
     positions = (query_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding takes no position
+    mask = torch.cat([query_mask, query_mask.new_ones(len(query), settings.max_new_tokens)], 1)
     eos = torch.tensor(eos_ids, device=query.device)
     ended = torch.zeros(len(query), dtype=torch.bool, device=query.device)
-    mask = query_mask
-    out = model(input_ids=query, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+    out = model(
+        input_ids=query, attention_mask=query_mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+    )
     tokens, logprobs = [], []
-    for _ in range(settings.max_new_tokens):
+    for step in range(settings.max_new_tokens):
         scores = out.logits[:, -1].float()
         if settings.temperature != 1.0:
             scores = scores / settings.temperature
         scores = sampling.truncate(scores, settings)
-        token = torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+        token = draw(scores.softmax(-1))
         logprob = scores.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
         tokens.append(token.masked_fill(ended, pad_token_id))
         logprobs.append(logprob.masked_fill(ended, 0.0))
         ended = ended | torch.isin(token, eos)
         if bool(ended.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions, past_key_values=cache)
+        out = model(
+            input_ids=tokens[-1][:, None],
+            attention_mask=mask[:, : width + step + 1],
+            position_ids=positions,
+            past_key_values=cache,
+        )
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 

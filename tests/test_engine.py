@@ -138,6 +138,37 @@ def test_sampled_log_probs_are_the_ones_the_trainer_recomputes(
 
 
 @pytest.mark.parametrize("name", ENGINES)
+def test_sampled_tokens_follow_the_trainers_distribution(roles: tuple[SharedBase, Any], name: str) -> None:
+    """1500 answers to one prompt: each first token is drawn as often as the trainer's probability of it says.
+
+    Log-probs that match say nothing about how often a token is drawn (a sampler that always takes the
+    most likely token would report them right); frequencies do, within 5 binomial standard deviations.
+    """
+    sampler = _sampler(roles, name, sampling.SamplingSettings(1, 0.8, 0.9, 20))  # temperature, top-p, top-k
+    torch.manual_seed(3)
+    rollout = sampler.generate(_prompts(3)[2:] * 1500)
+    first, probability = rollout.response[:, 0], sampler.logprobs(rollout)[:, 0].exp()
+    tokens, counts = first.unique(return_counts=True)
+    assert len(tokens) >= 4  # a distribution, not one answer
+    n = len(first)
+    drawn_mass = 0.0
+    for token, count in zip(tokens.tolist(), counts.tolist(), strict=True):
+        p = float(probability[first == token][0])
+        drawn_mass += p
+        assert abs(count / n - p) <= 5 * (p * (1 - p) / n) ** 0.5 + 1e-3, (token, count / n, p)
+    assert drawn_mass >= 0.99  # what was never drawn is next to nothing
+
+
+def test_draw_picks_each_token_as_often_as_its_probability() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.25, 0.05, 0.6, 0.0])
+    torch.manual_seed(0)
+    drawn = engine.draw(probs.expand(200_000, -1))
+    frequency = torch.bincount(drawn, minlength=len(probs)).double() / len(drawn)
+    assert frequency[probs == 0].sum() == 0  # outside top-k / top-p: never
+    assert (frequency - probs.double()).abs().max() <= 5 * (0.25 / len(drawn)) ** 0.5
+
+
+@pytest.mark.parametrize("name", ENGINES)
 def test_eos_flags_agree_with_the_tokens(roles: tuple[SharedBase, Any], name: str) -> None:
     """An answer has ended iff its last kept token is one of the EOS ids; nothing but padding after it."""
     sampler = _sampler(roles, name, sampling.SamplingSettings(8, 1.0))  # short enough that some answers go on
