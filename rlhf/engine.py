@@ -2,12 +2,13 @@
 
 A :class:`RolloutEngine` answers a batch of tokenized prompts with the current policy under
 :class:`~rlhf.sampling.SamplingSettings` and returns a :class:`Rollout`: the answer tokens cut at the
-first EOS, the EOS flags, and the engine's log-prob of each token where it reports them. Before every
-generation the caller calls :meth:`RolloutEngine.sync`: an engine that holds weights of its own brings
-them to the model as it is now (the policy adapter after the last update; no adapter at all inside
-``SharedBase.reference()``). The trainer never trusts the engine's log-probs blindly: it recomputes
-them (``PolicySampler.logprobs``) and logs how far apart the two are (``rollout/logprob_gap``);
-``tests/test_engine.py`` holds every engine to the reference one.
+first EOS, the EOS flags, and the engine's log-prob of each token where it reports them. Whenever the
+model may have changed the caller calls :meth:`RolloutEngine.sync` first (``PolicySampler``: before
+every generation): an engine that holds weights of its own brings them to the model as it is now (the
+policy adapter after the last update; no adapter at all inside ``SharedBase.reference()``). The
+trainer does not take the engine's log-probs for its own: it recomputes them (``PolicySampler.logprobs``)
+and logs how far apart the two are (``rollout/logprob_gap``); ``tests/test_engine.py`` holds every
+engine to the reference one.
 
 Engines here (``rollout_engine`` in the PPO config; ``auto`` picks ``merged`` where it is the
 same policy, ``transformers`` otherwise):

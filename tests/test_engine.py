@@ -13,6 +13,7 @@ engine plugs in as one more entry of ``ENGINES``: a factory over the shared base
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from conftest import ppo_args
 
 from rlhf import candidates, data, engine, models, sampling
-from rlhf.config import ModelArguments, parse
+from rlhf.config import ModelArguments, PPOConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.ppo.roles import POLICY, SharedBase
 from rlhf.ppo.sampler import PolicySampler, Samples
@@ -247,6 +248,8 @@ def test_auto_picks_the_merged_engine_only_where_it_is_the_same_policy(
         engine.build("merged", shared.peft, eos_ids, pad, autocast=torch.bfloat16)
     with pytest.raises(ConfigError, match=r"^rollout_engine: unknown 'vllm'"):
         engine.build("vllm", shared.peft, eos_ids, pad)
+    (option,) = [f for f in dataclasses.fields(PPOConfig) if f.name == "rollout_engine"]
+    assert tuple(option.metadata["choices"]) == engine.ENGINES  # what a recipe may name is what build() knows
     args = ModelArguments(
         model_name_or_path=str(opinionated_base), quantization="4bit", bnb_4bit_compute_dtype="bfloat16"
     )
