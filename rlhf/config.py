@@ -1037,3 +1037,8 @@ class PPOConfig(RunOptions):
             )
         if self.optim != "adamw_torch":
             raise ConfigError(f"fsdp: optim {self.optim} does not step sharded parameters; use optim adamw_torch")
+        if self.rollout_engine == "merged":
+            raise ConfigError(
+                "fsdp: rollout_engine merged needs the whole base in each process; use rollout_engine transformers "
+                "(auto picks it when sharded)"
+            )

@@ -36,6 +36,7 @@ from typing import Protocol
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import sampling
@@ -214,14 +215,17 @@ def merged_unsupported(model: torch.nn.Module, autocast: torch.dtype | None) -> 
 
     The trainer measures the policy as ``x @ W + scale * B(A(x))`` in its compute precision. A merged
     float32 matrix is the same function to float32 rounding; in bf16 (8 bits of mantissa) a young
-    LoRA's update is far below the rounding of ``W`` and would vanish from the merged copy, and an
-    8-bit base (LLM.int8's outlier columns) has no plain dense form to merge into.
+    LoRA's update is far below the rounding of ``W`` and would vanish from the merged copy, an
+    8-bit base (LLM.int8's outlier columns) has no plain dense form to merge into, and a base sharded
+    with FSDP is whole in no single process.
     """
     import bitsandbytes as bnb
 
     if autocast is not None:
         return f"would sample in float32 while the trainer computes under {autocast} autocast"
     for name, module in sampling.generative(model).named_modules():
+        if isinstance(module, FSDPModule):
+            return f"cannot merge a base sharded with FSDP: each process holds part of it ({name or 'the model'})"
         if isinstance(module, bnb.nn.Linear8bitLt):
             return f"cannot merge into an 8-bit base ({name})"
         if isinstance(module, bnb.nn.Linear4bit) and module.compute_dtype not in (None, torch.float32):
