@@ -34,6 +34,7 @@ import trl
 import yaml
 from transformers import HfArgumentParser
 
+from rlhf import sharding
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import parse_columns
 from rlhf.results import absolute_paths
@@ -281,11 +282,25 @@ class _TrainerOptions(RunOptions):
         default=200, metadata={"help": "Checkpoint every N steps (what --resume continues from)."}
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "'full_shard auto_wrap': shard the base and the adapter over the job's GPUs with FSDP2 "
+            "(torchrun --nproc_per_node N; Accelerate shards on GPUs only), each decoder layer a unit, a 4-bit base "
+            "stored in the compute dtype (FSDP-QLoRA); fsdp_config takes transformers' FSDP options. Empty: "
+            "data-parallel, every process holds the whole model."
+        },
+    )
 
     def __post_init__(self) -> None:
         _auto_precision(self)
         _check_bf16(self)
+        words = self.fsdp
+        if words:
+            self.fsdp_config = sharding.trainer_fsdp_options(words, self.fsdp_config)
+            self.fsdp = True  # type: ignore[assignment]  # transformers' form; the words are in fsdp_config now
         super().__post_init__()  # TRL's config, next in the MRO
+        self.fsdp = words  # what a re-run's --config reads
         _check_trackers(self.report_to)
 
 
