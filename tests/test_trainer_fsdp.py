@@ -85,7 +85,7 @@ def test_what_a_sharded_stage_hands_trl_is_fsdp_qlora(
     configs = _parse(stage, tmp_path, *FSDP, "--quantization", quantization)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(sharding, "accelerator_type", lambda: "cuda")
-    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")  # registered, so the stage setting it is undone after the test
     with pytest.raises(Handed) as handed:
         STAGES[stage][1](configs, monkeypatch)
     model, args = handed.value.kwargs["model"], handed.value.kwargs["args"]
