@@ -6,9 +6,10 @@
 on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used when it saved one.
 
 Prompts are rendered with the model's chat template (generation prompt added), left-padded so
-every row of a batch ends where generation starts, and sampled by :mod:`rlhf.sampling` (the one
-sampler PPO uses: temperature / top-p / top-k as given, nothing inherited from the checkpoint's
-saved generation config) until any of the model's EOS ids or ``max_new_tokens``. Only prompts that
+every row of a batch ends where generation starts, and sampled through the rollout engine PPO
+samples through (:mod:`rlhf.engine`, ``auto``: temperature / top-p / top-k as given, nothing
+inherited from the checkpoint's saved generation config) until any of the model's EOS ids or
+``max_new_tokens``. Only prompts that
 no annotator has been handed or answered get candidates: adding one to a ranked set would leave the
 stored rankings incomplete, so such prompts are skipped and counted (``skipped_in_use``). Each
 candidate is stored with the model, the adapter and the generation settings that produced it.
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
-from rlhf import models, sampling
+from rlhf import engine, models, sampling
 from rlhf.config import ModelArguments
 from rlhf.ppo.sampler import PolicySampler
 
@@ -71,8 +72,8 @@ class GenerateReport:
 
 def load(
     model: str, adapter: str | None = None, quantization: str = "none", dtype: str | None = None
-) -> tuple[Any, Any]:
-    """The model (with its adapter, if any) in eval mode and its tokenizer, set up for left padding."""
+) -> tuple[engine.RolloutEngine, Any]:
+    """A rollout engine over the model (with its adapter, if any) in eval mode, synced, and its tokenizer."""
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
     args = ModelArguments(
         model_name_or_path=model, tokenizer_name_or_path=tokenizer_source, quantization=quantization, dtype=dtype
@@ -87,23 +88,24 @@ def load(
         lm = PeftModel.from_pretrained(lm, adapter)
     if quantization == "none":
         lm = lm.to(models.process_device())
-    return lm.eval(), tokenizer
+    lm.eval()
+    rollouts = engine.build(
+        "auto", lm, sampling.eos_token_ids(sampling.generative(lm), tokenizer), tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        rollouts.sync()  # the weights never change here: one sync
+    return rollouts, tokenizer
 
 
 @torch.no_grad()
 def sample_batch(
-    model: Any, tokenizer: Any, prompts: Sequence[Messages], settings: GenerationSettings
+    rollouts: engine.RolloutEngine, tokenizer: Any, prompts: Sequence[Messages], settings: GenerationSettings
 ) -> list[list[str]]:
     """``num_candidates`` responses for each prompt of one batch (text without special tokens)."""
-    device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    eos_ids = sampling.eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id
-    response = sampling.sample(model, batch["input_ids"], batch["attention_mask"], settings.drawn(), eos_ids, pad)
-    response, _, _ = sampling.cut_at_eos(response, eos_ids, pad)
+    query, query_mask = engine.encode_prompts(tokenizer, list(prompts), rollouts.device)
+    rollout = rollouts.generate(query, query_mask, settings.drawn())
     # Rows are prompt 0's K samples, then prompt 1's...
-    decoded = sampling.decode(tokenizer, response, eos_ids, pad)
+    decoded = sampling.decode(tokenizer, rollout.tokens, rollouts.eos_ids, rollouts.pad_token_id)
     k = settings.num_candidates
     return [decoded[i * k : (i + 1) * k] for i in range(len(prompts))]
 
@@ -135,12 +137,12 @@ def generate(
     todo = [(pid, messages) for pid, messages in todo if pid not in in_use]
     if not todo:
         return report
-    lm, tokenizer = load(model, adapter, quantization)
+    rollouts, tokenizer = load(model, adapter, quantization)
     generation = asdict(settings)
     torch.manual_seed(settings.seed)
     for start in tqdm(range(0, len(todo), batch_size), desc="generating", unit="batch"):
         chunk = todo[start : start + batch_size]
-        samples = sample_batch(lm, tokenizer, [messages for _, messages in chunk], settings)
+        samples = sample_batch(rollouts, tokenizer, [messages for _, messages in chunk], settings)
         for (prompt_id, _), texts in zip(chunk, samples, strict=True):
             store_set(
                 store,

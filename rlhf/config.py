@@ -34,6 +34,7 @@ import trl
 import yaml
 from transformers import HfArgumentParser
 
+from rlhf import sharding
 from rlhf.core.errors import ConfigError
 from rlhf.core.rows import parse_columns
 from rlhf.results import absolute_paths
@@ -281,11 +282,25 @@ class _TrainerOptions(RunOptions):
         default=200, metadata={"help": "Checkpoint every N steps (what --resume continues from)."}
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    fsdp: str = field(
+        default="",
+        metadata={
+            "help": "'full_shard auto_wrap': shard the base and the adapter over the job's GPUs with FSDP2 "
+            "(torchrun --nproc_per_node N; Accelerate shards on GPUs only), each decoder layer a unit, a 4-bit base "
+            "stored in the compute dtype (FSDP-QLoRA); fsdp_config takes transformers' FSDP options. Empty: "
+            "data-parallel, every process holds the whole model."
+        },
+    )
 
     def __post_init__(self) -> None:
         _auto_precision(self)
         _check_bf16(self)
+        words = self.fsdp
+        if words:
+            self.fsdp_config = sharding.trainer_fsdp_options(words, self.fsdp_config)
+            self.fsdp = True  # type: ignore[assignment]  # transformers' form; the words are in fsdp_config now
         super().__post_init__()  # TRL's config, next in the MRO
+        self.fsdp = words  # what a re-run's --config reads
         _check_trackers(self.report_to)
 
 
@@ -814,6 +829,16 @@ class PPOConfig(RunOptions):
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (log-probs use the same)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
+    rollout_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "What samples the answers (rlhf/engine.py): transformers (generate() on the training model); "
+            "merged (a float32 copy of the policy with the LoRA merged, refreshed every iteration: faster, costs "
+            "a float32 copy of the base's linear layers, needs float32 compute); auto: merged where the trainer "
+            "computes in float32, else transformers.",
+            "choices": ["auto", "transformers", "merged"],
+        },
+    )
     # Reward
     reward_funcs: list[str] = field(
         default_factory=list,
@@ -1027,3 +1052,8 @@ class PPOConfig(RunOptions):
             )
         if self.optim != "adamw_torch":
             raise ConfigError(f"fsdp: optim {self.optim} does not step sharded parameters; use optim adamw_torch")
+        if self.rollout_engine == "merged":
+            raise ConfigError(
+                "fsdp: rollout_engine merged needs the whole base in each process; use rollout_engine transformers "
+                "(auto picks it when sharded)"
+            )

@@ -55,13 +55,21 @@ def sampled_logits(logits: torch.Tensor, settings: SamplingSettings, tokens: tor
     if not settings.truncates:
         return logits
     flat = logits.reshape(-1, logits.shape[-1])
-    cut = flat
-    if settings.top_k > 0:
-        cut = TopKLogitsWarper(settings.top_k)(None, cut)
-    if settings.top_p < 1.0:
-        cut = TopPLogitsWarper(settings.top_p)(None, cut)
     drawn = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, tokens.reshape(-1, 1), True)
-    return torch.where(drawn, flat, cut).view_as(logits)
+    return torch.where(drawn, flat, truncate(flat, settings)).view_as(logits)
+
+
+def truncate(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """``logits`` (N x V, divided by the temperature) with ``-inf`` outside the top-k, then top-p, set.
+
+    generate()'s own warpers in generate()'s order, so a decode loop that draws from
+    ``softmax(truncate(logits))`` draws from the distribution generate() draws from, to the tie.
+    """
+    if settings.top_k > 0:
+        logits = TopKLogitsWarper(settings.top_k)(None, logits)
+    if settings.top_p < 1.0:
+        logits = TopPLogitsWarper(settings.top_p)(None, logits)
+    return logits
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -97,7 +105,7 @@ def generation_config(settings: SamplingSettings, eos_ids: list[int], pad_token_
     )
 
 
-def _generative(model: torch.nn.Module) -> PreTrainedModel:
+def generative(model: torch.nn.Module) -> PreTrainedModel:
     """The transformers model under a PEFT wrapper (whose ``generate`` it ends up calling)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model  # type: ignore[return-value]
@@ -106,7 +114,7 @@ def _generative(model: torch.nn.Module) -> PreTrainedModel:
 @contextmanager
 def _no_saved_defaults(model: torch.nn.Module) -> Iterator[None]:
     """Hide the checkpoint's saved generation config, so generate() has nothing to fill unset values from."""
-    inner = _generative(model)
+    inner = generative(model)
     saved = inner.generation_config
     inner.generation_config = GenerationConfig()
     try:

@@ -34,6 +34,13 @@ Data: the built-in tiny sets packed into multi-turn rows of about ``max_length``
 memory and speed are those of full-length rows; PPO prompts of about half that. A random model almost never
 samples EOS, so every PPO answer is ``max_new_tokens`` long (the recipe's 128): the worst case for memory.
 
+On a machine with 2 or more GPUs, the sharded recipes then run on the last shape (default 0.5B), each stage
+under ``torchrun --nproc_per_node <GPUs>``: ``rlhf sft|reward|dpo|kto --fsdp "full_shard auto_wrap"`` (TRL's trainers
+on Accelerate's FSDP2, a 4-bit base stored in bf16) and ``rlhf ppo --fsdp full_shard`` (FSDP2 over the one base),
+with ``optim adamw_torch`` (8-bit optimizers over sharded parameters are unverified), reporting every process's
+peak memory. On one GPU they are skipped with a note saying so; on CPU too, unless ``--sharded-processes N`` asks
+for the one sharded stage that runs on CPU processes (ppo; Accelerate shards the others on GPUs only).
+
 Measured per stage:
 - tokens/s after the first optimizer step or iteration (it carries the warm-up: kernels, allocator, caches), each
   labelled with what it counts: SFT, the input tokens trained on (TRL's ``num_tokens``: non-padding); reward, the
@@ -72,6 +79,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +102,8 @@ TRAIN_ROWS, TEST_ROWS = 64, 8
 RESULTS, ARCHIVE = "gpu_check.json", "gpu_check-logs.tar.gz"
 LOG_CAP = 4 * MIB  # a log longer than this goes into the archive as its last 4 MiB (16 MiB come back per file)
 STAGES = ("sft", "reward", "ppo", "grpo")
+SHARDED_STAGES = ("sft", "reward", "dpo", "kto", "ppo")  # each under torchrun with --fsdp
+TRAINER_STAGES = ("sft", "reward", "dpo", "kto")  # TRL's trainers: Accelerate shards them on GPUs only
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,8 @@ RATE_LABELS = {
     "reward": "chosen+rejected tokens/s",
     "ppo": "answer tokens/s (iteration)",
     "grpo": "answer tokens/s (iteration)",
+    "dpo": "input tokens trained/s",
+    "kto": "input tokens trained/s",
 }
 
 
@@ -209,9 +221,10 @@ def estimate(name: str, recipes: dict[str, dict[str, Any]], max_length: int, rat
     seconds = {"build": rates.process_seconds + 2 * params / rates.save_bytes_per_second}
     for stage in plan.stages:
         recipe = recipes[stage]
-        if stage in ("sft", "reward"):
+        if stage in TRAINER_STAGES:
             rows = recipe["per_device_train_batch_size"] * recipe.get("gradient_accumulation_steps", 1)
-            sequences = rows * (2 if stage == "reward" else 1)
+            # DPO and KTO also run the reference (adapter off): about a reward pass more per sequence
+            sequences = rows * {"sft": 1, "reward": 2, "dpo": 3, "kto": 2}[stage]
             seconds[stage] = load + plan.steps * sequences * row * train_token
             if stage == "sft" and plan.merge:  # dequantize, merge, save, then load three models to check it
                 seconds[stage] += 3 * model_load + 2 * params / rates.save_bytes_per_second
@@ -262,15 +275,17 @@ class Monitor:
         peaks: dict[str, Any] = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # kB
         torch = sys.modules.get("torch")  # not imported here: the worker may be importing it
         if torch is not None and hasattr(torch, "cuda") and torch.cuda.is_available() and torch.cuda.is_initialized():
-            free, total = torch.cuda.mem_get_info()
+            device = int(os.environ.get("LOCAL_RANK", 0))  # under torchrun: this process's GPU
+            free, total = torch.cuda.mem_get_info(device)
             self.device_used_peak = max(self.device_used_peak, total - free)
-            props = torch.cuda.get_device_properties(0)
+            props = torch.cuda.get_device_properties(device)
             peaks.update(
                 gpu=props.name,
                 gpu_capability=f"{props.major}.{props.minor}",
+                gpu_count=torch.cuda.device_count(),
                 gpu_total_mib=total / MIB,
-                peak_allocated_mib=torch.cuda.max_memory_allocated() / MIB,
-                peak_reserved_mib=torch.cuda.max_memory_reserved() / MIB,
+                peak_allocated_mib=torch.cuda.max_memory_allocated(device) / MIB,
+                peak_reserved_mib=torch.cuda.max_memory_reserved(device) / MIB,
                 peak_device_used_mib=self.device_used_peak / MIB,
             )
         return peaks
@@ -334,7 +349,12 @@ def _clock_sampler(monitor: Monitor) -> None:
 
 
 def stage_worker(result: Path, *argv: str) -> None:
-    """``rlhf <stage> ARGV`` with its optimizer steps and rollouts timed and its memory sampled."""
+    """``rlhf <stage> ARGV`` with its optimizer steps and rollouts timed and its memory sampled.
+
+    Under torchrun each process writes its own ``<result>-rank<R>.json``.
+    """
+    if "RANK" in os.environ:
+        result = result.with_name(f"{result.stem}-rank{os.environ['RANK']}{result.suffix}")
     monitor = Monitor(result)
     from rlhf.cli import main
 
@@ -445,6 +465,7 @@ def preflight_worker(result: Path, device: str) -> None:
             props = torch.cuda.get_device_properties(0)
             report.update(
                 cuda=torch.version.cuda,
+                gpu_count=torch.cuda.device_count(),
                 gpu=props.name,
                 gpu_capability=f"{props.major}.{props.minor}",
                 gpu_total_mib=props.total_memory / MIB,
@@ -498,7 +519,7 @@ def _pack(rows: list[dict[str, Any]], size: Callable[[dict[str, Any]], int], bud
 
 
 def pack_data(raw: Path, out: Path, max_length: int, model_dir: Path) -> dict[str, int]:
-    """The tiny sets in ``raw`` packed into multi-turn rows of about ``max_length`` tokens: sft/, pairs/, prompts/.
+    """The tiny sets in ``raw`` packed into rows of about ``max_length`` tokens: sft/, pairs/, prompts/, thumbs/.
 
     Lengths are counted with the built model's tokenizer, the one the stages load: transformers picks the class
     from the model type (Qwen2's splits digits apart), so it counts more tokens than the tiny model's own.
@@ -531,6 +552,11 @@ def pack_data(raw: Path, out: Path, max_length: int, model_dir: Path) -> dict[st
             for g in _pack(pairs, longest, budget)
         ),
         "prompts": ({"prompt": context(g)} for g in _pack(pairs, longest, budget // 2)),
+        "thumbs": (  # KTO: each packed pair as a thumbs-up on its chosen answer and a thumbs-down on its rejected
+            {"prompt": context(g), "completion": g[-1][side], "label": side == "chosen"}
+            for g in _pack(pairs, longest, budget)
+            for side in ("chosen", "rejected")
+        ),
     }
     counts = {}
     for name, rows in sets.items():
@@ -634,8 +660,11 @@ class Check:
                     _add_capped(archive, path, str(name))
         (out / f"{ARCHIVE}.tmp").replace(out / ARCHIVE)
 
-    def process(self, label: str, kind: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    def process(self, label: str, kind: str, args: Sequence[str], timeout: float, processes: int = 1) -> dict[str, Any]:
         """``gpu_check.py KIND RESULT ARGS`` in a fresh process; its result, wall time and status.
+
+        ``processes`` > 1: under ``torchrun --nproc_per_node processes``; the result is the first process's,
+        its memory peaks the highest of any process, and ``ranks`` holds every process's peaks.
 
         Killed (its whole process group) after ``timeout`` seconds: the result is then what its monitor last
         wrote, with ``timed_out``. A process that fails (a 7B stage out of memory, say) leaves ``failed`` and its
@@ -643,11 +672,17 @@ class Check:
         """
         result_path, log_path = self.args.workdir / f"{label}.json", self.args.workdir / f"{label}.log"
         result_path.unlink(missing_ok=True)
+        for stale in self.args.workdir.glob(f"{label}-rank*.json"):
+            stale.unlink()
         self.say(f"{label}: started, timeout {timeout:.0f} s (log: {log_path})")
         started = time.perf_counter()
+        command = [sys.executable, str(Path(__file__).resolve()), kind, str(result_path), *args]
+        if processes > 1:
+            port = _free_port()
+            command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", port]
         with log_path.open("w") as log:
             child = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), kind, str(result_path), *args],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -662,6 +697,10 @@ class Check:
                 code = None
         wall = time.perf_counter() - started
         result: dict[str, Any] = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if processes > 1:
+            result = _across_ranks(
+                [json.loads(p.read_text()) for p in sorted(self.args.workdir.glob(f"{label}-rank*.json"))]
+            )
         result["wall_seconds"] = wall
         if code is None:
             result["timed_out"] = True
@@ -719,15 +758,19 @@ class Check:
         partial.replace(folder)
         return folder
 
-    def stage(self, name: str, stage: str, options: dict[str, Any]) -> dict[str, Any]:
-        """One stage's process with the recipe ``stage``.yaml (``grpo`` is ``rlhf ppo`` with grpo.yaml)."""
+    def stage(self, name: str, stage: str, options: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+        """One stage's process with the recipe ``stage``.yaml (``grpo`` is ``rlhf ppo`` with grpo.yaml).
+
+        ``processes`` > 1: the stage sharded over that many processes (``--fsdp``), recorded under ``sharded``.
+        """
         plan = PLANS[name]
         command = "ppo" if stage == "grpo" else stage
         argv = [command, "--config", str(REPO / "recipes" / plan.recipe / f"{stage}.yaml")]
         options = {**options, **self.args.overrides(stage)}
         argv += [item for key, value in options.items() for item in (f"--{key}", str(value))]
-        label = f"{name}-{stage}"
-        result = self.process(label, "_stage", argv, self.timeout(label, self.estimates[name][stage]))
+        label = f"{name}-{stage}" + (f"-sharded{processes}" if processes > 1 else "")
+        estimate = self.estimates[name].get(stage, self.estimates[name].get("reward", 60.0))
+        result = self.process(label, "_stage", argv, self.timeout(label, estimate), processes)
         if command == "ppo":
             result |= ppo_rate(Path(options["output_dir"]))
             decoded = result.pop("decoded", [])
@@ -735,9 +778,46 @@ class Check:
                 result["decoded_over_sampled"] = sum(d[1] for d in decoded) / max(1.0, sum(d[0] for d in decoded))
         else:
             result |= trainer_rate(result.pop("steps", []))
-        result |= {"rate_counts": RATE_LABELS[stage], "estimate_seconds": self.estimates[name][stage], "argv": argv}
-        self.results["models"][name]["stages"][stage] = result
+        result |= {"rate_counts": RATE_LABELS[stage], "estimate_seconds": estimate, "argv": argv}
+        self.results["models"][name]["sharded" if processes > 1 else "stages"][stage] = result
         return self.checked(label, result)
+
+    def run_sharded(self, name: str, processes: int, stages: Sequence[str]) -> None:
+        """The shape's recipes sharded over ``processes`` (after :meth:`run_model`, whose runs they start from)."""
+        plan, root, data = PLANS[name], self.args.workdir / name, self.args.workdir / "data"
+        self.results["models"][name]["sharded"] = {}
+        self.results["models"][name]["sharded_processes"] = processes
+        common = {**self.common(plan), "optim": "adamw_torch"}
+        base = root / "sft" / "merged" if plan.merge else self.model(name)
+        datasets = {"sft": data / "sft", "reward": data / "pairs", "dpo": data / "pairs", "kto": data / "thumbs"}
+        for stage in stages:
+            out = root / f"{stage}-sharded"
+            if stage == "ppo":
+                options = {**self.ppo_options(plan, root, base), "output_dir": out, **plan.ppo_sizes}
+                self.stage(name, stage, {**options, "optim": "adamw_torch", "fsdp": "full_shard"}, processes)
+                continue
+            options = {**common, "dataset_name": datasets[stage], "output_dir": out, "fsdp": "full_shard auto_wrap"}
+            options["model_name_or_path"] = self.model(name) if stage == "sft" else base
+            if stage == "sft":
+                options |= {"eval_on_start": "false", "merge_adapter": str(plan.merge).lower()}
+            if stage != "sft":
+                options["max_eval_samples"] = 4
+            self.stage(name, stage, options, processes)
+        self.save()
+
+    def common(self, plan: Plan) -> dict[str, Any]:
+        """Options of every TRL stage: the plan's steps and rows, no checkpoints or evaluation, no trackers."""
+        common = {"max_steps": plan.steps, "max_length": self.args.max_length, "logging_steps": 1}
+        common |= {"save_strategy": "no", "eval_strategy": "no", "report_to": "none", "disable_tqdm": "true"}
+        if self.args.device == "cpu":  # transformers refuses bf16 (--set bf16=true) on CPU unless told it is the CPU
+            common["use_cpu"] = "true"
+        return common
+
+    def ppo_options(self, plan: Plan, root: Path, base: Path) -> dict[str, Any]:
+        """Options of the PPO and GRPO steps: the shape's reward run and prompts, no evaluation or checkpoints."""
+        data = self.args.workdir / "data"
+        ppo = {"model_name_or_path": base, "reward_model_path": root / "reward", "dataset_name": data / "prompts"}
+        return ppo | {"steps": plan.steps, "eval_max_prompts": 0, "save_steps": 10_000, "disable_tqdm": "true"}
 
     def run_model(self, name: str) -> None:
         plan, args = PLANS[name], self.args
@@ -754,18 +834,14 @@ class Check:
                 label, "_data", [str(model), str(data), str(args.max_length)], self.timeout(label, 20)
             )
             self.checked(label, self.results["data"])
-        common = {"max_steps": plan.steps, "max_length": args.max_length, "logging_steps": 1, "save_strategy": "no"}
-        common |= {"eval_strategy": "no", "report_to": "none", "disable_tqdm": "true"}
-        if args.device == "cpu":  # transformers refuses bf16 (--set bf16=true) on CPU unless told it is the CPU
-            common["use_cpu"] = "true"
+        common = self.common(plan)
         sft_dir = root / "sft"
         sft = {"model_name_or_path": model, "dataset_name": data / "sft", "output_dir": sft_dir}
         self.stage(name, "sft", {**sft, **common, "eval_on_start": "false", "merge_adapter": str(plan.merge).lower()})
         base = sft_dir / "merged" if plan.merge else model
         reward = {"model_name_or_path": base, "dataset_name": data / "pairs", "output_dir": root / "reward"}
         self.stage(name, "reward", {**reward, **common, "max_eval_samples": 4})
-        ppo = {"model_name_or_path": base, "reward_model_path": root / "reward", "dataset_name": data / "prompts"}
-        ppo |= {"steps": plan.steps, "eval_max_prompts": 0, "save_steps": 10_000, "disable_tqdm": "true"}
+        ppo = self.ppo_options(plan, root, base)
         for stage in plan.stages[2:]:
             self.stage(name, stage, {**ppo, "output_dir": root / stage, **plan.ppo_sizes})
         basis = "peak_allocated_mib" if args.device == "cuda" else "peak_rss_mib"
@@ -775,6 +851,40 @@ class Check:
             if stage in entry["stages"]:
                 entry[f"{stage}_over_sft_peak"] = entry["stages"][stage][basis] / entry["stages"]["sft"][basis]
         self.save()
+
+
+def _free_port() -> str:
+    """A TCP port free on this machine now, for a torchrun job's rendezvous (a fixed one may be taken)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+PEAKS = ("peak_rss_mib", "peak_allocated_mib", "peak_reserved_mib", "peak_device_used_mib")
+
+
+def _across_ranks(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sharded step's result from its processes' (rank order): the first's measurements, each peak the highest
+    of any process, and every process's peaks under ``ranks``."""
+    if not ranks:
+        return {}
+    result = dict(ranks[0])
+    for key in PEAKS:
+        if all(key in rank for rank in ranks):
+            result[key] = max(rank[key] for rank in ranks)
+    result["ranks"] = [{key: rank[key] for key in PEAKS if key in rank} for rank in ranks]
+    return result
+
+
+def sharded_plan(device: str, processes: int) -> tuple[tuple[str, ...], str | None]:
+    """The sharded steps this machine runs with ``processes`` processes, and a note on what is skipped and why."""
+    if processes < 2:
+        where = f"{processes} GPU" if device == "cuda" else "a CPU run (--sharded-processes 2 runs sharded ppo there)"
+        return (), f"sharded recipes skipped: {where}; sharding needs 2 or more processes, one per GPU"
+    if device == "cpu":
+        trainers = ", ".join(TRAINER_STAGES)
+        return ("ppo",), f"sharded {trainers} skipped on CPU: Accelerate shards TRL's trainers on GPUs only"
+    return SHARDED_STAGES, None
 
 
 def _add_capped(archive: tarfile.TarFile, path: Path, name: str) -> None:
@@ -803,11 +913,13 @@ def render(results: dict[str, Any]) -> str:
 
     rows, ratios = [], []
     for name, model in results["models"].items():
-        for stage_name, stage in model["stages"].items():
+        runs = [(f"{name} {s}", st) for s, st in model["stages"].items()]
+        runs += [(f"{name} {s} fsdp x{model['sharded_processes']}", st) for s, st in model.get("sharded", {}).items()]
+        for stage_name, stage in runs:
             status = "TIMEOUT" if stage.get("timed_out") else "FAILED" if stage.get("failed") else "ok"
             rows.append(
                 [
-                    f"{name} {stage_name}",
+                    stage_name,
                     status,
                     f"{stage['wall_seconds']:.0f}/{stage['estimate_seconds']:.0f}",
                     number(stage, "tokens_per_second"),
@@ -819,6 +931,10 @@ def render(results: dict[str, Any]) -> str:
                 ]
             )
         what = "allocated" if model.get("peak_basis") == "peak_allocated_mib" else "RSS"
+        for stage_name, stage in model.get("sharded", {}).items():
+            key = model.get("peak_basis", "peak_rss_mib")
+            per_rank = ", ".join(f"{rank.get(key, 0):.0f}" for rank in stage.get("ranks", []))
+            ratios.append(f"{name}: {stage_name} sharded, peak {what} MiB per process: {per_rank}")
         for stage_name in ("ppo", "grpo"):
             if f"{stage_name}_over_sft_peak" in model:
                 ratio = model[f"{stage_name}_over_sft_peak"]
@@ -877,6 +993,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds: no step runs past this (default 540, under a device command's 600; CPU: 3600)",
     )
     parser.add_argument("--stage-timeout", type=float, help="seconds one step may take (default 300; CPU: 1800)")
+    parser.add_argument(
+        "--sharded-processes",
+        type=int,
+        help="processes of the sharded recipes (default: the GPUs there are; CPU: 0, none); under 2 they are skipped",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -968,6 +1089,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         try:
             check.run_model(name)
+        except Stopped as stop:
+            stops.append(str(stop))
+            check.results["notes"].append(str(stop))
+            check.say(str(stop))
+        check.save()
+    processes = args.sharded_processes
+    if processes is None:
+        processes = preflight.get("gpu_count", 0) if args.device == "cuda" else 0
+    sharded, note = sharded_plan(args.device, processes)
+    if note:
+        check.results["notes"].append(note)
+        check.say(note)
+    last = args.shapes[-1]
+    reward = check.results["models"].get(last, {}).get("stages", {}).get("reward", {})
+    if sharded and reward and not (reward.get("failed") or reward.get("timed_out")):  # they start from its runs
+        try:
+            check.run_sharded(last, processes, sharded)
         except Stopped as stop:
             stops.append(str(stop))
             check.results["notes"].append(str(stop))

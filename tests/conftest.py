@@ -115,6 +115,37 @@ def tiny_reward_run(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory
     return _built_once(tmp_path_factory, "reward", lambda out: _tiny_reward(out, tiny_sft_run, *overrides))
 
 
+EXTRA_EOS = "!"  # a frequent token, so that some answers stop at the second EOS id of opinionated_base
+
+
+@pytest.fixture(scope="session")
+def opinionated_base(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SFT model, saved with a generation config that sets everything a sampler could inherit.
+
+    Qwen2.5-Instruct-like (repetition penalty, top-k, top-p, a low temperature) and two EOS ids, as
+    Llama 3 lists several: none of it may leak into what a rollout engine samples.
+    """
+    from transformers import GenerationConfig
+
+    from rlhf import models
+
+    folder = tmp_path_factory.mktemp("base") / "merged"
+    shutil.copytree(tiny_sft_run / "merged", folder)
+    tokenizer = models.load_adapter_tokenizer(folder)
+    saved = GenerationConfig(
+        do_sample=True,
+        temperature=0.3,
+        top_k=5,
+        top_p=0.6,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=3,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EXTRA_EOS)],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    saved.save_pretrained(folder)
+    return folder
+
+
 def torchrun(port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """`rlhf <args>` in two CPU processes (gloo); torchrun starts them, `accelerate launch --cpu` would start one."""
     command = [

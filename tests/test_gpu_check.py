@@ -142,6 +142,15 @@ print("rlhf from", importlib.import_module("rlhf").__file__)
     assert f"rlhf from {ROOT / 'rlhf' / '__init__.py'}" in done.stdout
 
 
+def test_sharded_recipes_run_where_there_are_two_processes_and_say_why_not_elsewhere() -> None:
+    assert gpu_check.sharded_plan("cuda", 2) == (gpu_check.SHARDED_STAGES, None)
+    assert set(gpu_check.SHARDED_STAGES) == {"sft", "reward", "dpo", "kto", "ppo"}
+    for device, processes in (("cuda", 1), ("cpu", 0)):
+        stages, note = gpu_check.sharded_plan(device, processes)
+        assert stages == () and note is not None and "sharding needs 2 or more processes" in note
+    assert gpu_check.sharded_plan("cpu", 2)[0] == ("ppo",)  # the stage that shards on CPU processes
+
+
 @pytest.mark.slow
 def test_gpu_check_cpu_run_reports_every_stage(tmp_path: Path) -> None:
     """The whole flow on the tiny shape with the real recipes, ``--set`` options, results under ``--out``.
@@ -151,8 +160,8 @@ def test_gpu_check_cpu_run_reports_every_stage(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     command = [sys.executable, str(SCRIPTS / "gpu_check.py"), "--device", "cpu", "--shape", "tiny", "--out", str(out)]
     command += ["--workdir", str(work), "--cache", str(tmp_path / "cache"), "--set", "seed=7"]
-    command += ["--set", "grpo.max_new_tokens=6"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    command += ["--set", "grpo.max_new_tokens=6", "--sharded-processes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PPO / SFT peak RSS" in done.stdout
 
@@ -174,6 +183,17 @@ def test_gpu_check_cpu_run_reports_every_stage(tmp_path: Path) -> None:
             # letters (two more tokens of 6 or 8; of 128 on a GPU)
             assert 0.9 < stage["decoded_over_sampled"] < 1.6
     assert model["ppo_over_sft_peak"] > 0 and model["grpo_over_sft_peak"] > 0
+    # sharded: ppo under torchrun on 2 CPU processes, each reporting its peak; TRL's trainers skipped, with why
+    assert set(model["sharded"]) == {"ppo"} and model["sharded_processes"] == 2
+    sharded = model["sharded"]["ppo"]
+    assert not sharded.get("failed") and sharded["measured_steps"] == 2
+    assert len(sharded["ranks"]) == 2 and all(rank["peak_rss_mib"] > 0 for rank in sharded["ranks"])
+    assert "fsdp: full_shard" in (work / "tiny" / "ppo-sharded" / "rlhf_config.yaml").read_text()
+    assert (
+        "sharded sft, reward, dpo, kto skipped on CPU: Accelerate shards TRL's trainers on GPUs only"
+        in (results["notes"])
+    )
+    assert "tiny: ppo sharded, peak RSS MiB per process: " in done.stdout
     with tarfile.open(out / "gpu_check-logs.tar.gz") as archive:
         names = set(archive.getnames())
     assert {"preflight.log", "tiny-build.log", "tiny-sft.log", "tiny-grpo.log", "tiny/ppo/metrics.jsonl"} <= names

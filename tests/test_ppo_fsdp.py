@@ -39,7 +39,10 @@ def test_sharded_ppo_equals_the_data_parallel_run(tiny_sft_run: Path, tiny_rewar
     """
     overrides = ["--steps", "2", "--rollout_batch_size", "4", "--mini_batch_size", "4", "--eval_max_prompts", "0"]
     runs = {}
-    for name, extra, port in (("sharded", ["--fsdp", "full_shard"], 29551), ("replicated", [], 29552)):
+    # the sharded run leaves rollout_engine at auto, which must pick generate() (no merged copy of a sharded
+    # base); the replicated run would pick the merged engine (other draws), so it names generate()'s
+    replicated = ["--rollout_engine", "transformers"]
+    for name, extra, port in (("sharded", ["--fsdp", "full_shard"], 29551), ("replicated", replicated, 29552)):
         runs[name] = tmp_path / name
         result = torchrun(port, "ppo", *ppo_args(runs[name], tiny_sft_run, tiny_reward_run, *overrides, *extra))
         assert result.returncode == 0, result.stderr[-3000:]
@@ -99,3 +102,5 @@ def test_sharding_options_it_cannot_run_are_one_line_errors(tmp_path: Path, monk
         _build(tmp_path, sft_run, reward_run, "--fsdp", "hybrid_shard")
     with pytest.raises(ConfigError, match=r"^fsdp: optim paged_adamw_8bit does not step sharded parameters"):
         _build(tmp_path, sft_run, reward_run, "--fsdp", "full_shard auto_wrap", "--optim", "paged_adamw_8bit")
+    with pytest.raises(ConfigError, match=r"^fsdp: rollout_engine merged needs the whole base in each process"):
+        _build(tmp_path, sft_run, reward_run, "--fsdp", "full_shard", "--rollout_engine", "merged")

@@ -8,39 +8,16 @@ Llama 3 lists several. None of that may leak into PPO's rollouts.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationConfig
+from conftest import EXTRA_EOS
 
-from rlhf import data, models, sampling
+from rlhf import data, engine, models, sampling
 from rlhf.config import ModelArguments, PPOConfig
 from rlhf.ppo.roles import SharedBase
 from rlhf.ppo.sampler import PolicySampler
-
-EXTRA_EOS = "!"  # a frequent token, so that some answers stop at the second EOS id
-
-
-@pytest.fixture(scope="module")
-def opinionated_base(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SFT model, saved with a generation config that sets everything a sampler could inherit."""
-    folder = tmp_path_factory.mktemp("base") / "merged"
-    shutil.copytree(tiny_sft_run / "merged", folder)
-    tokenizer = models.load_adapter_tokenizer(folder)
-    saved = GenerationConfig(
-        do_sample=True,
-        temperature=0.3,
-        top_k=5,
-        top_p=0.6,
-        repetition_penalty=1.3,
-        no_repeat_ngram_size=3,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EXTRA_EOS)],
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    saved.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +60,7 @@ SETTINGS = [  # (temperature, top_p, top_k): the base's saved repetition penalty
 
 @pytest.mark.parametrize(("temperature", "top_p", "top_k"), SETTINGS)
 def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
-    sampler: PolicySampler, monkeypatch: pytest.MonkeyPatch, temperature: float, top_p: float, top_k: int
+    sampler: PolicySampler, temperature: float, top_p: float, top_k: int
 ) -> None:
     """Log-probs under the distribution each token was drawn from == PPO's recomputed ones (<= 1e-4).
 
@@ -92,20 +69,13 @@ def test_sampled_tokens_have_the_log_probs_ppo_recomputes(
     generate() draws from (its processed scores) is the one the trainer's ratio uses.
     """
     settings = sampling.SamplingSettings(24, temperature, top_p, top_k)
-    policy = PolicySampler(sampler.roles, sampler.tokenizer, settings)
-    drawn: list[torch.Tensor] = []
-
-    def recording_sample(*args: object, **kwargs: object) -> torch.Tensor:
-        tokens, logprobs = sampling.sample_with_logprobs(*args, **kwargs)  # type: ignore[arg-type]
-        drawn.append(logprobs)
-        return tokens
-
-    monkeypatch.setattr(sampling, "sample", recording_sample)
+    reference = engine.TransformersEngine(sampler.roles.peft, sampler.eos_ids, sampler.tokenizer.pad_token_id, True)
+    policy = PolicySampler(sampler.roles, sampler.tokenizer, settings, rollout_engine=reference)
     prompts = [row["prompt"] for row in data.load_split("builtin:tiny/prompts", "test")[0][:32]]
     torch.manual_seed(1)
     rollout = policy.generate(prompts)
-    (sampled,) = drawn
-    sampled = sampled[:, : rollout.mask.shape[1]].masked_fill(~rollout.mask.bool(), 0.0)
+    sampled = rollout.engine_logprobs  # generate()'s processed scores at the drawn tokens
+    assert sampled is not None
     recomputed = policy.logprobs(rollout)
     gap = (sampled - recomputed).abs().max()
     assert gap <= 1e-4, gap

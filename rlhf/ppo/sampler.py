@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from rlhf import data, ensemble, sampling
+from rlhf import data, engine, ensemble, sampling
 from rlhf.config import PPOConfig
 from rlhf.ppo import packing, rewards
 from rlhf.ppo.logprobs import token_logprobs
@@ -40,6 +40,8 @@ class Samples:
     mask: torch.Tensor  # B x R float: 1 up to and including EOS
     texts: list[str]  # B decoded responses, EOS and padding removed
     ended: torch.Tensor  # B bool: the response stopped with EOS
+    # B x R float: the rollout engine's log-prob of each response token (0 past EOS); None: it reports none
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +69,7 @@ class Samples:
             mask=self.mask[rows, :width],
             texts=[self.texts[i] for i in picked],
             ended=self.ended[rows],
+            engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
         )
 
 
@@ -148,6 +151,7 @@ class PolicySampler:
         pack_groups: bool = True,
         reward_aggregation: str = "mean",
         uwo_coef: float = 1.0,
+        rollout_engine: str | engine.RolloutEngine = "auto",
     ) -> None:
         self.roles = roles
         # how an ensemble's members make one reward (rlhf.ensemble); one reward model is its own score
@@ -165,6 +169,13 @@ class PolicySampler:
         self.autocast_dtype = autocast_dtype
         self.device = next(p for p in roles.parameters()).device
         self.eos_ids = sampling.eos_token_ids(roles.causal_lm, tokenizer)
+        # what samples the answers (rlhf.engine): one by name (generate() on this model, or a merged copy of
+        # the policy), or an engine given over roles.peft
+        self.engine = (
+            engine.build(rollout_engine, roles.peft, self.eos_ids, tokenizer.pad_token_id, autocast_dtype)
+            if isinstance(rollout_engine, str)
+            else rollout_engine
+        )
 
     @classmethod
     def from_config(cls, roles: SharedBase, tokenizer: PreTrainedTokenizerBase, config: PPOConfig) -> PolicySampler:
@@ -185,6 +196,7 @@ class PolicySampler:
             config.pack_groups,
             config.reward_aggregation,
             config.uwo_coef,
+            config.rollout_engine,
         )
 
     @property
@@ -202,41 +214,20 @@ class PolicySampler:
         with torch.no_grad(), self.roles.inference(), self.autocast():
             yield
 
-    def encode_prompts(self, prompts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [
-            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            if isinstance(p, list)
-            else p
-            for p in prompts
-        ]
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            encoded = self.tokenizer(
-                texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str)
-            )
-        finally:
-            self.tokenizer.padding_side = side
-        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-
     def generate(self, prompts: Sequence[Any], reference: bool = False) -> Samples:
-        """Sample responses (policy, or the SFT reference), cut at the first EOS."""
-        roles = self.roles
-        query, query_mask = self.encode_prompts(prompts)
-        checkpointing = roles.causal_lm.is_gradient_checkpointing
-        if checkpointing:  # generating under checkpointing in train mode samples different tokens
-            roles.causal_lm.gradient_checkpointing_disable()
-        try:
-            with self.scoring(), roles.reference() if reference else nullcontext():
-                response = sampling.sample(
-                    roles.peft, query, query_mask, self.settings, self.eos_ids, self.tokenizer.pad_token_id
-                )
-        finally:
-            if checkpointing:
-                roles.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        response, mask, ended = sampling.cut_at_eos(response, self.eos_ids, self.tokenizer.pad_token_id)
-        texts = sampling.decode(self.tokenizer, response, self.eos_ids, self.tokenizer.pad_token_id)
-        return Samples(list(prompts), query, query_mask, response, mask, texts, ended)
+        """Sample responses (policy, or the SFT reference) through the rollout engine, cut at the first EOS.
+
+        The engine is synced first, inside the reference context when sampling the reference, so it
+        samples the model as it is at this call (the policy after the last update, or no adapter).
+        """
+        query, query_mask = engine.encode_prompts(self.tokenizer, list(prompts), self.device)
+        with self.scoring(), self.roles.reference() if reference else nullcontext():
+            self.engine.sync()
+            rollout = self.engine.generate(query, query_mask, self.settings)
+        texts = sampling.decode(self.tokenizer, rollout.tokens, self.eos_ids, self.tokenizer.pad_token_id)
+        return Samples(
+            list(prompts), query, query_mask, rollout.tokens, rollout.mask, texts, rollout.ended, rollout.logprobs
+        )
 
     def response_hidden(self, samples: Samples) -> torch.Tensor:
         """The active role's last hidden states before each response token, B x R x H.

@@ -8,9 +8,12 @@ value adapter, head, optimizer group or value loss.
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
 1. sample responses for a batch of prompts with the :class:`~rlhf.ppo.sampler.PolicySampler` (policy
-   adapter, KV cache, a generation config built from this config alone, any of the model's EOS ids);
-2. recompute the sampled tokens' log-probs with a forward pass (generate()'s scores differ in
-   precision and would cost a batch x length x vocabulary tensor), and the reference's with
+   adapter, through its rollout engine, :mod:`rlhf.engine`, synced to the policy first; sampling
+   settings from this config alone, any of the model's EOS ids);
+2. recompute the sampled tokens' log-probs with a forward pass (an engine's own log-probs come from
+   another computation, a merged copy or another precision, and generate()'s would cost a batch x
+   length x vocabulary tensor; where the engine reports them, their mean distance to the ones the
+   update uses is logged as ``rollout/logprob_gap``), and the reference's with
    adapters disabled; with one optimizer step per rollout and no KL in the rewards, the update's
    own forward pass, before its step, is that measurement (:attr:`PPOTrainer.measures_in_update`);
 3. values per response token from the value adapter and head;
@@ -435,6 +438,10 @@ class PPOTrainer:
             "lr": self.scheduler.get_last_lr()[0],
             **update_stats,
         }
+        if samples.engine_logprobs is not None:  # the rollout engine's log-probs against the ones the update used
+            used = trajectory.logprobs if trajectory.logprobs is not None else measured
+            gap = ((samples.engine_logprobs - used).abs() * samples.mask).sum().reshape(1)
+            metrics["rollout/logprob_gap"] = float(dist.all_sum(gap)[0]) / max(tokens, 1.0)
         if trajectory.ref_logprobs is not None:  # kl_coef 0: the reference is never run during training
             coef = self.kl_controller.coef
             metrics |= {

@@ -19,7 +19,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from rlhf import data, models, runs
+from rlhf import data, models, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, StageConfig
 from rlhf.core.errors import ConfigError
 from rlhf.results import LabelBalance, LengthReport, OfflineResult
@@ -56,8 +56,10 @@ def build(
     """The method's trainer on the (quantized) base with a fresh LoRA, its data's length reports and labels."""
     if not model_args.use_peft:
         raise ConfigError(f"{method.stage} trains a LoRA on the SFT model (the reference is that model): keep use_peft")
-    train_rows, eval_rows = data.load_splits(data_args, method.rows, seed=config.seed)  # bad rows: before any model
     models.resolve_dtypes(model_args, config)
+    if config.fsdp:
+        sharding.prepare_trainer(model_args, config, method.stage)
+    train_rows, eval_rows = data.load_splits(data_args, method.rows, seed=config.seed)  # bad rows: before any model
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     reports: dict[str, LengthReport] = {}
     splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
@@ -70,6 +72,8 @@ def build(
         config.eval_strategy = "no"
     labels = method.prepare(config, splits["train"]) if method.prepare is not None else None
     model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
+    if config.fsdp:
+        sharding.wrap_decoder_layers(config, model)
     trainer = method.trainer(
         model=model,
         args=config,
@@ -100,6 +104,7 @@ def run(method: Method, config: StageConfig[Any]) -> OfflineResult:
     trained = trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.eval_dataset is not None:
         trainer.evaluate()
+    sharding.gather_for_save(trainer)
     trainer.save_model(options.output_dir)
     history = trainer.state.log_history
     result = OfflineResult(

@@ -133,7 +133,7 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
         raise ConfigError(f"{data_args.dataset_name}: no {data_args.dataset_train_split!r} split of prompts")
     eval_rows = data.load_rows(name, data_args.dataset_test_split, "prompt", subset, columns)
     if config.fsdp:
-        _check_sharding(model_args)
+        sharding.check_base(model_args)
     roles, tokenizer = build_roles(model_args, config)
     if config.fsdp:
         roles.shard()  # before the trainer builds its optimizer over the (then sharded) parameters
@@ -142,23 +142,6 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfi
     if eval_prompts is not None and config.eval_max_prompts is not None:
         eval_prompts = eval_prompts.select(range(min(config.eval_max_prompts, len(eval_prompts))))
     return PPOTrainer(roles, tokenizer, config, train_prompts, eval_prompts)
-
-
-def _check_sharding(model_args: ModelArguments) -> None:
-    """What ``fsdp`` cannot shard, refused before anything loads (the process count, 8-bit, a LoRA on the head)."""
-    sharding.check_world()
-    if model_args.quantization == "8bit":
-        raise ConfigError(
-            "fsdp: quantization 8bit cannot be sharded (its int8 scales are no parameters); use 4bit or none"
-        )
-    head = {"lm_head", "embed_tokens"}
-    targets = model_args.lora_target_modules or []
-    adapted = head & {*([targets] if isinstance(targets, str) else targets), *(model_args.lora_modules_to_save or [])}
-    if adapted:
-        raise ConfigError(
-            f"fsdp: an adapter on {sorted(adapted)[0]} (lora_target_modules / lora_modules_to_save) is not sharded "
-            "here: the output head is tied to the embeddings and read outside the sharded passes; use all-linear"
-        )
 
 
 def _prompts(

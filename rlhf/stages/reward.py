@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from trl import RewardTrainer
 
-from rlhf import data, ensemble, models, runs
+from rlhf import data, ensemble, models, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
@@ -113,6 +113,8 @@ def build(
     if not model_args.use_peft and model_args.quantization != "none":
         raise ConfigError("quantized base weights cannot be trained directly: keep use_peft: true (QLoRA)")
     models.resolve_dtypes(model_args, config)
+    if config.fsdp:
+        sharding.prepare_trainer(model_args, config, "reward")
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     train_rows, eval_rows = data.load_splits(data_args, "preference", seed=config.seed)
     if resample is not None:
@@ -133,6 +135,8 @@ def build(
     if eval_set is None:
         config.eval_strategy = "no"
     model = models.load_reward_backbone(model_args, tokenizer, config.trust_remote_code)
+    if config.fsdp:
+        sharding.wrap_decoder_layers(config, model)
     trainer = RewardTrainer(
         model=model,
         args=config,
@@ -245,6 +249,7 @@ def _train(config: StageConfig[RewardConfig], resample: int | None = None) -> Re
     runs.record_config("reward", options.output_dir, model_args, data_args, options)
     train_set, eval_set, tokenizer = trainer.train_dataset, trainer.eval_dataset, trainer.processing_class
     trained = trainer.train(resume_from_checkpoint=checkpoint)
+    sharding.gather_for_save(trainer)
     trainer.save_model(options.output_dir)
 
     train_accuracy = [h["accuracy"] for h in trainer.state.log_history if "accuracy" in h]

@@ -20,7 +20,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from rlhf import data, merging, models, runs
+from rlhf import data, merging, models, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.models import MERGED_DIR
@@ -62,6 +62,8 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
     if not model_args.use_peft and model_args.quantization != "none":
         raise ConfigError("quantized base weights cannot be trained directly: keep use_peft: true (QLoRA)")
     models.resolve_dtypes(model_args, config)
+    if config.fsdp:
+        sharding.prepare_trainer(model_args, config, "sft")
     train_set, eval_set = data.load_splits(data_args, "sft", seed=config.seed)
     if config.assistant_only_loss is None:
         config.assistant_only_loss = _is_conversational(train_set[0])
@@ -69,6 +71,8 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
         config.eval_strategy = "no"
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
+    if config.fsdp:
+        sharding.wrap_decoder_layers(config, model)
     trainer = _SFTTrainer(
         model=model,
         args=config,
@@ -93,6 +97,7 @@ def run(config: StageConfig[SFTConfig]) -> SFTResult:
     trained = trainer.train(resume_from_checkpoint=checkpoint)
     if eval_set is not None:
         trainer.evaluate()  # logged: the history's last eval_loss is the final model's
+    sharding.gather_for_save(trainer)
     trainer.save_model(options.output_dir)
     main_process = trainer.is_world_process_zero()
     if main_process:
