@@ -11,7 +11,7 @@ and logs how far apart the two are (``rollout/logprob_gap``); ``tests/test_engin
 engine to the reference one.
 
 Engines here (``rollout_engine`` in the PPO config; ``auto`` picks ``merged`` where it is the
-same policy, ``transformers`` otherwise):
+same policy and its copy is small, ``transformers`` otherwise):
 
 * ``transformers`` (:class:`TransformersEngine`, the reference): ``generate()`` on the training model
   itself, every setting from the caller (:mod:`rlhf.sampling`). Nothing to sync; log-probs only on
@@ -43,6 +43,10 @@ from rlhf import sampling
 from rlhf.core.errors import ConfigError
 
 ENGINES = ("auto", "transformers", "merged")
+AUTO_MERGED_MAX_BYTES = 512 * 2**20
+"""The largest float32 copy ``auto`` makes: beyond it the copy's memory outweighs its speed (a random-weight
+Qwen2.5-0.5B's is 1.4 GB for 1.1x generate()'s tokens/s, and lifts PPO's peak RSS from 1.10x SFT's to 1.43x;
+``docs/benchmarks.md``). ``rollout_engine: merged`` makes it at any size."""
 
 
 @dataclass(frozen=True)
@@ -346,16 +350,30 @@ def build(
 ) -> RolloutEngine:
     """The engine ``name`` (one of :data:`ENGINES`) over ``model``; ``autocast``: the precision the trainer measures in.
 
-    ``auto`` is ``merged`` where the merged copy is the trainer's policy (:func:`merged_unsupported`),
-    ``transformers`` otherwise.
+    ``auto`` is ``merged`` where the merged copy is the trainer's policy (:func:`merged_unsupported`)
+    and small (:data:`AUTO_MERGED_MAX_BYTES`), ``transformers`` otherwise.
     """
     if name not in ENGINES:
         raise ConfigError(f"rollout_engine: unknown {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "transformers":
         return TransformersEngine(model, eos_ids, pad_token_id)
     reason = merged_unsupported(model, autocast)
-    if reason is None:
-        return MergedEngine(model, eos_ids, pad_token_id)
-    if name == "merged":
+    if name == "merged" and reason is not None:
         raise ConfigError(f"rollout_engine: merged {reason}; use rollout_engine: transformers")
+    if name == "merged" or (reason is None and merged_copy_bytes(model) <= AUTO_MERGED_MAX_BYTES):
+        return MergedEngine(model, eos_ids, pad_token_id)
     return TransformersEngine(model, eos_ids, pad_token_id)
+
+
+def merged_copy_bytes(model: torch.nn.Module) -> int:
+    """The memory :class:`MergedEngine` adds: a float32 matrix for every LoRA or 4-bit layer (the rest is shared)."""
+    import bitsandbytes as bnb
+
+    modules = list(sampling.generative(model).modules())
+    wrapped = {id(m.get_base_layer()) for m in modules if isinstance(m, BaseTunerLayer)}
+    copied = [
+        m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+        for m in modules
+        if isinstance(m, BaseTunerLayer) or (isinstance(m, bnb.nn.Linear4bit) and id(m) not in wrapped)
+    ]
+    return sum(4 * (m.in_features * m.out_features if hasattr(m, "in_features") else m.weight.numel()) for m in copied)

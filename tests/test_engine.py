@@ -235,12 +235,20 @@ def test_the_update_uses_the_trainers_log_probs(
     assert metrics["rollout/logprob_gap"] == pytest.approx(shift, abs=1e-4)
 
 
-def test_auto_picks_the_merged_engine_only_where_it_is_the_same_policy(
-    roles: tuple[SharedBase, Any], opinionated_base: Path
+def test_auto_picks_the_merged_engine_only_where_it_is_the_same_policy_and_small(
+    roles: tuple[SharedBase, Any], opinionated_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shared, tokenizer = roles
     eos_ids, pad = sampling.eos_token_ids(shared.causal_lm, tokenizer), tokenizer.pad_token_id
     assert isinstance(engine.build("auto", shared.peft, eos_ids, pad), engine.MergedEngine)  # float32 compute
+    # the copy: a float32 matrix per linear layer of the decoder layers (each has a LoRA), nothing else
+    named = shared.causal_lm.named_modules()
+    layers = [m for n, m in named if isinstance(m, torch.nn.Linear) and ".layers." in n and "lora_" not in n]
+    assert engine.merged_copy_bytes(shared.peft) == sum(4 * m.in_features * m.out_features for m in layers) > 0
+    with monkeypatch.context() as patch:  # beyond auto's size limit: generate(); merged only when named
+        patch.setattr(engine, "AUTO_MERGED_MAX_BYTES", engine.merged_copy_bytes(shared.peft) - 1)
+        assert isinstance(engine.build("auto", shared.peft, eos_ids, pad), engine.TransformersEngine)
+        assert isinstance(engine.build("merged", shared.peft, eos_ids, pad), engine.MergedEngine)
     assert isinstance(engine.build("transformers", shared.peft, eos_ids, pad), engine.TransformersEngine)
     bf16 = engine.build("auto", shared.peft, eos_ids, pad, autocast=torch.bfloat16)
     assert isinstance(bf16, engine.TransformersEngine)
