@@ -99,7 +99,8 @@ def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
             tracker = tracker_class("runs", str(output_dir))
         else:
             tracker = tracker_class(TRACKING_PROJECT)
-        tracker.main_process_only = False  # built on the first process only: no need to ask accelerate's state
+        # its methods ask accelerate's process state whether this is the main process, which sets that state
+        # up (joining the process group torchrun started); its logger refuses to run without it
         tracker.start()
         trackers.append(tracker)
     return trackers
