@@ -104,6 +104,20 @@ def test_sharded_run_equals_the_data_parallel_run(
             assert (trained - policy_model(**batch).logits).abs().max() > 1e-4  # the adapter is in effect
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: /proc's children lists), children before their own."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: a zombie, dead but not yet waited for), or '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return ""
+
+
 @pytest.mark.slow
 def test_sharded_run_killed_and_resumed_equals_an_unkilled_one(
     tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
@@ -113,7 +127,7 @@ def test_sharded_run_killed_and_resumed_equals_an_unkilled_one(
     The checkpoint holds the gathered adapters, value head and Adam's state, the LR schedule (linear
     decay: a schedule restarted from its first value would change ``lr`` and every later loss), the
     KL controller and each process's random state; ``--resume`` scatters them back onto the shards.
-    The whole process group is killed (torchrun and both workers), as a lost machine would be.
+    torchrun and both workers are killed, as a lost machine would be.
     """
     common = [*SMALL, "--fsdp", "full_shard", "--steps", "4", "--save_steps", "2", "--lr_scheduler_type", "linear"]
     common += ["--adaptive_kl_target", "0.5"]
@@ -122,14 +136,19 @@ def test_sharded_run_killed_and_resumed_equals_an_unkilled_one(
     assert result.returncode == 0, result.stderr[-3000:]
 
     command = torchrun_command(29574, "ppo", *ppo_args(killed, tiny_sft_run, tiny_reward_run, *common))
-    process = subprocess.Popen(
-        command, env=TORCHRUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    process = subprocess.Popen(command, env=TORCHRUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoint-2").is_dir() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers: the session it leads
+    # torchrun and both workers (which torchrun starts in sessions of their own, so a signal to its group
+    # would leave them running): found before any dies, then all killed at once
+    workers = _descendants(process.pid)
+    assert len(workers) >= 2
+    for pid in (process.pid, *workers):
+        os.kill(pid, signal.SIGKILL)
     process.wait()
+    while any(_state(pid) not in ("", "Z") for pid in workers):  # dead: gone, or a zombie not yet reaped
+        time.sleep(0.05)
     assert (killed / "checkpoint-2").is_dir() and not (killed / "checkpoint-4").exists()  # killed mid-run
     result = torchrun(29575, "ppo", *ppo_args(killed, tiny_sft_run, tiny_reward_run, *common, "--resume"))
     assert result.returncode == 0, result.stderr[-3000:]
