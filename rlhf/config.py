@@ -219,21 +219,40 @@ def _check_bf16(config: Any) -> None:
     )
 
 
+# transformers' schedules that need nothing but warm-up and length (no metric, no extra arguments).
+PPO_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
+
 # Trackers whose package name differs from their report_to name.
 _TRACKER_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit"}
 
 
-def _check_trackers(report_to: list[str]) -> None:
-    """Every tracker in report_to is one transformers knows and is installed (it would fail after loading)."""
-    from transformers.integrations import get_available_reporting_integrations
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+def _check_trackers(report_to: list[str], library: str = "transformers") -> None:
+    """Every tracker in report_to is one the logging library knows and is installed (it would fail after loading).
 
-    installed = get_available_reporting_integrations()
+    ``library``: ``transformers`` for the stages on TRL's trainers (transformers' callbacks log), ``accelerate``
+    for the RL stage (``accelerate.tracking``'s trackers log); they know partly different trackers.
+    """
+    if library == "accelerate":
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+        known, installed = list(LOGGER_TYPE_TO_CLASS), [str(t) for t in get_available_trackers()]
+    else:
+        from transformers.integrations import get_available_reporting_integrations
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        known, installed = list(INTEGRATION_TO_CALLBACK), get_available_reporting_integrations()
     for name in report_to:
-        if name not in INTEGRATION_TO_CALLBACK:
+        if name not in known:
             raise ConfigError(
-                f"report_to: {name!r} is not a tracker; one of {sorted(INTEGRATION_TO_CALLBACK)}, or none"
-                f"{_closest(name, list(INTEGRATION_TO_CALLBACK))}"
+                f"report_to: {name!r} is not a tracker; one of {sorted(known)}, or none{_closest(name, known)}"
             )
         if name not in installed:
             raise ConfigError(
@@ -808,9 +827,15 @@ class PPOConfig(RunOptions):
         default=None, metadata={"help": "Learning rate of the value LoRA and head; unset: learning_rate."}
     )
     lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "Decay over `steps`.", "choices": ["constant", "linear", "cosine"]}
+        default="constant",
+        metadata={
+            "help": "transformers' learning rate schedule (get_scheduler) over `steps` iterations.",
+            "choices": list(PPO_SCHEDULERS),
+        },
     )
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up iterations."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Linear warm-up iterations (from 0: the first iteration does not move)."}
+    )
     optim: str = field(
         default="adamw_torch",
         metadata={
@@ -951,11 +976,17 @@ class PPOConfig(RunOptions):
         default_factory=lambda: [0], metadata={"help": "Sampling seeds of the final evaluation."}
     )
     logging_steps: int = field(
-        default=1, metadata={"help": "Print/TensorBoard every N iterations (metrics.jsonl has all)."}
+        default=1, metadata={"help": "Log to the trackers (report_to) every N iterations (metrics.jsonl has all)."}
     )
     save_steps: int = field(default=20, metadata={"help": "Checkpoint every N iterations."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    report_to: list[str] = field(default_factory=list, metadata={"help": "'tensorboard' to write TensorBoard logs."})
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Trackers (accelerate.tracking's: tensorboard, wandb, trackio, mlflow, ...) the first process "
+            "logs to every logging_steps iterations; tensorboard writes under output_dir/runs."
+        },
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast. Unset: on if the GPU has it."})
     fp16: bool | None = field(default=None, metadata={"help": "fp16 autocast. Unset: on for GPUs without bf16."})
@@ -1031,14 +1062,13 @@ class PPOConfig(RunOptions):
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]
-        for tracker in self.report_to:
-            if tracker != "tensorboard":
-                raise ConfigError(
-                    f"report_to: rlhf ppo logs to tensorboard (and every iteration to metrics.jsonl), not to "
-                    f"{tracker!r}: use tensorboard or none"
-                )
         if self.report_to:
-            _check_trackers(self.report_to)
+            _check_trackers(self.report_to, library="accelerate")
+        if self.lr_scheduler_type == "constant" and self.warmup_steps:
+            raise ConfigError(
+                f"warmup_steps: {self.warmup_steps} with lr_scheduler_type constant, which has no warm-up "
+                "(transformers' schedule); use constant_with_warmup"
+            )
         self._check_fsdp()
 
     def _check_fsdp(self) -> None:

@@ -146,23 +146,19 @@ def opinionated_base(tiny_sft_run: Path, tmp_path_factory: pytest.TempPathFactor
     return folder
 
 
-def torchrun(port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(port: int, *args: str) -> list[str]:
     """`rlhf <args>` in two CPU processes (gloo); torchrun starts them, `accelerate launch --cpu` would start one."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        "-m",
-        "rlhf",
-        *args,
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return [*launcher, "-m", "rlhf", *args]
+
+
+def torchrun(port: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run :func:`torchrun_command` to its end."""
+    command = torchrun_command(port, *args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=TORCHRUN_ENV)
 
 
 def ppo_args(out: Path, sft_run: Path, reward_run: Path, *overrides: str) -> list[str]:

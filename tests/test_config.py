@@ -169,6 +169,9 @@ def test_the_run_file_records_what_ran(tiny_sft_run: Path) -> None:
         ({"reward_funcs": ["rlhf.tiny.task:gold_reward"], "reward_weights": [1.0, 2.0]}, "reward_weights: 2 weights"),
         ({"advantage_estimator": "ppo"}, r"advantage_estimator: 'ppo' is not one of"),
         ({"loss_type": "sequence"}, r"loss_type: 'sequence' is not one of"),
+        # transformers' constant schedule has no warm-up: asking for one is an error, not silently ignored
+        ({"warmup_steps": 2}, "warmup_steps: 2 with lr_scheduler_type constant, which has no warm-up"),
+        ({"lr_scheduler_type": "reduce_lr_on_plateau"}, r"lr_scheduler_type: 'reduce_lr_on_plateau' is not one of"),
     ],
 )
 def test_bad_rl_settings_are_errors_naming_the_key(tmp_path: Path, options: dict, message: str) -> None:

@@ -174,10 +174,26 @@ def test_a_tracker_that_is_not_installed(
     assert "(did you mean 'wandb'?)" in _one_line(capsys.readouterr().err)
 
 
-def test_ppo_refuses_a_tracker_it_does_not_log_to(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ppo_refuses_a_tracker_that_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The RL stage logs through accelerate.tracking: any of its trackers, checked before anything loads."""
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["tensorboard"])
     assert main(["ppo", "--report_to", "wandb"]) == 2
     line = _one_line(capsys.readouterr().err)
-    assert "report_to: rlhf ppo logs to tensorboard" in line and "'wandb'" in line
+    assert (
+        line
+        == "rlhf ppo: error: report_to: wandb is not installed: `pip install wandb`, or report to tensorboard or none"
+    )
+    assert main(["ppo", "--report_to", "tensorbord"]) == 2
+    assert "(did you mean 'tensorboard'?)" in _one_line(capsys.readouterr().err)
+    # a tracker accelerate knows and transformers does not (and the reverse) is judged by accelerate's list
+    assert main(["ppo", "--report_to", "aim"]) == 2
+    assert "report_to: aim is not installed: `pip install aim`" in _one_line(capsys.readouterr().err)
+    assert main(["ppo", "--report_to", "neptune"]) == 2
+    assert "report_to: 'neptune' is not a tracker; one of ['aim', " in _one_line(capsys.readouterr().err)
 
 
 def test_a_hub_dataset_that_cannot_be_loaded_offline(capsys: pytest.CaptureFixture[str]) -> None:

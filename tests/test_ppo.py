@@ -354,8 +354,12 @@ def test_ppo_trains_policy_and_value_only(tiny_sft_run: Path, tiny_reward_run: P
 
 
 def test_ppo_stage_writes_a_plain_peft_policy_and_the_comparison(
-    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path
+    tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from accelerate import PartialState
+
+    # as in a fresh `rlhf ppo` process, where no earlier stage has set up the state accelerate's trackers need
+    monkeypatch.setattr(PartialState, "_shared_state", {})
     ppo.main(ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, "--report_to", "tensorboard", "--logging_steps", "1"))
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "value" / "value_head.safetensors").is_file()
     # the run's adapter is the final checkpoint's policy (what training ended with; loading it: test above)
@@ -456,7 +460,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
 
 @pytest.mark.slow
 def test_ppo_under_torchrun_with_two_processes(tiny_sft_run: Path, tiny_reward_run: Path, tmp_path: Path) -> None:
-    overrides = ["--steps", "2", "--save_steps", "2", "--rollout_batch_size", "8"]
+    overrides = ["--steps", "2", "--save_steps", "2", "--rollout_batch_size", "8", "--report_to", "tensorboard"]
     result = torchrun(29533, "ppo", *ppo_args(tmp_path, tiny_sft_run, tiny_reward_run, *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "checkpoint-2"
@@ -466,3 +470,9 @@ def test_ppo_under_torchrun_with_two_processes(tiny_sft_run: Path, tiny_reward_r
     assert sums[0] == pytest.approx(sums[1], rel=1e-9)  # gradients averaged: both ranks hold the same weights
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and history[-1]["throughput/episodes_per_second"] > 0
+    # the first process logs to the trackers, the other does not (a fresh process: no state accelerate's
+    # trackers need has been set up by an earlier stage)
+    assert len(list((tmp_path / "runs").glob("events.out.tfevents.*"))) == 1
+    assert tensorboard_scalars(tmp_path / "runs", "objective/score") == [
+        (h["step"], pytest.approx(h["objective/score"], rel=1e-6)) for h in history
+    ]

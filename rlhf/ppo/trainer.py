@@ -38,7 +38,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -49,13 +48,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker
 from datasets import Dataset
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import ensemble, overoptimisation, sharding
 from rlhf.config import PPOConfig
@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 STEP_METRICS_FILE = "metrics.jsonl"
+TRACKING_PROJECT = "rlhf"  # the project of trackers that log to a service (wandb, trackio, mlflow, ...)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,29 @@ class Targets:
     scores: torch.Tensor  # B: rewards after the missing-EOS penalty, normalisation and clipping
     values: torch.Tensor | None = None  # the critic's values at sampling time (on the returns' scale); gae only
     returns: torch.Tensor | None = None  # advantages + values, before whitening: the critic's targets; gae only
+
+
+def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
+    """Accelerate's trackers for ``report_to`` (checked installed by the config), started; first process only.
+
+    The tracker classes, not an ``Accelerator``: its ``end_training`` destroys the process group, which
+    the stage still needs after training (the adapters are gathered, the policy evaluated), and the
+    trainer prepares nothing else with it (see :mod:`rlhf.ppo.distributed`). Trackers that write files
+    (TensorBoard) write under ``output_dir/runs``; the others log to the project ``rlhf``. The run's
+    configuration is in the run folder (``rlhf_config.yaml``), not sent to the trackers.
+    """
+    trackers = []
+    for name in names:
+        tracker_class = LOGGER_TYPE_TO_CLASS[name]
+        if tracker_class.requires_logging_directory:
+            tracker = tracker_class("runs", str(output_dir))
+        else:
+            tracker = tracker_class(TRACKING_PROJECT)
+        # its methods ask accelerate's process state whether this is the main process, which sets that state
+        # up (joining the process group torchrun started); its logger refuses to run without it
+        tracker.start()
+        trackers.append(tracker)
+    return trackers
 
 
 def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
@@ -124,7 +148,13 @@ class PPOTrainer:
             # CPU loops over them (measured on CPU: 0.75 vs 4.2 ms a step for 113 LoRA-sized tensors).
             fused = all(p.device.type in ("cpu", "cuda") for p in self._trainable())
             self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        # transformers' schedule, stepped once per iteration (each iteration is one rollout and its update)
+        self.scheduler = get_scheduler(
+            config.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=config.warmup_steps,
+            num_training_steps=config.steps,
+        )
         self.kl_controller = losses.KLController(config.kl_coef, config.adaptive_kl_target, config.kl_horizon)
         self.score_moments = losses.RunningMoments()
         self.step = 0
@@ -132,22 +162,7 @@ class PPOTrainer:
         self.cursor = 0  # position in this epoch's prompt order
         self.history: list[dict[str, float]] = []
         self.warned = False  # over-optimisation: warned once per run (rlhf.overoptimisation)
-        self.writer = None
-        if "tensorboard" in config.report_to and dist.rank() == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "runs"))
-
-    def _lr_factor(self, step: int) -> float:
-        config = self.config
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        if config.lr_scheduler_type == "linear":
-            return max(0.0, 1.0 - progress)
-        if config.lr_scheduler_type == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
+        self.trackers = start_trackers(config.report_to, self.output_dir) if dist.rank() == 0 else []
 
     # ------------------------------------------------------------------------------------------
     # Data
@@ -495,10 +510,9 @@ class PPOTrainer:
             if dist.rank() == 0:
                 with (self.output_dir / STEP_METRICS_FILE).open("a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
-                if self.writer is not None and self.step % config.logging_steps == 0:
-                    for key, value in metrics.items():
-                        if key != "step":
-                            self.writer.add_scalar(key, value, self.step)
+                if self.step % config.logging_steps == 0:
+                    for tracker in self.trackers:
+                        tracker.log({k: v for k, v in metrics.items() if k != "step"}, step=self.step)
                 postfix = {"score": f"{metrics['objective/score']:.2f}"}
                 if "objective/kl" in metrics:
                     postfix["kl"] = f"{metrics['objective/kl']:.2f}"
@@ -509,8 +523,8 @@ class PPOTrainer:
             if self.step % config.save_steps == 0 or self.step == config.steps:
                 self.save_checkpoint()
         bar.close()
-        if self.writer is not None:
-            self.writer.flush()
+        for tracker in self.trackers:
+            tracker.finish()
         return self.history
 
     # ------------------------------------------------------------------------------------------
