@@ -20,7 +20,7 @@ same policy and its copy is small, ``transformers`` otherwise):
   sync with the active LoRA merged into it, decoded by a short loop (:func:`decode`) that reports each
   token's log-prob. Generating through a merged matrix skips what a LoRA layer costs per token (the
   adapter's two extra products; for a 4-bit base, dequantizing every weight at every step): measured
-  in ``scripts/bench_generation.py`` and ``docs/benchmarks.md``. It costs a float32 copy of the base's
+  in ``benchmarks/bench_generation.py`` and ``docs/benchmarks.md``. It costs a float32 copy of the base's
   linear layers, and it is the trainer's policy only where the trainer computes in float32: under
   bf16 or fp16 the merged matrix rounds the LoRA's small update away (see :func:`merged_unsupported`).
 

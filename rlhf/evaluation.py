@@ -12,7 +12,6 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from rlhf.results import Calibration, CalibrationBin, Difference, Evaluation, Po
 
 POLICIES = ("sft", "ppo")
 Judge = Callable[[Any, str], float]
-ROUGE_MODULE = Path(__file__).parent / "metrics" / "rouge.py"
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
 @torch.no_grad()
@@ -219,9 +218,25 @@ def reward_calibration(
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F-measures through `evaluate`, with the metric module shipped in this package (works offline)."""
-    import evaluate
+    """ROUGE-1/2/L F-measures of each prediction against its reference (``rouge_score``, no stemming), each
+    the median of a bootstrap over the rows (``mid``), as the hub's ``rouge`` metric reports them.
 
-    metric = evaluate.load(str(ROUGE_MODULE))
-    scores = metric.compute(predictions=list(predictions), references=list(references))
-    return {key: float(value) for key, value in scores.items()}
+    The bootstrap draws from numpy's global generator; it is seeded as `evaluate`'s metric modules seed
+    it (with the generator's current key word), through which these figures were computed before, so
+    they are the same, and the caller's numpy state is restored afterwards.
+    """
+    import numpy as np
+    from rouge_score import rouge_scorer, scoring
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=False)
+    aggregator = scoring.BootstrapAggregator()
+    for prediction, reference in zip(predictions, references, strict=True):
+        aggregator.add_scores(scorer.score(reference, prediction))
+    state = np.random.get_state()
+    _, keys, position, *_ = state
+    np.random.seed(int(keys[position] if position < len(keys) else keys[0]))
+    try:
+        result = aggregator.aggregate()
+    finally:
+        np.random.set_state(state)
+    return {key: float(result[key].mid.fmeasure) for key in ROUGE_KEYS}

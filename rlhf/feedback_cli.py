@@ -4,16 +4,24 @@ The feedback package (store, app, import, export) never imports torch or the tra
 ``rlhf feedback serve`` starts in about a second. ``generate`` samples candidates with the training
 side's sampler (:mod:`rlhf.candidates`); it is added here, and its module, which loads torch, is
 imported only when the command runs.
+
+:func:`wait_for_annotations` is the pipeline's human annotation step: it serves this CLI's app and
+waits for people to finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 
+from tqdm.auto import tqdm
+
 from feedback import cli, langsmith_sync
-from feedback.store import Store, StoreError
+from feedback.store import Progress, Store, StoreError
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -77,3 +85,35 @@ def add_generate(command: cli.CommandFactory) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     cli.main(argv, extensions=[add_generate])
+
+
+def wait_for_annotations(
+    store: Store, db: str, host: str, port: int, *, timeout: float | None = None, show_progress: bool = True
+) -> Progress:
+    """Serve the feedback app (``rlhf feedback serve`` on ``db``) and wait until every item has its answers,
+    showing progress; the app stops when this returns or fails (after ``timeout`` seconds, if given)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rlhf", "feedback", "serve", "--db", db, "--host", host, "--port", str(port)]
+    )
+    print(
+        f"\nAnnotate at http://{host}:{port}/ (create accounts with "
+        f"`rlhf feedback annotators --db {db} ...`). The pipeline continues when all items are done.\n",
+        flush=True,
+    )
+    started = time.time()
+    try:
+        progress = store.progress()
+        bar = tqdm(total=progress.items, desc="items annotated", unit="item", disable=not show_progress)
+        while progress.complete < progress.items:
+            if server.poll() is not None:
+                raise RuntimeError(f"the feedback app exited with code {server.returncode}")
+            if timeout is not None and time.time() - started > timeout:
+                raise TimeoutError(f"annotation not finished after {timeout}s: {progress}")
+            time.sleep(2)
+            progress = store.progress()
+            bar.update(progress.complete - bar.n)
+        bar.close()
+        return progress
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -85,7 +85,8 @@ MARKERS = {
 
 DEVICE_COMMAND = (
     f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target {SITE} "
-    f".whl/*.whl && export PYTHONPATH={SITE}:$PWD PYTHONUNBUFFERED=1 || exit; python3 scripts/gpu_check.py --out $OUT"
+    f".whl/*.whl && export PYTHONPATH={SITE}:$PWD PYTHONUNBUFFERED=1 || exit; "
+    "python3 benchmarks/gpu_check.py --out $OUT"
 )
 
 

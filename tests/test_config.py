@@ -10,7 +10,7 @@ from conftest import RECIPES
 
 from rlhf.config import parse, resolved_dict
 from rlhf.core.errors import ConfigError
-from rlhf.stages import dpo, kto, pipeline, ppo, reward, sft
+from rlhf.stages import dpo, kto, pipeline_options, ppo, reward, sft
 
 SFT_TYPES = sft.CONFIG_TYPES
 STAGE_TYPES = {
@@ -19,7 +19,7 @@ STAGE_TYPES = {
     "ppo": ppo.CONFIG_TYPES,
     "dpo": dpo.CONFIG_TYPES,
     "kto": kto.CONFIG_TYPES,
-    "pipeline": pipeline.CONFIG_TYPES,
+    "pipeline": pipeline_options.CONFIG_TYPES,
     "grpo": ppo.CONFIG_TYPES,  # the ppo stage as GRPO
 }
 

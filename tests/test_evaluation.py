@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ppo_args
 
@@ -114,6 +115,18 @@ def test_summary_and_paired_win_rates() -> None:
 def test_rouge_through_evaluate_offline() -> None:
     scores = evaluation.rouge(["Sure! 3 plus 4 is 7."], ["Sure! 3 plus 4 is 7. Hope that helps!"])
     assert 0.6 < scores["rougeL"] < 1.0 and set(scores) == {"rouge1", "rouge2", "rougeL"}
+
+
+def test_rouge_is_the_hand_computed_f_measure_and_leaves_numpys_generator_as_it_found_it() -> None:
+    # one row: every bootstrap sample is that row. "a b c" vs "a b d": 2 of 3 words, 1 of 2 bigrams, LCS 2
+    assert evaluation.rouge(["a b c"], ["a b d"]) == pytest.approx({"rouge1": 2 / 3, "rouge2": 0.5, "rougeL": 2 / 3})
+    np.random.seed(7)
+    state = np.random.get_state()
+    rows = (["the cat sat", "a dog", "the mat is red", "sure"], ["the cat sat down", "the dog", "a red mat", "no"])
+    first = evaluation.rouge(*rows)
+    after = np.random.get_state()
+    assert all(np.array_equal(a, b) for a, b in zip(state, after, strict=True))  # the caller's draws are unchanged
+    assert evaluation.rouge(*rows) == first  # the same state, the same bootstrap
 
 
 @pytest.mark.slow

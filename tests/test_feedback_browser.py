@@ -25,7 +25,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 SCRIPT = "<script>window.__pwned = 1</script>Sure! 3 plus 4 is 7."
 IMAGE = '<img src="x" onerror="window.__pwned = 2">3 plus 4 is 7.'
 
-spec = importlib.util.spec_from_file_location("bench_feedback", ROOT / "scripts" / "bench_feedback.py")
+spec = importlib.util.spec_from_file_location("bench_feedback", ROOT / "benchmarks" / "bench_feedback.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_feedback"] = bench
 spec.loader.exec_module(bench)

@@ -1,6 +1,6 @@
 """The real server (uvicorn subprocess): concurrent annotators, SIGKILL mid-load, exactly-once audit.
 
-A small version of ``scripts/bench_feedback.py`` (which runs 32 clients x 50 answers): here 8
+A small version of ``benchmarks/bench_feedback.py`` (which runs 32 clients x 50 answers): here 8
 clients x 12 answers on each backend, with the server killed a third of the way through.
 """
 
@@ -17,7 +17,7 @@ from conftest import ROOT
 
 from feedback.store import Store
 
-spec = importlib.util.spec_from_file_location("bench_feedback", ROOT / "scripts" / "bench_feedback.py")
+spec = importlib.util.spec_from_file_location("bench_feedback", ROOT / "benchmarks" / "bench_feedback.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_feedback"] = bench  # dataclasses look their module up while the script loads
 spec.loader.exec_module(bench)

@@ -1,4 +1,4 @@
-"""`scripts/gpu_check.py` and the device procedure (docs/gpu-check.md), rehearsed on CPU."""
+"""`benchmarks/gpu_check.py` and the device procedure (docs/gpu-check.md), rehearsed on CPU."""
 
 from __future__ import annotations
 
@@ -17,23 +17,23 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
+BENCHMARKS = ROOT / "benchmarks"
 
 
-def _script(name: str) -> ModuleType:
-    sys.path.insert(0, str(SCRIPTS))  # gpu_check imports bench_ppo as its own directory's module
+def _script(folder: Path, name: str) -> ModuleType:
+    sys.path.insert(0, str(folder))  # gpu_check imports bench_ppo as its own directory's module
     try:
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(str(SCRIPTS))
+        sys.path.remove(str(folder))
 
 
-gpu_check = _script("gpu_check")
-wheels = _script("prepare_device_wheels")
+gpu_check = _script(BENCHMARKS, "gpu_check")
+wheels = _script(ROOT / "scripts", "prepare_device_wheels")
 
 
 def test_default_run_fits_eight_minutes_on_one_h100_by_its_estimate(tmp_path: Path) -> None:
@@ -158,7 +158,16 @@ def test_gpu_check_cpu_run_reports_every_stage(tmp_path: Path) -> None:
     In fp32: bf16 on CPU is several times slower; test_bf16.py and the rehearsal (docs/gpu-check.md) run it.
     """
     out, work = tmp_path / "out", tmp_path / "work"
-    command = [sys.executable, str(SCRIPTS / "gpu_check.py"), "--device", "cpu", "--shape", "tiny", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "gpu_check.py"),
+        "--device",
+        "cpu",
+        "--shape",
+        "tiny",
+        "--out",
+        str(out),
+    ]
     command += ["--workdir", str(work), "--cache", str(tmp_path / "cache"), "--set", "seed=7"]
     command += ["--set", "grpo.max_new_tokens=6", "--sharded-processes", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)

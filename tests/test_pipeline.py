@@ -19,7 +19,8 @@ from feedback.store import Store
 from rlhf import runs
 from rlhf.core.errors import ConfigError
 from rlhf.results import EvalResult, RoundResult
-from rlhf.stages import pipeline
+from rlhf.stages import pipeline, pipeline_options, steps
+from rlhf.stages.rounds import SELECTION_FILE
 
 # The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
 QUICK = [
@@ -32,7 +33,7 @@ TINY = str(RECIPES / "tiny")
 
 
 def test_stage_options_are_split_from_the_pipelines_and_checked_before_anything_runs(tmp_path: Path) -> None:
-    own, stages = pipeline.split_stage_options(["--ppo.steps", "6", "--sft.max_steps=20", "--seed", "1"])
+    own, stages = pipeline_options.split_stage_options(["--ppo.steps", "6", "--sft.max_steps=20", "--seed", "1"])
     assert own == ["--seed", "1"] and stages["sft"] == ["--max_steps", "20"] and stages["ppo"] == ["--steps", "6"]
     assert set(stages) == {"sft", "reward", "ppo", "dpo", "kto"} and stages["reward"] == stages["dpo"] == []
     out = tmp_path / "run"
@@ -47,7 +48,7 @@ def test_stage_options_are_split_from_the_pipelines_and_checked_before_anything_
 
 def _done(out: Path) -> dict[str, float]:
     """Every finished stage's (and round's) ``done.json``, by folder, with its modification time."""
-    return {str(p.parent.relative_to(out)): p.stat().st_mtime for p in out.rglob(pipeline.DONE)}
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime for p in out.rglob(steps.DONE)}
 
 
 @pytest.mark.slow
@@ -71,7 +72,7 @@ def test_two_rounds_killed_mid_ppo_resume_skip_finished_stages_redo_from_one_and
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert (second / "ppo" / "checkpoint-2").is_dir() and not (second / "ppo" / pipeline.DONE).exists()
+    assert (second / "ppo" / "checkpoint-2").is_dir() and not (second / "ppo" / steps.DONE).exists()
     before = _done(out)
     planned = pipeline.Pipeline(pipeline.PipelineConfig(recipe=TINY, output_dir=str(out), rounds=2))
     keys = [str(planned.folder(s, r).relative_to(out)) for s, r in planned.plan()]
@@ -108,7 +109,7 @@ def test_two_rounds_killed_mid_ppo_resume_skip_finished_stages_redo_from_one_and
     store = Store.create(f"sqlite:///{out / 'feedback.db'}")
     batches = {b.batch: b for b in store.progress().batches}
     assert set(batches) == {1, 2} and batches[2].selected_by == "uncertainty" and batches[2].complete == 20
-    pool = [json.loads(line) for line in (second / "generate" / pipeline.SELECTION_FILE).read_text().splitlines()]
+    pool = [json.loads(line) for line in (second / "generate" / SELECTION_FILE).read_text().splitlines()]
     chosen = {json.dumps(r["prompt"], sort_keys=True): r["uncertainty"] for r in pool if r["chosen"]}
     stored = {json.dumps(i.messages, sort_keys=True): i for i in store.records() if i.batch == 2}
     assert set(stored) == set(chosen) and all(i.selection_score == chosen[k] for k, i in stored.items())
@@ -187,7 +188,7 @@ def test_pipeline_waits_for_people_in_the_feedback_app(tmp_path: Path) -> None:
         assert process.wait(timeout=120) == 0
     finally:
         process.kill()
-    summary = json.loads((out / "annotate" / pipeline.DONE).read_text())
+    summary = json.loads((out / "annotate" / steps.DONE).read_text())
     assert summary["annotator"] == "human" and summary["answers"] == summary["complete"] == 3
     assert not (out / "preferences").exists()  # --stop_after annotate
 

@@ -9,7 +9,7 @@ from conftest import RECIPES, run_cli
 
 from rlhf.config import parse
 from rlhf.results import PPOResult
-from rlhf.stages import dpo, kto, pipeline, ppo, reward, sft
+from rlhf.stages import dpo, kto, pipeline_options, ppo, reward, sft
 
 REAL = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name != "tiny")
 SWAP = {
@@ -70,7 +70,9 @@ def test_real_recipes_are_the_qlora_setup_and_the_chain_of_folders_the_readme_de
     assert _options(recipe, "sft")["merge_adapter"] is True
     grpo = _options(recipe, "grpo")
     assert (grpo["advantage_estimator"], grpo["num_generations"]) == ("grpo", 8)
-    (config,) = parse(pipeline.CONFIG_TYPES, ["--config", str(recipe / "pipeline.yaml")], prog="t", description="")
+    (config,) = parse(
+        pipeline_options.CONFIG_TYPES, ["--config", str(recipe / "pipeline.yaml")], prog="t", description=""
+    )
     assert (config.prompts, config.annotation_prompts, config.num_candidates, config.overlap) == (
         "trl-lib/ultrafeedback-prompt",
         300,

@@ -8,7 +8,7 @@ import pytest
 from test_pipeline import TINY
 
 from rlhf.core.errors import ConfigError
-from rlhf.stages import pipeline
+from rlhf.stages import pipeline, rounds
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_human_rounds_without_accounts_stop_before_training_and_the_budget_split
     config = pipeline.PipelineConfig(recipe=TINY, output_dir=str(out), rounds=3, annotation_prompts=1000)
     planned = pipeline.Pipeline(config)
     assert planned.round_items == [184, 184, 184] and planned.round_steps == [17, 17, 16]
-    assert pipeline.split_evenly(10, 3) == [4, 3, 3]
+    assert rounds.split_evenly(10, 3) == [4, 3, 3]
     assert [f"{s}@{r}" for s, r in planned.plan()][:7] == [
         "sft@0", "generate@1", "annotate@1", "preferences@1", "reward@1", "ppo@1", "generate@2",
     ]  # fmt: skip

@@ -4,7 +4,7 @@ Accelerate shards only on GPUs, so on CPU these tests stop each stage where it b
 trainer and read what it would have been given: the loaded model (4-bit weights stored in a float
 dtype, so FSDP shards them), the training arguments and the FSDP plugin Accelerate builds from them
 (FSDP2, the decoder layer as the wrap unit, memory-efficient loading). A sharded run itself is
-`scripts/gpu_check.py`'s, on 2+ GPUs.
+`benchmarks/gpu_check.py`'s, on 2+ GPUs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ block mask lets each answer attend to the prompt and to its own earlier tokens o
 ids restart after the prompt for each answer, so every answer token sees exactly the keys, values
 and positions it saw in its own padded row: the same log-probs, values and gradients, up to
 floating-point summation order (tested against the padded path). On the tiny bench (prompts of
-~19 tokens, answers of ~12, groups of 4; ``scripts/bench_rl.py``) an iteration's update took 0.43 s
+~19 tokens, answers of ~12, groups of 4; ``benchmarks/bench_rl.py``) an iteration's update took 0.43 s
 instead of 0.75 and its two scoring passes 0.08 s instead of 0.19.
 
 Packing pays in the linear layers (fewer tokens) and costs in attention (a row of ``L`` tokens

@@ -11,7 +11,6 @@ validated rows (the same checks and file/row/field errors as the reward stage), 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +18,11 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from rlhf import data, models, runs, sharding
+from rlhf import data, models
 from rlhf.config import DataArguments, ModelArguments, StageConfig
 from rlhf.core.errors import ConfigError
 from rlhf.results import LabelBalance, LengthReport, OfflineResult
+from rlhf.stages import trainer_stage
 
 
 @dataclass(frozen=True)
@@ -56,33 +56,26 @@ def build(
     """The method's trainer on the (quantized) base with a fresh LoRA, its data's length reports and labels."""
     if not model_args.use_peft:
         raise ConfigError(f"{method.stage} trains a LoRA on the SFT model (the reference is that model): keep use_peft")
-    models.resolve_dtypes(model_args, config)
-    if config.fsdp:
-        sharding.prepare_trainer(model_args, config, method.stage)
+    trainer_stage.setup(model_args, config, method.stage)
     train_rows, eval_rows = data.load_splits(data_args, method.rows, seed=config.seed)  # bad rows: before any model
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
-    reports: dict[str, LengthReport] = {}
-    splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
-    for name, rows in splits.items():
-        if rows is not None:
-            splits[name], reports[name] = _within_length(
-                method, rows, tokenizer, config, data_args.overlong, f"{method.stage} {name} data"
-            )
-    if splits["eval"] is None:
-        config.eval_strategy = "no"
-    labels = method.prepare(config, splits["train"]) if method.prepare is not None else None
+
+    def check(rows: Dataset, name: str) -> tuple[Dataset, LengthReport]:
+        return _within_length(method, rows, tokenizer, config, data_args.overlong, f"{method.stage} {name} data")
+
+    train_set, eval_set, reports = trainer_stage.within_length({"train": train_rows, "eval": eval_rows}, config, check)
+    labels = method.prepare(config, train_set) if method.prepare is not None else None
     model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
-    if config.fsdp:
-        sharding.wrap_decoder_layers(config, model)
-    trainer = method.trainer(
-        model=model,
-        args=config,
-        train_dataset=splits["train"],
-        eval_dataset=splits["eval"],
+    trainer = trainer_stage.make_trainer(
+        method.trainer,
+        model,
+        model_args,
+        config,
+        "CAUSAL_LM",
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
-        peft_config=models.lora_config(model_args, "CAUSAL_LM"),
     )
-    models.match_trainable_dtype(trainer.model, config.bf16 or config.fp16)
     return trainer, reports, labels
 
 
@@ -96,32 +89,21 @@ def _last(history: list[dict[str, float]], prefix: str) -> dict[str, float]:
 
 def run(method: Method, config: StageConfig[Any]) -> OfflineResult:
     """Train, then save the adapter and the result (also ``output_dir/metrics.json``)."""
-    model_args, data_args, options = config.model, config.data, config.training
-    started = time.time()
-    checkpoint = runs.start(method.stage, options.output_dir, options.resume)
-    trainer, reports, labels = build(method, model_args, data_args, options)
-    runs.record_config(method.stage, options.output_dir, model_args, data_args, options)
-    trained = trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.eval_dataset is not None:
-        trainer.evaluate()
-    sharding.gather_for_save(trainer)
-    trainer.save_model(options.output_dir)
-    history = trainer.state.log_history
-    result = OfflineResult(
-        stage=method.stage,
-        output_dir=options.output_dir,
-        train_loss=trained.training_loss,
-        train_rows=len(trainer.train_dataset),
-        length_policy=reports,
-        global_steps=trainer.state.global_step,
-        world_size=trainer.args.world_size,
-        **runs.summarize_history(history),
-        rewards=_last([h for h in history if "loss" in h], "rewards/"),
-        eval_rewards=_last(history, "eval_rewards/"),
-        labels=labels,
-        runtime_seconds=round(time.time() - started, 1),
-    )
-    if trainer.is_world_process_zero():
-        runs.write_history(options.output_dir, history)
-        result.write(options.output_dir)
-    return result
+    Built = tuple[dict[str, LengthReport], LabelBalance | None]
+
+    def build_trainer() -> tuple[Trainer, Built]:
+        trainer, reports, labels = build(method, config.model, config.data, config.training)
+        return trainer, (reports, labels)
+
+    def result(trained: trainer_stage.Trained[Trainer], built: Built) -> OfflineResult:
+        history = trained.trainer.state.log_history
+        return OfflineResult(
+            stage=method.stage,
+            **trained.figures,
+            length_policy=built[0],
+            rewards=_last([h for h in history if "loss" in h], "rewards/"),
+            eval_rewards=_last(history, "eval_rewards/"),
+            labels=built[1],
+        )
+
+    return trainer_stage.run(method.stage, config, build_trainer, result)

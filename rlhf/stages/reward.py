@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from trl import RewardTrainer
 
-from rlhf import data, ensemble, models, runs, sharding
+from rlhf import data, ensemble, models, runs
 from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
+from rlhf.stages import trainer_stage
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."
@@ -112,40 +113,34 @@ def build(
         raise ConfigError("overlong: truncate would cut off the token the reward is read at; use drop or error")
     if not model_args.use_peft and model_args.quantization != "none":
         raise ConfigError("quantized base weights cannot be trained directly: keep use_peft: true (QLoRA)")
-    models.resolve_dtypes(model_args, config)
-    if config.fsdp:
-        sharding.prepare_trainer(model_args, config, "reward")
+    trainer_stage.setup(model_args, config, "reward")
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     train_rows, eval_rows = data.load_splits(data_args, "preference", seed=config.seed)
     if resample is not None:
         draw = random.Random(resample)
         train_rows = train_rows.select([draw.randrange(len(train_rows)) for _ in range(len(train_rows))])
-    reports: dict[str, LengthReport] = {}
-    splits: dict[str, Dataset | None] = {"train": train_rows, "eval": eval_rows}
-    for name, rows in splits.items():
-        if rows is not None:
-            splits[name], reports[name] = data.enforce_max_length(
-                _tokenize(rows, tokenizer, name),
-                config.max_length,
-                data_args.overlong,
-                f"reward {name} data",
-                columns=("chosen_ids", "rejected_ids"),
-            )
-    train_set, eval_set = splits["train"], splits["eval"]
-    if eval_set is None:
-        config.eval_strategy = "no"
+
+    def check(rows: Dataset, name: str) -> tuple[Dataset, LengthReport]:
+        return data.enforce_max_length(
+            _tokenize(rows, tokenizer, name),
+            config.max_length,
+            data_args.overlong,
+            f"reward {name} data",
+            columns=("chosen_ids", "rejected_ids"),
+        )
+
+    train_set, eval_set, reports = trainer_stage.within_length({"train": train_rows, "eval": eval_rows}, config, check)
     model = models.load_reward_backbone(model_args, tokenizer, config.trust_remote_code)
-    if config.fsdp:
-        sharding.wrap_decoder_layers(config, model)
-    trainer = RewardTrainer(
-        model=model,
-        args=config,
+    trainer = trainer_stage.make_trainer(
+        RewardTrainer,
+        model,
+        model_args,
+        config,
+        "SEQ_CLS",
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        peft_config=models.lora_config(model_args, "SEQ_CLS"),
     )
-    models.match_trainable_dtype(trainer.model, config.bf16 or config.fp16)
     return trainer, reports
 
 
@@ -243,41 +238,31 @@ def _disagreement(scores: list[list[dict[str, float]]], scales: list[ensemble.Me
 def _train(config: StageConfig[RewardConfig], resample: int | None = None) -> RewardResult:
     """One reward model: train, save, evaluate on the held-out pairs, write the run folder."""
     model_args, data_args, options = config.model, config.data, config.training
-    started = time.time()
-    checkpoint = runs.start("reward", options.output_dir, options.resume)
-    trainer, reports = build(model_args, data_args, options, resample)
-    runs.record_config("reward", options.output_dir, model_args, data_args, options)
-    train_set, eval_set, tokenizer = trainer.train_dataset, trainer.eval_dataset, trainer.processing_class
-    trained = trainer.train(resume_from_checkpoint=checkpoint)
-    sharding.gather_for_save(trainer)
-    trainer.save_model(options.output_dir)
 
-    train_accuracy = [h["accuracy"] for h in trainer.state.log_history if "accuracy" in h]
-    held_out, scores = (
-        evaluate_pairs(trainer.model, eval_set, tokenizer.pad_token_id, options.per_device_eval_batch_size)
-        if eval_set is not None
-        else (None, [])
-    )
-    result = RewardResult(
-        output_dir=options.output_dir,
-        train_loss=trained.training_loss,
-        train_rows=len(train_set),
-        length_policy=reports,
-        global_steps=trainer.state.global_step,
-        world_size=trainer.args.world_size,
-        **runs.summarize_history(trainer.state.log_history),
-        final_train_accuracy=train_accuracy[-1] if train_accuracy else None,
-        eval=held_out,
-        runtime_seconds=round(time.time() - started, 1),
-    )
-    if trainer.is_world_process_zero():
-        runs.write_history(options.output_dir, trainer.state.log_history)
-        if eval_set is not None:
+    def result(trained: trainer_stage.Trained[RewardTrainer], reports: dict[str, LengthReport]) -> RewardResult:
+        trainer = trained.trainer
+        eval_set, pad_token_id = trainer.eval_dataset, trainer.processing_class.pad_token_id
+        train_accuracy = [h["accuracy"] for h in trainer.state.log_history if "accuracy" in h]
+        held_out, scores = (
+            evaluate_pairs(trainer.model, eval_set, pad_token_id, options.per_device_eval_batch_size)
+            if eval_set is not None
+            else (None, [])
+        )
+        if trained.main_process and eval_set is not None:
             with (Path(options.output_dir) / SCORES_FILE).open("w") as handle:
                 for row in scores:
                     handle.write(json.dumps(row) + "\n")
-        result.write(options.output_dir)
-    return result
+        return RewardResult(
+            **trained.figures,
+            length_policy=reports,
+            final_train_accuracy=train_accuracy[-1] if train_accuracy else None,
+            eval=held_out,
+        )
+
+    # no evaluation after training: the held-out pairs are scored above, as the PPO stage scores rollouts
+    return trainer_stage.run(
+        "reward", config, lambda: build(model_args, data_args, options, resample), result, evaluate=False
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> RewardResult:

@@ -10,9 +10,7 @@ as trained (:mod:`rlhf.merging`); the reward and PPO stages start from that merg
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +18,12 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from rlhf import data, merging, models, runs, sharding
+from rlhf import data, merging, models
 from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
 from rlhf.core.errors import ConfigError
 from rlhf.models import MERGED_DIR
 from rlhf.results import LengthReport, SFTResult
+from rlhf.stages import trainer_stage
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +60,7 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
     """The SFT trainer for a parsed config: validated data, the (quantized) base, the LoRA."""
     if not model_args.use_peft and model_args.quantization != "none":
         raise ConfigError("quantized base weights cannot be trained directly: keep use_peft: true (QLoRA)")
-    models.resolve_dtypes(model_args, config)
-    if config.fsdp:
-        sharding.prepare_trainer(model_args, config, "sft")
+    trainer_stage.setup(model_args, config, "sft")
     train_set, eval_set = data.load_splits(data_args, "sft", seed=config.seed)
     if config.assistant_only_loss is None:
         config.assistant_only_loss = _is_conversational(train_set[0])
@@ -71,71 +68,54 @@ def build(model_args: ModelArguments, data_args: DataArguments, config: SFTConfi
         config.eval_strategy = "no"
     tokenizer = models.load_tokenizer(model_args, config.trust_remote_code)
     model = models.load_causal_lm(model_args, tokenizer, config.trust_remote_code)
-    if config.fsdp:
-        sharding.wrap_decoder_layers(config, model)
-    trainer = _SFTTrainer(
-        model=model,
-        args=config,
+    return trainer_stage.make_trainer(
+        _SFTTrainer,
+        model,
+        model_args,
+        config,
+        "CAUSAL_LM",
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        peft_config=models.lora_config(model_args, "CAUSAL_LM"),
         overlong=data_args.overlong,
     )
-    models.match_trainable_dtype(trainer.model, config.bf16 or config.fp16)
-    return trainer
 
 
-def run(config: StageConfig[SFTConfig]) -> SFTResult:
-    """Run the SFT stage; the result is also written to ``output_dir/metrics.json``."""
-    model_args, data_args, options = config.model, config.data, config.training
-    started = time.time()
-    checkpoint = runs.start("sft", options.output_dir, options.resume)
-    trainer = build(model_args, data_args, options)
-    runs.record_config("sft", options.output_dir, model_args, data_args, options)
-    eval_set = trainer.eval_dataset
-    trained = trainer.train(resume_from_checkpoint=checkpoint)
-    if eval_set is not None:
-        trainer.evaluate()  # logged: the history's last eval_loss is the final model's
-    sharding.gather_for_save(trainer)
-    trainer.save_model(options.output_dir)
-    main_process = trainer.is_world_process_zero()
-    if main_process:
-        runs.write_history(options.output_dir, trainer.state.log_history)
-    result = SFTResult(
-        output_dir=options.output_dir,
-        train_loss=trained.training_loss,
-        train_rows=len(trainer.train_dataset),
-        eval_rows=len(trainer.eval_dataset) if eval_set is not None else 0,
+def _result(trained: trainer_stage.Trained[_SFTTrainer], lengths: dict[str, LengthReport]) -> SFTResult:
+    trainer = trained.trainer
+    return SFTResult(
+        **trained.figures,
+        eval_rows=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
         loss_tokens_per_epoch=sum(
             sum(1 for label in row["labels"] if label != -100)
             for row in trainer.train_dataset.select_columns(["labels"])
         ),
-        length_policy=trainer.length_reports,
-        global_steps=trainer.state.global_step,
-        world_size=trainer.args.world_size,
+        length_policy=lengths,
         trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        **runs.summarize_history(trainer.state.log_history),
     )
-    # The merge loads the base and the merged model again (and verify_merge the model as trained):
-    # the training copy, its optimizer state and the accelerator's references are freed first
-    # (measured on a 494M model in 4-bit on CPU: the stage's peak was the merge, with them still held).
-    trainer.accelerator.free_memory()
-    del trainer
-    gc.collect()
 
-    if main_process and options.merge_adapter:
+
+def run(config: StageConfig[SFTConfig]) -> SFTResult:
+    """Run the SFT stage; the result is also written to ``output_dir/metrics.json``."""
+    model_args, options = config.model, config.training
+
+    def merge(result: SFTResult, main_process: bool) -> SFTResult:
+        """The adapter merged into the base it was trained on, checked against the model as trained."""
+        if not (main_process and options.merge_adapter):
+            return result
         if not model_args.use_peft:
             raise ConfigError("merge_adapter: the SFT run trained no adapter (use_peft: false)")
         merged = Path(options.output_dir) / MERGED_DIR
         check = merging.merge_and_verify(
             model_args, options.output_dir, merged, options.merged_dtype, options.merge_base
         )
-        result = replace(result, merged_model=str(merged), merge=check)
-    result = replace(result, runtime_seconds=round(time.time() - started, 1))
-    if main_process:
-        result.write(options.output_dir)
-    return result
+        return replace(result, merged_model=str(merged), merge=check)
+
+    def build_trainer() -> tuple[_SFTTrainer, dict[str, LengthReport]]:
+        trainer = build(model_args, config.data, options)
+        return trainer, trainer.length_reports  # the length policy's reports, filled as the trainer prepared its data
+
+    return trainer_stage.run("sft", config, build_trainer, _result, finish=merge)
 
 
 def main(argv: Sequence[str] | None = None) -> SFTResult:

@@ -1,8 +1,8 @@
 """Rollout generation speed: plain ``generate()`` against faster paths, same prompts, same settings, one thread.
 
-    OMP_NUM_THREADS=1 python scripts/bench_generation.py                      # tiny model, fp32 and 4-bit bases
-    OMP_NUM_THREADS=1 python scripts/bench_generation.py --compile            # + static cache with torch.compile
-    OMP_NUM_THREADS=1 python scripts/bench_generation.py --shape qwen2.5-0.5b --prompts 8 --max-new-tokens 32
+    OMP_NUM_THREADS=1 python benchmarks/bench_generation.py                      # tiny model, fp32 and 4-bit bases
+    OMP_NUM_THREADS=1 python benchmarks/bench_generation.py --compile            # + static cache with torch.compile
+    OMP_NUM_THREADS=1 python benchmarks/bench_generation.py --shape qwen2.5-0.5b --prompts 8 --max-new-tokens 32
 
 The policy is what PPO samples from: a LoRA (r 16, alpha 32, all linear layers, as the recipes) on the
 base, given a random update so it is not the base. Paths, each timed on the same left-padded prompts

@@ -1,7 +1,7 @@
 """One round against three, random against uncertainty selection, at the main job's annotation budget.
 
-    python scripts/compare_rounds.py --output_dir runs/rounds            # ~21 min on 2 cores
-    python scripts/compare_rounds.py --output_dir runs/rounds --reuse    # print the tables again
+    python benchmarks/compare_rounds.py --output_dir runs/rounds            # ~21 min on 2 cores
+    python benchmarks/compare_rounds.py --output_dir runs/rounds --reuse    # print the tables again
 
 Three arms, each ``rlhf pipeline --recipe recipes/tiny`` with 552 rankings in all (the main job's: one
 per distinct prompt among its first 1000), on the same SFT model (trained once, copied into each run):

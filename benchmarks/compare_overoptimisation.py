@@ -1,7 +1,7 @@
 """Reward over-optimisation on the main job: one reward model against an ensemble, and how KL is held.
 
-    python scripts/compare_overoptimisation.py --output_dir runs/overopt                   # every variant, 3 seeds
-    python scripts/compare_overoptimisation.py --output_dir runs/overopt --seeds 0 --variants single adaptive_kl
+    python benchmarks/compare_overoptimisation.py --output_dir runs/overopt                   # every variant, 3 seeds
+    python benchmarks/compare_overoptimisation.py --output_dir runs/overopt --seeds 0 --variants single adaptive_kl
 
 Runs the main job's SFT and annotation once (``rlhf pipeline --recipe recipes/tiny --stop_after
 preferences``), then for each seed and variant the rest of the pipeline (``--from_stage reward`` or

@@ -1,7 +1,7 @@
 """The main job in QLoRA (the tiny recipe as shipped) against the same job in full precision, on this machine.
 
-    python scripts/bench_precision.py                 # both pipelines, one after the other (~5-6 min on 2 cores)
-    python scripts/bench_precision.py --repeats 2     # alternate them twice: machines are noisy
+    python benchmarks/bench_precision.py                 # both pipelines, one after the other (~5-6 min on 2 cores)
+    python benchmarks/bench_precision.py --repeats 2     # alternate them twice: machines are noisy
 
 Why. The tiny recipe used to train in fp32 because 4-bit was believed "several times slower" on CPU;
 the main job is QLoRA now (sft, reward and ppo on a 4-bit NF4 double-quantized base), and this script

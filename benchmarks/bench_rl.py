@@ -1,8 +1,8 @@
 """Benchmark of our GRPO against TRL's GRPOTrainer (the version we pin), on the tiny SFT model.
 
-    python scripts/bench_rl.py --sft-model runs/compare/pipeline/sft/merged      # ~10 min on 2 idle cores
-    python scripts/bench_rl.py --sft-model ... --repeats 3 --steps 8
-    python scripts/bench_rl.py --random-model qwen2.5-0.5b --repeats 1 --steps 2 --rollout-batch-size 4 \
+    python benchmarks/bench_rl.py --sft-model runs/compare/pipeline/sft/merged      # ~10 min on 2 idle cores
+    python benchmarks/bench_rl.py --sft-model ... --repeats 3 --steps 8
+    python benchmarks/bench_rl.py --random-model qwen2.5-0.5b --repeats 1 --steps 2 --rollout-batch-size 4 \
         --mini-batch-size 4 --num-generations 2 --ppo-epochs 1 --max-new-tokens 32   # memory at a real shape
 
 With ``--random-model`` the policy starts from a random-weight model of a real architecture's shape

@@ -1,8 +1,8 @@
 """Benchmark of the PPO stage: throughput against TRL 1.12.0's PPOTrainer, and memory against our SFT stage.
 
-    python scripts/bench_ppo.py                         # both parts: ~6 min on 2 idle cores, 15+ on busy ones
-    python scripts/bench_ppo.py --skip-memory --repeats 1
-    python scripts/bench_ppo.py --skip-speed --memory-model qwen2.5-0.5b --memory-batch-size 8
+    python benchmarks/bench_ppo.py                         # both parts: ~6 min on 2 idle cores, 15+ on busy ones
+    python benchmarks/bench_ppo.py --skip-memory --repeats 1
+    python benchmarks/bench_ppo.py --skip-speed --memory-model qwen2.5-0.5b --memory-batch-size 8
 
 Speed. Our PPO (rlhf/ppo, one shared base: policy/reference/value/reward are adapters on ONE copy of
 the weights) and TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (the last TRL with a PPO; four

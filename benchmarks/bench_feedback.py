@@ -1,9 +1,9 @@
 """Load and crash test of the feedback server: concurrent annotators over loopback, then an audit.
 
-    python scripts/bench_feedback.py                                   # SQLite and PostgreSQL, 32 x 50
-    python scripts/bench_feedback.py --backends sqlite --crash         # SIGKILL the server mid-load
-    python scripts/bench_feedback.py --postgres postgresql://postgres@127.0.0.1:5432/test
-    python scripts/bench_feedback.py --logins 0                        # without the login phase
+    python benchmarks/bench_feedback.py                                   # SQLite and PostgreSQL, 32 x 50
+    python benchmarks/bench_feedback.py --backends sqlite --crash         # SIGKILL the server mid-load
+    python benchmarks/bench_feedback.py --postgres postgresql://postgres@127.0.0.1:5432/test
+    python benchmarks/bench_feedback.py --logins 0                        # without the login phase
 
 It starts the real server (``python -m rlhf feedback serve``, uvicorn, 127.0.0.1 only) on a fresh
 database, then runs ``--clients`` annotator clients at once, each answering ``--ratings`` items the

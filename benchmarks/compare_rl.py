@@ -1,9 +1,9 @@
 """PPO, GRPO, RLOO and REINFORCE++ on the main job: same SFT model, reward model, prompts and answer budget.
 
-    python scripts/compare_rl.py --output_dir runs/compare          # ~20 min on 2 cores
-    python scripts/compare_rl.py --output_dir runs/compare --reuse \
+    python benchmarks/compare_rl.py --output_dir runs/compare          # ~20 min on 2 cores
+    python benchmarks/compare_rl.py --output_dir runs/compare --reuse \
         --methods gae grpo grpo_kl_reward grpo_unscaled dr_grpo rloo reinforce_pp   # docs/benchmarks.md's seven
-    python scripts/compare_rl.py --output_dir runs/compare --reuse --methods gae dpo kto   # the offline route
+    python benchmarks/compare_rl.py --output_dir runs/compare --reuse --methods gae dpo kto   # the offline route
 
 Runs ``rlhf pipeline --recipe recipes/tiny`` once (PPO with GAE, as shipped), then, for each
 critic-free method, the same pipeline again ``--from_stage ppo`` with ``--ppo.advantage_estimator

@@ -1,7 +1,7 @@
 """Does the main job's reward model see correctness, or only style? And what makes it see correctness?
 
-    python scripts/reward_correctness.py --output_dir runs/rmstudy            # every variant
-    python scripts/reward_correctness.py --output_dir runs/rmstudy --variants recipe epochs_4
+    python benchmarks/reward_correctness.py --output_dir runs/rmstudy            # every variant
+    python benchmarks/reward_correctness.py --output_dir runs/rmstudy --variants recipe epochs_4
 
 Runs the main job's SFT and annotation once (``rlhf pipeline --recipe recipes/tiny --stop_after
 preferences``), then retrains only the reward model per variant (``--from_stage reward --stop_after

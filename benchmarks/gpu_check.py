@@ -1,9 +1,9 @@
 """GPU check of the real recipes: wall time, peak GPU memory and tokens/s of sft, reward, ppo and grpo, in one command.
 
-    python scripts/gpu_check.py --out $OUT                          # one GPU: the 7B shape, then the 0.5B one
-    python scripts/gpu_check.py --out $OUT --shape qwen2.5-7b       # one shape alone
-    python scripts/gpu_check.py --out $OUT --set optim=adamw_torch  # an option of every stage (ppo.KEY: one stage)
-    python scripts/gpu_check.py --device cpu --shape tiny --out runs/gpu-check   # the same flow on CPU (smoke test)
+    python benchmarks/gpu_check.py --out $OUT                          # one GPU: the 7B shape, then the 0.5B one
+    python benchmarks/gpu_check.py --out $OUT --shape qwen2.5-7b       # one shape alone
+    python benchmarks/gpu_check.py --out $OUT --set optim=adamw_torch  # an option of every stage (ppo.KEY: one stage)
+    python benchmarks/gpu_check.py --device cpu --shape tiny --out runs/gpu-check   # the same flow on CPU (smoke test)
 
 docs/gpu-check.md is the procedure on a lent GPU machine (which has no package registry: the missing packages
 travel as wheels, ``scripts/prepare_device_wheels.py``) and what comes back.
@@ -14,7 +14,7 @@ tiny model on CPU in the test suite. Whether they fit a 16 GB card, how fast the
 4-bit base stays near SFT's memory can only be measured on a GPU. Speed and memory do not depend on the weights'
 values, so the models are random-weight models of the real architectures' shapes (Qwen2.5-0.5B: 494M parameters;
 Qwen2.5-7B: 7.6B), built offline from their configs with the tiny tokenizer grown to their vocabularies
-(``scripts/bench_ppo.py``: every id a random policy samples decodes to text of as many tokens), and kept in
+(``benchmarks/bench_ppo.py``: every id a random policy samples decodes to text of as many tokens), and kept in
 ``--cache`` for the next run.
 
 What runs, each step in its own process (so each peak is that stage's, and a stage that hangs is killed at its
@@ -92,7 +92,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# scripts/ is sys.path[0] when this file runs as a script; bench_ppo imports only the standard library at the top.
+# benchmarks/ is sys.path[0] when this file runs as a script; bench_ppo imports only the standard library at the top.
 from bench_ppo import ARCHITECTURES, _table, build_random_model, grow_vocabulary
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,1 +1,0 @@
-"""`evaluate` metric modules shipped with the package, so evaluation works without the hub."""
