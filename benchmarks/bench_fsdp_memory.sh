@@ -2,8 +2,8 @@
 # Per-process peak RSS of PPO on the random-weight Qwen2.5-0.5B shape: one process (rollout_engine
 # transformers, then merged) against two gloo processes sharded with --fsdp full_shard.
 #
-#   python scripts/bench_ppo.py --skip-speed --skip-trl-memory --workdir runs/bench-ppo   # the model and reward run
-#   bash scripts/bench_fsdp_memory.sh runs/bench-ppo runs/bench-fsdp
+#   python benchmarks/bench_ppo.py --skip-speed --skip-trl-memory --workdir runs/bench-ppo   # the model and reward run
+#   bash benchmarks/bench_fsdp_memory.sh runs/bench-ppo runs/bench-fsdp
 #
 # The settings are bench_ppo.py's memory run (fp32 + LoRA r16, 2 iterations of 4 prompts, 32 new tokens),
 # one thread per process. Each process's peak RSS is GNU time's %M (KiB); the sharded run's metrics.jsonl
