@@ -12,7 +12,8 @@ Modules, each usable on its own:
 * :mod:`feedback.langsmith_sync` - every answer recorded as LangSmith feedback, retried from the store.
 * :mod:`feedback.cli` - ``rlhf feedback <command>``.
 
-The package imports nothing of ``rlhf`` but its torch-free core (:mod:`rlhf.core`: errors, row
-validation). What needs a model lives on the training side: candidate generation in
-:mod:`rlhf.candidates` (``rlhf feedback generate``), simulated annotators in :mod:`rlhf.annotators`.
+The package imports nothing of ``rlhf``: it stands on the torch-free core both packages share
+(:mod:`rlhf_core`: errors, row validation). What needs a model lives on the training side:
+candidate generation in :mod:`rlhf.candidates` (``rlhf feedback generate``), simulated annotators
+in :mod:`rlhf.annotators`.
 """

@@ -42,8 +42,8 @@ import sqlalchemy as sa
 from feedback import agreement, export, importer, langsmith_sync
 from feedback.enums import Mode, Role
 from feedback.store import LoginLimits, Store, StoreError, accounts, migrate, redact, unencodable
-from rlhf.core.errors import USER_ERRORS, DataError
-from rlhf.core.options import ArgumentParser, other_spellings
+from rlhf_core.errors import USER_ERRORS, DataError
+from rlhf_core.options import ArgumentParser, other_spellings
 
 logger = logging.getLogger(__name__)
 

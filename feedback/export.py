@@ -59,8 +59,8 @@ from typing import Any
 
 from feedback.records import Answer, Item, batch_order
 from feedback.store import Store
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import Source, validate
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import Source, validate
 
 logger = logging.getLogger(__name__)
 

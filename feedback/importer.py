@@ -29,8 +29,8 @@ from typing import Any
 from feedback.records import prompt_messages
 from feedback.store import ImportReport, Invalid, Store, unencodable
 from feedback.store.common import json_problem
-from rlhf.core.errors import DataError
-from rlhf.core.rows import Source, read_file, validate
+from rlhf_core.errors import DataError
+from rlhf_core.rows import Source, read_file, validate
 
 CANDIDATE_KEYS = {"text", "model", "adapter", "generation", "run_id", "session_id"}
 ROW_KEYS = {"id", "prompt", "candidates"}
@@ -58,7 +58,7 @@ def _text_problems(value: Any, where: str, limit: int, *, required: bool) -> lis
 
 
 def _prompt_problems(prompt: Any, where: str) -> list[str]:
-    # The prompt's shape was checked by rlhf.core.rows.validate; here its texts.
+    # The prompt's shape was checked by rlhf_core.rows.validate; here its texts.
     if isinstance(prompt, str):
         return _text_problems(prompt, where, MAX_TEXT_CHARS, required=True)
     if not isinstance(prompt, list):

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from rlhf import __version__
-from rlhf.core.errors import USER_ERRORS
+from rlhf_core.errors import USER_ERRORS
 
 # name -> (module with main(argv), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {

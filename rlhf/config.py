@@ -35,9 +35,9 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf import sharding
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import parse_columns
 from rlhf.results import absolute_paths
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import parse_columns
 
 C = TypeVar("C")
 

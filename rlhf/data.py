@@ -3,7 +3,7 @@
 Loading accepts local JSON/JSONL/CSV/Parquet files, folders (of such files, one per split, or a
 ``datasets.save_to_disk`` folder), hub ids, and the built-in task's sets (``builtin:tiny/sft``,
 ``builtin:tiny/pairs``, ``builtin:tiny/thumbs``, ``builtin:tiny/prompts``). Every row is validated
-before training by the torch-free checks of :mod:`rlhf.core.rows` (the feedback app runs the same
+before training by the torch-free checks of :mod:`rlhf_core.rows` (the feedback app runs the same
 ones), so a bad row stops the run with a message like ``data.jsonl: row 12: 'chosen': identical
 to 'rejected'`` instead of a shape error deep inside a trainer.
 
@@ -26,10 +26,10 @@ from datasets.exceptions import DatasetNotFoundError
 from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import DataArguments
-from rlhf.core.errors import DataError
-from rlhf.core.rows import Conversion, Source, convert, read_file, split_files
 from rlhf.results import LengthReport
 from rlhf.tiny import task
+from rlhf_core.errors import DataError
+from rlhf_core.rows import Conversion, Source, convert, read_file, split_files
 
 logger = logging.getLogger(__name__)
 

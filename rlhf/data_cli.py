@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlhf import data
-from rlhf.core.options import ArgumentParser
-from rlhf.core.rows import CHECKS, parse_columns
+from rlhf_core.options import ArgumentParser
+from rlhf_core.rows import CHECKS, parse_columns
 
 TINY_SETS = {"sft": "builtin:tiny/sft", "pairs": "builtin:tiny/pairs", "prompts": "builtin:tiny/prompts"}
 

@@ -40,7 +40,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import sampling
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 ENGINES = ("auto", "transformers", "merged")
 AUTO_MERGED_MAX_BYTES = 512 * 2**20

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 MANIFEST = "ensemble.json"
 AGGREGATIONS = ("mean", "uwo", "wco")

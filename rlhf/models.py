@@ -38,8 +38,8 @@ from transformers import (
 
 from rlhf import runs
 from rlhf.config import ModelArguments, from_options
-from rlhf.core.errors import ConfigError
 from rlhf.tiny.build import MODEL_DIR as TINY_MODEL_DIR
+from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rlhf.core.options import ArgumentParser
 from rlhf.results import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -43,6 +42,7 @@ from rlhf.results import (
     read_run_config,
     read_stage,
 )
+from rlhf_core.options import ArgumentParser
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "report"

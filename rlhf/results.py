@@ -29,7 +29,7 @@ from typing import Any, Self
 
 import yaml
 
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "rlhf_config.yaml"

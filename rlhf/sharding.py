@@ -46,7 +46,7 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 if TYPE_CHECKING:  # rlhf.config imports this module
     from transformers import Trainer, TrainingArguments

@@ -9,8 +9,8 @@ import yaml
 from conftest import RECIPES
 
 from rlhf.config import parse, resolved_dict
-from rlhf.core.errors import ConfigError
 from rlhf.stages import dpo, kto, pipeline_options, ppo, reward, sft
+from rlhf_core.errors import ConfigError
 
 SFT_TYPES = sft.CONFIG_TYPES
 STAGE_TYPES = {

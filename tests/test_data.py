@@ -10,8 +10,8 @@ from datasets import Dataset, DatasetDict
 
 from rlhf import data
 from rlhf.config import DataArguments
-from rlhf.core.errors import DataError
-from rlhf.core.rows import Source, validate
+from rlhf_core.errors import DataError
+from rlhf_core.rows import Source, validate
 
 USER = {"role": "user", "content": "What is 1 plus 1?"}
 ASSISTANT = {"role": "assistant", "content": "Sure! 1 plus 1 is 2."}

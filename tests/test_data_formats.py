@@ -10,8 +10,8 @@ import pytest
 from rlhf import data
 from rlhf.cli import main
 from rlhf.config import DataArguments
-from rlhf.core.errors import ConfigError, DataError
-from rlhf.core.rows import Source, convert
+from rlhf_core.errors import ConfigError, DataError
+from rlhf_core.rows import Source, convert
 
 USER = {"role": "user", "content": "What is 3 plus 4?"}
 ANSWER = {"role": "assistant", "content": "3 plus 4 is 7."}

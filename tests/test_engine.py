@@ -25,10 +25,10 @@ from conftest import ppo_args
 
 from rlhf import candidates, data, engine, models, sampling
 from rlhf.config import ModelArguments, PPOConfig, parse
-from rlhf.core.errors import ConfigError
 from rlhf.ppo.roles import POLICY, SharedBase
 from rlhf.ppo.sampler import PolicySampler, Samples
 from rlhf.stages import ppo
+from rlhf_core.errors import ConfigError
 
 Factory = Callable[[torch.nn.Module, list[int], int], engine.RolloutEngine]
 ENGINES: dict[str, Factory] = {

@@ -15,9 +15,9 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf import ensemble
 from rlhf.config import StageConfig, parse
-from rlhf.core.errors import ConfigError
 from rlhf.results import RewardResult
 from rlhf.stages import ppo, reward
+from rlhf_core.errors import ConfigError
 
 
 def test_aggregations_by_hand() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlhf import ensemble
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 
 def _members(folder: Path, *scales: tuple[float, float]) -> list[ensemble.Member]:

@@ -12,8 +12,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 
 from rlhf import models
 from rlhf.cli import main
-from rlhf.core.options import ArgumentParser
 from rlhf.tiny.build import MODEL_DIR
+from rlhf_core.options import ArgumentParser
 
 
 def _one_line(err: str) -> str:

@@ -201,7 +201,7 @@ def test_export_refuses_a_merge_that_did_not_merge(
 
 def test_push_to_hub_needs_a_token(tiny_sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    from rlhf.core.errors import ConfigError
+    from rlhf_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="HF_TOKEN"):
         export.push(tmp_path, "me/model")

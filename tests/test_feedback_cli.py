@@ -15,7 +15,7 @@ from conftest import run_cli
 from feedback import schema
 from feedback.store import Store
 from rlhf import candidates
-from rlhf.core.errors import DataError
+from rlhf_core.errors import DataError
 
 
 def _write(path: Path, rows: list) -> Path:

@@ -12,10 +12,10 @@ from feedback_fixtures import annotate_all, tiny_items
 from feedback import export
 from feedback.records import Answer, Candidate, Item
 from feedback.store import Store
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import Source, validate
 from rlhf.data import load_split
 from rlhf.results import RewardResult
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import Source, validate
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 A, B, C = Candidate(1, "Sure! 3 plus 4 is 7."), Candidate(2, "3 plus 4 is 7."), Candidate(3, "Ugh. 3 plus 5 is 8.")

@@ -18,8 +18,8 @@ import pytest
 
 from feedback import export
 from feedback.records import Answer, Candidate, Item
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import DataError
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import DataError
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 A, B, C = Candidate(1, "Sure! 3 plus 4 is 7."), Candidate(2, "3 plus 4 is 7."), Candidate(3, "Ugh. 3 plus 5 is 8.")

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from rlhf import models
 from rlhf.config import ModelArguments
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 
 def _args(**kwargs: object) -> ModelArguments:

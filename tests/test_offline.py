@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from feedback.store import Store
 from rlhf.config import StageConfig, parse
-from rlhf.core.errors import ConfigError, DataError
 from rlhf.results import EvalResult, OfflineResult
 from rlhf.stages import dpo, evaluate, kto, offline
+from rlhf_core.errors import ConfigError, DataError
 
 TINY_JUDGE = "rlhf.tiny.task:score"
 

@@ -17,10 +17,10 @@ from conftest import RECIPES
 
 from feedback.store import Store
 from rlhf import runs
-from rlhf.core.errors import ConfigError
 from rlhf.results import EvalResult, RoundResult
 from rlhf.stages import pipeline, pipeline_options, steps
 from rlhf.stages.rounds import SELECTION_FILE
+from rlhf_core.errors import ConfigError
 
 # The tiny recipe with fewer steps, prompts and seeds: the same code paths in a minute instead of several.
 QUICK = [

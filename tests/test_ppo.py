@@ -20,13 +20,13 @@ from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, models, runs
 from rlhf.config import parse
-from rlhf.core.errors import ConfigError
 from rlhf.ppo import losses, packing
 from rlhf.ppo.roles import POLICY, REWARD, VALUE, position_ids
 from rlhf.ppo.sampler import Samples
 from rlhf.results import PPOResult
 from rlhf.stages import ppo
 from rlhf.stages.reward import score_sequences
+from rlhf_core.errors import ConfigError
 
 
 def _build(out: Path, sft_run: Path, reward_run: Path, *overrides: str):

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from rlhf import models
 from rlhf.config import ModelArguments, parse
-from rlhf.core.errors import ConfigError
 from rlhf.stages import ppo
+from rlhf_core.errors import ConfigError
 
 LOSSES = ("loss/policy_loss", "loss/value_loss", "objective/score", "objective/kl", "policy/approx_kl")
 # GRPO as TRL runs it (KL as a loss term, no critic); 2 groups of 4 answers per process, packed, in 2 minibatches

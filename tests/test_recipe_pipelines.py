@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import RECIPES
 
-from rlhf.core.errors import ConfigError, DataError
 from rlhf.stages import pipeline
+from rlhf_core.errors import ConfigError, DataError
 
 REAL = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name != "tiny")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from rlhf.core.errors import ConfigError
 from rlhf.ppo import rewards
 from rlhf.tiny import task
+from rlhf_core.errors import ConfigError
 
 CALLS: list[dict[str, Any]] = []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_pipeline import TINY
 
-from rlhf.core.errors import ConfigError
 from rlhf.stages import pipeline, rounds
+from rlhf_core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

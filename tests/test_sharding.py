@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 
 from rlhf import sharding
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 VARIANTS = ("4bit:uint8", "4bit:float32", "none")
 ANSWER = "3 plus 4 is 7.<|im_end|>"  # the tiny model's greedy answer to "What is 3 plus 4?"

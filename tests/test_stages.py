@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf import models, runs
 from rlhf.config import ModelArguments, StageConfig, from_options, parse
-from rlhf.core.errors import ConfigError, DataError
 from rlhf.results import RewardResult, SFTResult
 from rlhf.stages import reward, sft
+from rlhf_core.errors import ConfigError, DataError
 
 
 def _parsed(stage: str, out: Path, *overrides: str):

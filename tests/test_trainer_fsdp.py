@@ -25,8 +25,8 @@ from conftest import RECIPES, torchrun
 
 from rlhf import sharding
 from rlhf.config import parse, resolved_dict
-from rlhf.core.errors import ConfigError
 from rlhf.stages import dpo, kto, offline, reward, sft
+from rlhf_core.errors import ConfigError
 
 FSDP = ["--fsdp", "full_shard auto_wrap"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 RewardFunction = Callable[..., Sequence[float | None]]
 MODEL = "model"  # the name the reward model's component is logged under

@@ -48,8 +48,8 @@ from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
 from rlhf import ensemble, sharding
-from rlhf.core.errors import ConfigError
 from rlhf.ppo import distributed, packing
+from rlhf_core.errors import ConfigError
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
 SCORE_KEY = "base_model.model.score.weight"

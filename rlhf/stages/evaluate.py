@@ -27,12 +27,12 @@ from pathlib import Path
 
 from rlhf import data, evaluation, runs
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, from_options, parse
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import validate
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge
 from rlhf.results import Calibration, EvalResult, read_stage
 from rlhf.stages import ppo
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import validate
 
 DESCRIPTION = (
     "Evaluate a ppo, dpo or kto run: win rates vs the SFT policy, KL, ROUGE, reward-model accuracy and calibration."

@@ -39,7 +39,6 @@ from huggingface_hub import ModelCardData
 
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
-from rlhf.core.errors import ConfigError
 from rlhf.models import MERGED_DIR
 from rlhf.ppo.roles import POLICY
 from rlhf.results import (
@@ -54,6 +53,7 @@ from rlhf.results import (
     Result,
     read_stage,
 )
+from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from trl import KTOTrainer
 
 from rlhf import data
 from rlhf.config import DataArguments, KTOConfig, ModelArguments, StageConfig, parse
-from rlhf.core.errors import DataError
 from rlhf.results import LabelBalance, OfflineResult
 from rlhf.stages import offline
+from rlhf_core.errors import DataError
 
 CONFIG_TYPES = [ModelArguments, DataArguments, KTOConfig]
 DESCRIPTION = "KTO: train a LoRA policy on thumbs (prompt/completion/label), the SFT model as reference."

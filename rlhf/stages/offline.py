@@ -20,9 +20,9 @@ from transformers import PreTrainedTokenizerBase, Trainer
 
 from rlhf import data, models
 from rlhf.config import DataArguments, ModelArguments, StageConfig
-from rlhf.core.errors import ConfigError
 from rlhf.results import LabelBalance, LengthReport, OfflineResult
 from rlhf.stages import trainer_stage
+from rlhf_core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Method:
     """One offline method: its stage name, row format, TRL trainer and the token columns its length policy reads."""
 
     stage: str
-    rows: str  # the rlhf.core.rows check of its data ("preference", "unpaired")
+    rows: str  # the rlhf_core.rows check of its data ("preference", "unpaired")
     columns: tuple[str, ...]  # data columns TRL reads (others, such as a pair's margin, are dropped)
     trainer: Callable[..., Trainer]
     lengths: Callable[[dict[str, Any], PreTrainedTokenizerBase], dict[str, list[int]]]

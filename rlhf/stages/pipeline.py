@@ -51,14 +51,14 @@ from typing import Any
 from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, feedback_cli, runs
 from rlhf.config import StageConfig, parse
-from rlhf.core.errors import ConfigError
-from rlhf.core.rows import validate
 from rlhf.ppo.trainer import load_judge
 from rlhf.report import build_report
 from rlhf.results import PPOResult, RewardResult
 from rlhf.stages import dpo, evaluate, export, kto, ppo, reward, rounds, sft, steps
 from rlhf.stages.pipeline_options import ALGORITHMS, STAGES, PipelineConfig, parse_args, stages_for
 from rlhf.stages.steps import AnnotateStep, GenerateStep, PreferencesStep
+from rlhf_core.errors import ConfigError
+from rlhf_core.rows import validate
 
 logger = logging.getLogger(__name__)
 

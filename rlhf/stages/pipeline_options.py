@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rlhf import selection
 from rlhf.config import parse
-from rlhf.core.errors import ConfigError
+from rlhf_core.errors import ConfigError
 
 STAGES = ("sft", "generate", "annotate", "preferences", "reward", "ppo", "dpo", "kto", "eval", "export", "report")
 ALGORITHMS = ("ppo", "dpo", "kto")  # the policy-training stages; a run takes one of them

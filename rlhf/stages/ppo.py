@@ -24,12 +24,12 @@ from datasets import Dataset
 
 from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
-from rlhf.core.errors import ConfigError
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
 from rlhf.results import PPOResult
+from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from trl import RewardTrainer
 
 from rlhf import data, ensemble, models, runs
 from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
-from rlhf.core.errors import ConfigError
 from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
 from rlhf.stages import trainer_stage
+from rlhf_core.errors import ConfigError
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."

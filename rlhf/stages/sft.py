@@ -20,10 +20,10 @@ from trl import SFTTrainer
 
 from rlhf import data, merging, models
 from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
-from rlhf.core.errors import ConfigError
 from rlhf.models import MERGED_DIR
 from rlhf.results import LengthReport, SFTResult
 from rlhf.stages import trainer_stage
+from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.core.errors import ConfigError, DataError
+from rlhf_core.errors import ConfigError, DataError
 
 ROLES = ("system", "user", "assistant")
 MAX_ERRORS_SHOWN = 5
