@@ -45,7 +45,7 @@ from rlhf_core.errors import ConfigError
 ENGINES = ("auto", "transformers", "merged")
 AUTO_MERGED_MAX_BYTES = 512 * 2**20
 """The largest float32 copy ``auto`` makes: beyond it the copy's memory outweighs its speed (a random-weight
-Qwen2.5-0.5B's is 1.4 GB for 1.1x generate()'s tokens/s, and lifts PPO's peak RSS from 1.10x SFT's to 1.43x;
+Qwen2.5-0.5B's is 1.4 GB for 1.1x generate()'s tokens/s, and lifts PPO's peak RSS by 1.4-1.7 GB, to 1.4-1.5x SFT's;
 ``docs/benchmarks.md``). ``rollout_engine: merged`` makes it at any size."""
 
 
