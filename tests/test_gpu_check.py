@@ -90,7 +90,8 @@ def test_a_step_past_its_timeout_is_killed_and_keeps_what_it_measured(tmp_path: 
     result = check.process("tiny-build", "_build", ["tiny", str(tmp_path / "model")], timeout=6)
     assert result["timed_out"] and time.perf_counter() - started < 20
     assert result["peak_rss_mib"] > 0  # written by the worker's monitor before it was killed
-    assert not (tmp_path / "model" / "config.json").exists()
+    assert "parameters" not in result  # the build's own result never came: it was stopped, not finished
+    # (its files may be half written: a build killed while saving leaves config.json without weights)
 
 
 def test_training_stages_import_only_the_image_and_the_carried_wheels() -> None:
