@@ -35,7 +35,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf import sharding
-from rlhf.results import absolute_paths
+from rlhf.run_paths import absolute_paths
 from rlhf_core.errors import ConfigError
 from rlhf_core.rows import parse_columns
 

@@ -17,7 +17,8 @@ from typing import Any
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf.config import write_resolved_config
-from rlhf.results import CONFIG_FILE, METRICS_FILE, clean, read_run_config
+from rlhf.results import METRICS_FILE, clean
+from rlhf.run_paths import CONFIG_FILE, read_run_config
 from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)

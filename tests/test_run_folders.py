@@ -12,7 +12,8 @@ from conftest import RECIPES, run_cli
 
 from rlhf import report, runs
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, write_resolved_config
-from rlhf.results import EvalResult, ExportResult, PPOResult, read_run_config, read_stage, relocate
+from rlhf.results import EvalResult, ExportResult, PPOResult, read_stage
+from rlhf.run_paths import read_run_config, relocate
 from rlhf.stages import pipeline
 
 

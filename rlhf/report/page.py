@@ -23,7 +23,6 @@ from rlhf.report.plots import (
     series,
 )
 from rlhf.results import (
-    CONFIG_FILE,
     METRICS_FILE,
     Diagnosis,
     EvalResult,
@@ -31,9 +30,9 @@ from rlhf.results import (
     PPOResult,
     RewardResult,
     RoundResult,
-    read_run_config,
     read_stage,
 )
+from rlhf.run_paths import CONFIG_FILE, read_run_config
 
 REPORT_FILE = "report.html"
 
@@ -283,9 +282,7 @@ def _metric_rows(evaluation: Evaluation, rouge: dict[str, dict[str, float]] | No
             + "</tr>"
         )
     for name, scores in (rouge or {}).items():
-        rows.append(
-            f"<tr><td>ROUGE-L vs reference ({name.upper()})</td><td colspan=2>{scores['rougeL']:.3f}</td></tr>"
-        )
+        rows.append(f"<tr><td>ROUGE-L vs reference ({name.upper()})</td><td colspan=2>{scores['rougeL']:.3f}</td></tr>")
     return "<table><tr><th></th><th>SFT policy</th><th>PPO policy</th></tr>" + "".join(rows) + "</table>"
 
 

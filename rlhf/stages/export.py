@@ -42,7 +42,6 @@ from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.models import MERGED_DIR
 from rlhf.ppo.roles import POLICY
 from rlhf.results import (
-    CONFIG_FILE,
     METRICS_FILE,
     EvalResult,
     Evaluation,
@@ -53,6 +52,7 @@ from rlhf.results import (
     Result,
     read_stage,
 )
+from rlhf.run_paths import CONFIG_FILE
 from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
