@@ -36,8 +36,8 @@ from transformers import HfArgumentParser
 
 from rlhf import sharding
 from rlhf.run_paths import absolute_paths
+from rlhf_core.convert import parse_columns
 from rlhf_core.errors import ConfigError
-from rlhf_core.rows import parse_columns
 
 C = TypeVar("C")
 

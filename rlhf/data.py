@@ -28,8 +28,9 @@ from transformers import PreTrainedTokenizerBase
 from rlhf.config import DataArguments
 from rlhf.results import LengthReport
 from rlhf.tiny import task
+from rlhf_core.convert import Conversion, convert
 from rlhf_core.errors import DataError
-from rlhf_core.rows import Conversion, Source, convert, read_file, split_files
+from rlhf_core.rows import Source, read_file, split_files
 
 logger = logging.getLogger(__name__)
 

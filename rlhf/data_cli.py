@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlhf import data
+from rlhf_core.convert import parse_columns
 from rlhf_core.options import ArgumentParser
-from rlhf_core.rows import CHECKS, parse_columns
+from rlhf_core.rows import CHECKS
 
 TINY_SETS = {"sft": "builtin:tiny/sft", "pairs": "builtin:tiny/pairs", "prompts": "builtin:tiny/prompts"}
 

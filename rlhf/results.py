@@ -115,6 +115,9 @@ class Result:
         return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# -- pieces -------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class LengthReport:
     """What the length policy did to one dataset."""
@@ -246,6 +249,9 @@ class Evaluation:
     # by policy, where the task has a gold judge: the share of gold-separated pairs of one prompt's answers
     # (over the seeds) that the reward model orders as the gold judge does (rlhf.selection.ranking_accuracy)
     reward_model_accuracy: dict[str, float | None] = field(default_factory=dict)
+
+
+# -- stages -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)

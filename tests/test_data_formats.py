@@ -10,8 +10,9 @@ import pytest
 from rlhf import data
 from rlhf.cli import main
 from rlhf.config import DataArguments
+from rlhf_core.convert import convert
 from rlhf_core.errors import ConfigError, DataError
-from rlhf_core.rows import Source, convert
+from rlhf_core.rows import Source
 
 USER = {"role": "user", "content": "What is 3 plus 4?"}
 ANSWER = {"role": "assistant", "content": "3 plus 4 is 7."}
