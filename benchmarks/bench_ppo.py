@@ -322,9 +322,9 @@ def worker_build_model(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_sft_data(spec: dict[str, Any]) -> dict[str, Any]:
     """Plain-text SFT rows long enough to be cut to exactly ``max_length`` tokens (no padding in batches)."""
-    from rlhf.tiny import task
+    from rlhf.tiny import corpus
 
-    rows = task.sft_rows(4 * spec["rows"], split="train")
+    rows = corpus.sft_rows(4 * spec["rows"], split="train")
     texts = [m["content"] for r in rows for m in r["messages"]]
     per_row = max(1, len(texts) // spec["rows"])
     with Path(spec["path"]).open("w") as handle:

@@ -36,7 +36,7 @@ from rlhf.ppo.sampler import PolicySampler
 from rlhf.results import RewardResult
 from rlhf.sampling import SamplingSettings
 from rlhf.stages import ppo
-from rlhf.tiny import task
+from rlhf.tiny import corpus, task
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name: (first stage to rerun, overrides)
     "recipe": ("reward", []),
@@ -53,7 +53,7 @@ PAIRS = 3000  # built-in held-out pairs scored (about a third differ only in cor
 def held_out_pairs() -> dict[str, list[dict[str, Any]]]:
     """Built-in held-out pairs, split into those only correctness separates and the rest."""
     kinds: dict[str, list[dict[str, Any]]] = {"right_vs_wrong": [], "style": []}
-    for row in task.preference_rows(PAIRS, split="test"):
+    for row in corpus.preference_rows(PAIRS, split="test"):
         prompt, chosen, rejected = row["prompt"], row["chosen"][0]["content"], row["rejected"][0]["content"]
         a, b = task.judge(prompt, chosen), task.judge(prompt, rejected)
         same_style = all(getattr(a, r) == getattr(b, r) for r in ("polite", "rude", "ended", "repeated", "stray"))

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import DataArguments
 from rlhf.results import LengthReport
-from rlhf.tiny import task
+from rlhf.tiny import corpus
 from rlhf_core.convert import Conversion, convert
 from rlhf_core.errors import DataError
 from rlhf_core.rows import Source, read_file, split_files
@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 # Built-in sets of the tiny task: name -> (builder, rows per split).
 _BUILTIN: dict[str, tuple[Callable[..., list[dict[str, Any]]], dict[str, int | None]]] = {
-    "builtin:tiny/sft": (task.sft_rows, {"train": 3000, "test": 200}),
-    "builtin:tiny/pairs": (task.preference_rows, {"train": 8000, "test": 600}),
-    "builtin:tiny/thumbs": (task.thumbs_rows, {"train": 8000, "test": 600}),
-    "builtin:tiny/prompts": (task.prompt_rows, {"train": 2048, "test": None}),
+    "builtin:tiny/sft": (corpus.sft_rows, {"train": 3000, "test": 200}),
+    "builtin:tiny/pairs": (corpus.preference_rows, {"train": 8000, "test": 600}),
+    "builtin:tiny/thumbs": (corpus.thumbs_rows, {"train": 8000, "test": 600}),
+    "builtin:tiny/prompts": (corpus.prompt_rows, {"train": 2048, "test": None}),
 }
 
 

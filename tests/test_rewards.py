@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlhf.ppo import rewards
-from rlhf.tiny import task
+from rlhf.tiny import corpus, task
 from rlhf_core.errors import ConfigError
 
 CALLS: list[dict[str, Any]] = []
@@ -72,7 +72,7 @@ def test_components_are_weighted_and_summed() -> None:
 
 
 def test_the_gold_judge_as_a_rule_reward_scores_like_the_judge_and_says_it_is_the_judge() -> None:
-    row = task.prompt_rows(1, split="test")[0]
+    row = corpus.prompt_rows(1, split="test")[0]
     prompt, answers = row["prompt"], ["I don't know.", row["reference"]]
     functions = rewards.RewardFunctions.load(["rlhf.tiny.task:gold_reward"], [2.0])
     got = functions([prompt, prompt], answers, [[0], [0]])["gold_reward"].tolist()

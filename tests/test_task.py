@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf.tiny import task
+from rlhf.tiny import corpus, task
 
 
 @pytest.mark.parametrize(
@@ -57,13 +57,13 @@ def test_splits_are_disjoint_and_deterministic() -> None:
     splits = task.split_facts()
     assert set(splits["train"]).isdisjoint(splits["test"])
     assert len(splits["train"]) + len(splits["test"]) == len(task.all_facts())
-    assert task.sft_rows(20) == task.sft_rows(20)
-    held_out = {task.parse_question(r["prompt"][0]["content"]) for r in task.prompt_rows(split="test")}
+    assert corpus.sft_rows(20) == corpus.sft_rows(20)
+    held_out = {task.parse_question(r["prompt"][0]["content"]) for r in corpus.prompt_rows(split="test")}
     assert held_out == set(splits["test"])
 
 
 def test_preference_pairs_are_ranked_by_the_judge_and_include_number_only_pairs() -> None:
-    rows = task.preference_rows(300)
+    rows = corpus.preference_rows(300)
     number_only = 0
     for row in rows:
         prompt = row["prompt"][0]["content"]
@@ -75,7 +75,7 @@ def test_preference_pairs_are_ranked_by_the_judge_and_include_number_only_pairs(
 
 
 def test_sft_demonstrations_leave_room_to_improve() -> None:
-    rows = task.sft_rows(1000)
+    rows = corpus.sft_rows(1000)
     mean = sum(task.score(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows) / len(rows)
     assert 0.2 < mean < task.BEST_SCORE - 0.7
 
@@ -83,7 +83,7 @@ def test_sft_demonstrations_leave_room_to_improve() -> None:
 def test_sft_demonstrations_are_mixed_wrong_rude_rambling_and_off_topic() -> None:
     """The judge finds each kind of flaw among the demonstrations, in nearly half of them together
     (SFT_MIX: 15% wrong, 12% rude, 9% rambling, 9% off-topic; 44% measured on these 1000)."""
-    judged = [task.judge(r["messages"][0]["content"], r["messages"][1]["content"]) for r in task.sft_rows(1000)]
+    judged = [task.judge(r["messages"][0]["content"], r["messages"][1]["content"]) for r in corpus.sft_rows(1000)]
     kinds = {
         "wrong": sum(j.answered and not j.correct for j in judged),
         "off-topic": sum(not j.answered for j in judged),

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlhf.tiny import task
+from rlhf.tiny import corpus
 
 MODEL_DIR = Path(__file__).parent / "model"
 
@@ -161,7 +161,7 @@ def build(output_dir: Path = MODEL_DIR, **overrides: Any) -> dict[str, Any]:
     torch.manual_seed(settings["seed"])
     started = time.time()
 
-    docs = task.pretraining_documents(settings["documents"], seed=settings["seed"])
+    docs = corpus.pretraining_documents(settings["documents"], seed=settings["seed"])
     tokenizer = train_tokenizer([render(d) for d in docs], settings["vocab_size"])
     texts = [render(d, tokenizer) for d in docs]
     stream = token_stream(texts, tokenizer)
