@@ -32,9 +32,9 @@ from bench_precision import REPO, launch_pipeline
 
 from rlhf import data, ensemble, runs
 from rlhf.config import ModelArguments, PPOConfig, from_options
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy.sampler import PolicySampler
+from rlhf.policy.sampling import SamplingSettings
 from rlhf.results import RewardResult
-from rlhf.sampling import SamplingSettings
 from rlhf.stages import ppo
 from rlhf.tiny import task
 

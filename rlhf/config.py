@@ -857,9 +857,9 @@ class PPOConfig(RunOptions):
     rollout_engine: str = field(
         default="auto",
         metadata={
-            "help": "What samples the answers (rlhf/engine.py): transformers (generate() on the training model); "
-            "merged (a float32 copy of the policy with the LoRA merged, refreshed every iteration: faster, costs "
-            "a float32 copy of the base's linear layers, needs float32 compute); auto: merged where the trainer "
+            "help": "What samples the answers (rlhf/policy/engine.py): transformers (generate() on the training "
+            "model); merged (a float32 copy of the policy with the LoRA merged, refreshed every iteration: faster, "
+            "costs a float32 copy of the base's linear layers, needs float32 compute); auto: merged where the trainer "
             "computes in float32 and the copy takes at most 512 MiB (the tiny model), else transformers.",
             "choices": ["auto", "transformers", "merged"],
         },

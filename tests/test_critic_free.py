@@ -10,8 +10,9 @@ from conftest import ppo_args
 
 from rlhf import data
 from rlhf.config import parse
-from rlhf.ppo import losses, packing, rewards
-from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.policy import packing, rewards
+from rlhf.policy.roles import POLICY, REWARD, VALUE
+from rlhf.ppo import losses
 from rlhf.results import PPOResult
 from rlhf.stages import evaluate, ppo
 from rlhf.tiny import task

@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import EXTRA_EOS
 
-from rlhf import data, engine, models, sampling
+from rlhf import data, models
 from rlhf.config import ModelArguments, PPOConfig
-from rlhf.ppo.roles import SharedBase
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy import engine, sampling
+from rlhf.policy.roles import SharedBase
+from rlhf.policy.sampler import PolicySampler
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The online RL loop over a :class:`~rlhf.ppo.roles.SharedBase`: rollout, scoring, advantages, update.
+"""The online RL loop over a :class:`~rlhf.policy.roles.SharedBase`: rollout, scoring, advantages, update.
 
 PPO with GAE and the critic-free GRPO, RLOO and REINFORCE++ are one trainer: the same rollout
 (``num_generations`` answers per prompt), scoring, clipped surrogate, checkpoints and metrics;
@@ -7,8 +7,8 @@ value adapter, head, optimizer group or value loss.
 
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
-1. sample responses for a batch of prompts with the :class:`~rlhf.ppo.sampler.PolicySampler` (policy
-   adapter, through its rollout engine, :mod:`rlhf.engine`, synced to the policy first; sampling
+1. sample responses for a batch of prompts with the :class:`~rlhf.policy.sampler.PolicySampler` (policy
+   adapter, through its rollout engine, :mod:`rlhf.policy.engine`, synced to the policy first; sampling
    settings from this config alone, any of the model's EOS ids);
 2. recompute the sampled tokens' log-probs with a forward pass (an engine's own log-probs come from
    another computation, a merged copy or another precision, and generate()'s would cost a batch x
@@ -57,12 +57,12 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from rlhf import distributed as dist
 from rlhf import ensemble, overoptimisation, sharding
 from rlhf.config import PPOConfig
-from rlhf.ppo import distributed as dist
+from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.policy.sampler import PolicySampler, Trajectory, chunks
 from rlhf.ppo import losses
-from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.sampler import PolicySampler, Trajectory, chunks
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
 
     The tracker classes, not an ``Accelerator``: its ``end_training`` destroys the process group, which
     the stage still needs after training (the adapters are gathered, the policy evaluated), and the
-    trainer prepares nothing else with it (see :mod:`rlhf.ppo.distributed`). Trackers that write files
+    trainer prepares nothing else with it (see :mod:`rlhf.distributed`). Trackers that write files
     (TensorBoard) write under ``output_dir/runs``; the others log to the project ``rlhf``. The run's
     configuration is in the run folder (``rlhf_config.yaml``), not sent to the trackers.
     """
@@ -373,7 +373,7 @@ class PPOTrainer:
     def _shuffled_rows(self, count: int) -> torch.Tensor:
         """A random order of the rollout's rows for the minibatches: groups stay together when they are packed.
 
-        Answers to one prompt share a packed row (:mod:`rlhf.ppo.packing`) only when they are
+        Answers to one prompt share a packed row (:mod:`rlhf.policy.packing`) only when they are
         consecutive rows of one forward pass, so groups are shuffled rather than rows: a micro-batch
         then holds whole groups, or part of one (a micro-batch of 4 in groups of 8 packs 4 answers).
         """

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rlhf import data, evaluation, runs
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, from_options, parse
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge
 from rlhf.results import Calibration, EvalResult, read_stage
 from rlhf.stages import ppo

@@ -2,7 +2,7 @@
 
 The base is the SFT model (the merged output of ``rlhf sft``), loaded once, quantized as the recipe
 says; the policy, reference, value and reward roles are adapters on it (see
-:mod:`rlhf.ppo.roles`). The run writes the policy adapter at the top of ``output_dir`` (it loads
+:mod:`rlhf.policy.roles`). The run writes the policy adapter at the top of ``output_dir`` (it loads
 with ``PeftModel.from_pretrained`` on the SFT model), the value adapter and head under
 ``value/``, a line of metrics per iteration in ``metrics.jsonl``, and ``metrics.json`` comparing the
 SFT and PPO policies on held-out prompts (gold judge where the task has one, reward model, KL).
@@ -23,10 +23,10 @@ import torch
 from datasets import Dataset
 
 from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
+from rlhf import distributed as dist
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
-from rlhf.ppo import distributed as dist
-from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.policy.sampler import PolicySampler
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
 from rlhf.results import PPOResult
 from rlhf_core.errors import ConfigError
