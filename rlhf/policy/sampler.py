@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, ensemble
-from rlhf.config import PPOConfig
 from rlhf.policy import engine, packing, rewards, sampling
+from rlhf.policy.config import SamplingConfig, ScoringConfig
 from rlhf.policy.logprobs import token_logprobs
 from rlhf.policy.roles import POLICY, VALUE, SharedBase
 
@@ -178,25 +178,33 @@ class PolicySampler:
         )
 
     @classmethod
-    def from_config(cls, roles: SharedBase, tokenizer: PreTrainedTokenizerBase, config: PPOConfig) -> PolicySampler:
-        """The sampler of a run: its sampling settings, forward batch size, mixed precision and reward."""
-        settings = sampling.SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-        dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+    def from_config(
+        cls,
+        roles: SharedBase,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling_config: SamplingConfig,
+        scoring: ScoringConfig,
+        autocast_dtype: torch.dtype | None,
+    ) -> PolicySampler:
+        """The sampler a run's options describe: how it samples, what scores the answers, its mixed precision."""
+        settings = sampling.SamplingSettings(
+            sampling_config.max_new_tokens, sampling_config.temperature, sampling_config.top_p, sampling_config.top_k
+        )
         functions = (
-            rewards.RewardFunctions.load(config.reward_funcs, config.reward_weights) if config.reward_funcs else None
+            rewards.RewardFunctions.load(scoring.reward_funcs, scoring.reward_weights) if scoring.reward_funcs else None
         )
         return cls(
             roles,
             tokenizer,
             settings,
-            config.forward_batch_size,
-            dtype,
+            sampling_config.forward_batch_size,
+            autocast_dtype,
             functions,
-            config.reward_model_weight,
-            config.pack_groups,
-            config.reward_aggregation,
-            config.uwo_coef,
-            config.rollout_engine,
+            scoring.reward_model_weight,
+            sampling_config.pack_groups,
+            scoring.reward_aggregation,
+            scoring.uwo_coef,
+            sampling_config.rollout_engine,
         )
 
     @property

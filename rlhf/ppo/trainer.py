@@ -35,13 +35,11 @@ Shapes: ``B`` episodes, ``P`` (left-padded) prompt tokens, ``R`` response tokens
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,8 +56,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import distributed as dist
-from rlhf import ensemble, overoptimisation, sharding
+from rlhf import ensemble, models, overoptimisation, sharding
 from rlhf.config import PPOConfig
+from rlhf.policy.loading import load_judge
 from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.policy.sampler import PolicySampler, Trajectory, chunks
 from rlhf.ppo import losses
@@ -106,14 +105,6 @@ def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
     return trackers
 
 
-def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
-    """``"package.module:function"`` to the function (the gold judge of a task with one)."""
-    if not spec:
-        return None
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 class PPOTrainer:
     """Trains the policy and value adapters of a SharedBase with PPO; resumable from checkpoints."""
 
@@ -133,7 +124,7 @@ class PPOTrainer:
         self.judge = load_judge(config.gold_judge)
         self.device = next(p for p in roles.parameters()).device
         self.output_dir = Path(config.output_dir)
-        self.sampler = PolicySampler.from_config(roles, tokenizer, config)
+        self.sampler = PolicySampler.from_config(roles, tokenizer, config, config, models.autocast_dtype(config))
 
         groups = [{"params": roles.trainable_parameters(POLICY), "lr": config.learning_rate, "name": POLICY}]
         if roles.has_critic:
