@@ -13,7 +13,7 @@ base, given a random update so it is not the base. Paths, each timed on the same
 * ``generate static+compile`` (``--compile``): and the forward compiled by ``torch.compile`` (inductor);
   its one-off compile time is the first call, not in the rate; full-precision bases only (generate()
   skips compiling a bitsandbytes model);
-* ``decode loop``: :func:`rlhf.engine.decode` (generate()'s sampling step without its machinery) on the
+* ``decode loop``: :func:`rlhf.policy.engine.decode` (generate()'s sampling step without its machinery) on the
   same PEFT model;
 * ``merged``: ``MergedEngine``: the decode loop on a float32 copy with the LoRA merged (and a 4-bit base
   dequantized); each timed rollout includes the ``sync()`` that refreshes the copy, as every PPO
@@ -24,7 +24,7 @@ of this process's CPU time: the machine is shared, and wall time moves with othe
 printed too), while one thread's CPU time is the work done. Paths take turns, ``--repeats`` rounds
 after one untimed warm-up each, each round with another seed (the same for every path); the medians
 of CPU seconds, wall seconds and tokens per CPU second (with its range) are reported.
-The ``generate`` paths draw with ``torch.multinomial``, the decode loop with :func:`rlhf.engine.draw`:
+The ``generate`` paths draw with ``torch.multinomial``, the decode loop with :func:`rlhf.policy.engine.draw`:
 the same distribution (``tests/test_engine.py``), other tokens for the same seed. The machine's load
 average is printed with the table; only ratios measured in the same run are compared.
 """
@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from bench_ppo import ARCHITECTURES, _table, build_random_model
 
-from rlhf import data, engine, models, sampling
+from rlhf import data, models
 from rlhf.config import ModelArguments
+from rlhf.policy import engine, sampling
 
 
 def load_policy(model: str, quantization: str) -> tuple[Any, Any]:
@@ -69,7 +70,7 @@ def load_policy(model: str, quantization: str) -> tuple[Any, Any]:
 
 
 def static_generate(compile_forward: bool) -> Callable[..., torch.Tensor]:
-    """``generate()`` as :func:`rlhf.sampling.sample` calls it, with a static KV cache (and compiled forward)."""
+    """``generate()`` as :func:`rlhf.policy.sampling.sample` calls it, with a static KV cache (and compiled forward)."""
     from transformers import CompileConfig
 
     def run(model, query, mask, settings, eos_ids, pad) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -242,7 +242,7 @@ def grow_vocabulary(spec: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     ids beyond the tiny tokenizer's 606; those decode to nothing, so PPO's reward model, which scores the
     re-rendered text, saw little more than the prompt, and the benchmarks timed shorter passes than real
     ones. Masking those logits instead would make the sampler draw from another distribution than the
-    policy whose log-probs PPO then measures (what ``rlhf/sampling.py`` exists to prevent), and would have
+    policy whose log-probs PPO then measures (what ``rlhf/policy/sampling.py`` exists to prevent), and would have
     to be repeated inside TRL for the comparisons; a tokenizer of the shape's vocabulary changes nothing in
     the code measured, on either side.
 
@@ -355,7 +355,7 @@ def worker_ours_stage(spec: dict[str, Any]) -> dict[str, Any]:
     elif stage == "reward":
         from rlhf.stages import reward as module
     else:
-        from rlhf.ppo.sampler import PolicySampler
+        from rlhf.policy.sampler import PolicySampler
         from rlhf.ppo.trainer import PPOTrainer
         from rlhf.stages import ppo as module
 

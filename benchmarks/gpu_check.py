@@ -334,7 +334,7 @@ def _clock_sampler(monitor: Monitor) -> None:
 
     The encoding runs inside the iteration's sampling time: milliseconds for a rollout of 16 x 128 tokens.
     """
-    from rlhf.ppo.sampler import PolicySampler
+    from rlhf.policy.sampler import PolicySampler
 
     original = PolicySampler.generate
 

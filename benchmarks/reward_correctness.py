@@ -32,10 +32,10 @@ from bench_precision import REPO, launch_pipeline
 
 from rlhf import data, ensemble, runs
 from rlhf.config import ModelArguments, PPOConfig, from_options
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy import loading
+from rlhf.policy.sampler import PolicySampler
+from rlhf.policy.sampling import SamplingSettings
 from rlhf.results import RewardResult
-from rlhf.sampling import SamplingSettings
-from rlhf.stages import ppo
 from rlhf.tiny import corpus, task
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name: (first stage to rerun, overrides)
@@ -65,7 +65,7 @@ def score(reward_dir: Path, pairs: dict[str, list[dict[str, Any]]]) -> dict[str,
     """Each member's accuracy (and the ensemble mean's) on each kind of pair; how often members split."""
     (model_args,) = from_options([ModelArguments], runs.read_config(reward_dir))
     config = PPOConfig(output_dir=str(reward_dir), reward_model_path=str(reward_dir), eval_max_prompts=0)
-    roles, tokenizer = ppo.build_roles(model_args, config, critic=False)
+    roles, tokenizer = loading.load_roles(model_args, config, config, seed=config.seed)
     sampler = PolicySampler(roles, tokenizer, SamplingSettings(1))
     out: dict[str, Any] = {}
     for kind, rows in pairs.items():

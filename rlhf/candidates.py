@@ -7,7 +7,7 @@ on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used w
 
 Prompts are rendered with the model's chat template (generation prompt added), left-padded so
 every row of a batch ends where generation starts, and sampled through the rollout engine PPO
-samples through (:mod:`rlhf.engine`, ``auto``: temperature / top-p / top-k as given, nothing
+samples through (:mod:`rlhf.policy.engine`, ``auto``: temperature / top-p / top-k as given, nothing
 inherited from the checkpoint's saved generation config) until any of the model's EOS ids or
 ``max_new_tokens``. Only prompts that
 no annotator has been handed or answered get candidates: adding one to a ranked set would leave the
@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
-from rlhf import engine, models, sampling
+from rlhf import models
 from rlhf.config import ModelArguments
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy import engine, sampling
+from rlhf.policy.sampler import PolicySampler
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def propose(
     """``num_candidates`` answers per prompt from a policy, the reward model's score of each, and each
     reward model's (K lists per prompt: one for one reward model, one per member for an ensemble).
 
-    Sampled by the policy's :class:`~rlhf.ppo.sampler.PolicySampler` (its settings, EOS ids, one
+    Sampled by the policy's :class:`~rlhf.policy.sampler.PolicySampler` (its settings, EOS ids, one
     prompt's answers in consecutive rows as GRPO groups them) and scored as PPO scores them: the
     candidates a later round of the pipeline chooses from.
     """

@@ -35,6 +35,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from rlhf import sharding
+from rlhf.policy.config import SamplingConfig, ScoringConfig
 from rlhf.run_paths import absolute_paths
 from rlhf_core.convert import parse_columns
 from rlhf_core.errors import ConfigError
@@ -756,7 +757,7 @@ def write_resolved_config(path: Path, stage: str, *instances: Any) -> None:
 
 
 @dataclass
-class PPOConfig(RunOptions):
+class PPOConfig(RunOptions, SamplingConfig, ScoringConfig):
     """Online RL on one shared base: PPO with GAE, or the critic-free GRPO, RLOO and REINFORCE++.
 
     TRL 1.x has no PPO config to subclass; fields follow TRL 1.12's PPO names, and TRL's GRPO names
@@ -767,9 +768,6 @@ class PPOConfig(RunOptions):
 
     output_dir: str = field(
         default="runs/ppo", metadata={"help": "Run folder: policy adapter, value adapter, metrics."}
-    )
-    reward_model_path: str | None = field(
-        default=None, metadata={"help": "Run folder of `rlhf reward` (its LoRA and score head are loaded, frozen)."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of sampling, data order and adapter initialisation."})
     advantage_estimator: str = field(
@@ -812,15 +810,6 @@ class PPOConfig(RunOptions):
         default=None,
         metadata={"help": "Episodes per forward/backward (gradient accumulation); unset: mini_batch_size."},
     )
-    forward_batch_size: int = field(default=64, metadata={"help": "Episodes per no-grad forward (scoring)."})
-    pack_groups: bool = field(
-        default=True,
-        metadata={
-            "help": "Measure the answers to one prompt as one row holding the prompt once (a block mask keeps "
-            "answers apart; same log-probs and gradients), when the model's attention takes it (eager, sdpa) "
-            "and it costs less compute than a padded row per answer. Minibatches then keep groups together."
-        },
-    )
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the policy LoRA."})
     value_learning_rate: float | None = field(
@@ -845,49 +834,9 @@ class PPOConfig(RunOptions):
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping, per role (policy, value)."})
-    # Generation
     max_prompt_length: int | None = field(
         default=None,
         metadata={"help": "Prompts longer than this many tokens follow the `overlong` policy (drop or error)."},
-    )
-    max_new_tokens: int = field(default=53, metadata={"help": "Response length cap (TRL 1.12's response_length)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (log-probs use the same)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables."})
-    rollout_engine: str = field(
-        default="auto",
-        metadata={
-            "help": "What samples the answers (rlhf/engine.py): transformers (generate() on the training model); "
-            "merged (a float32 copy of the policy with the LoRA merged, refreshed every iteration: faster, costs "
-            "a float32 copy of the base's linear layers, needs float32 compute); auto: merged where the trainer "
-            "computes in float32 and the copy takes at most 512 MiB (the tiny model), else transformers.",
-            "choices": ["auto", "transformers", "merged"],
-        },
-    )
-    # Reward
-    reward_funcs: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Python reward functions, 'package.module:function', called as TRL's GRPO calls reward_funcs "
-            "(prompts=, completions=, completion_ids=, **kwargs) -> one float per completion. Added to the "
-            "reward model's score (if reward_model_path is set) with reward_weights."
-        },
-    )
-    reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward function (unset: 1 each)."}
-    )
-    reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
-    reward_aggregation: str = field(
-        default="mean",
-        metadata={
-            "help": "How a reward ensemble's members (rlhf reward --ensemble_size K), each standardised, make one "
-            "score: mean; uwo (mean - uwo_coef x variance across members: discounts what they disagree on); wco "
-            "(the lowest member). One reward model: mean.",
-            "choices": ["mean", "uwo", "wco"],
-        },
-    )
-    uwo_coef: float = field(
-        default=1.0, metadata={"help": "reward_aggregation uwo: the weight of the members' variance."}
     )
     # KL to the reference (the SFT model)
     kl_coef: float = field(
@@ -965,10 +914,6 @@ class PPOConfig(RunOptions):
         },
     )
     # Evaluation and logging
-    gold_judge: str | None = field(
-        default=None,
-        metadata={"help": "'module:function' scoring (prompt, response) -> float, e.g. the tiny task's judge."},
-    )
     eval_max_prompts: int | None = field(
         default=None, metadata={"help": "Held-out prompts to evaluate on at the end (unset: all; 0: none)."}
     )
@@ -1046,14 +991,9 @@ class PPOConfig(RunOptions):
             raise ConfigError(
                 "kl_estimator: k1 as a loss term has zero gradient on average; use k3 with kl_penalty loss"
             )
-        if self.uwo_coef < 0:
-            raise ConfigError(f"uwo_coef: {self.uwo_coef} < 0 would reward what the reward models disagree on")
         if self.adaptive_kl_target is not None and self.kl_coef == 0:
             raise ConfigError("adaptive_kl_target: an adaptive coefficient cannot move from kl_coef 0")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ConfigError(
-                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward_funcs"
-            )
+        super().__post_init__()  # the scoring fields' checks (ScoringConfig)
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
         micro = self.micro_batch_size or self.mini_batch_size

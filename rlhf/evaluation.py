@@ -1,6 +1,6 @@
 """Evaluation of aligned policies: paired samples, win rates with confidence intervals, calibration.
 
-The sampling runs on the shared base's :class:`~rlhf.ppo.sampler.PolicySampler` (:func:`sample_policies`):
+The sampling runs on the shared base's :class:`~rlhf.policy.sampler.PolicySampler` (:func:`sample_policies`):
 the SFT policy is the base with adapters disabled and the PPO policy is the policy adapter, so both answer the same
 prompts with the same seeds and are judged by the same reward model (and the task's gold judge,
 where it has one). Everything else here is a pure function over numbers, tested on its own.
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf import selection
-from rlhf.ppo.sampler import PolicySampler, chunks
+from rlhf.policy.sampler import PolicySampler, chunks
 from rlhf.results import Calibration, CalibrationBin, Difference, Evaluation, PolicyScores, WinRate
 
 POLICIES = ("sft", "ppo")

@@ -27,8 +27,9 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf import data, models, sampling
+from rlhf import data, models
 from rlhf.config import ModelArguments
+from rlhf.policy import sampling
 from rlhf.results import FullPrecisionLoad, MergeCheck
 
 logger = logging.getLogger(__name__)

@@ -165,6 +165,11 @@ def resolve_dtypes(model_args: ModelArguments, training_args: Any | None = None)
         model_args.bnb_4bit_compute_dtype = model_args.dtype if model_args.dtype in DTYPES else "float32"
 
 
+def autocast_dtype(training_args: Any) -> torch.dtype | None:
+    """The mixed precision a run's ``bf16`` / ``fp16`` ask for (autocast), or None for float32."""
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+
+
 def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None:
     """NF4 (or FP4) 4-bit with optional double quantization, 8-bit, or nothing."""
     if model_args.quantization == "4bit":

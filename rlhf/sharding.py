@@ -128,7 +128,7 @@ def shard(root: nn.Module, causal_lm: PreTrainedModel, forward_methods: Sequence
     """
     check_world()
     if not dist.is_initialized():
-        raise RuntimeError("shard() needs the process group (rlhf.ppo.distributed.init_from_env)")
+        raise RuntimeError("shard() needs the process group (rlhf.distributed.init_from_env)")
     prepare_quantized(root)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mesh = init_device_mesh(device, (dist.get_world_size(),))

@@ -28,9 +28,8 @@ import torch
 import torch.distributed as dist
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from rlhf import models, sharding
+from rlhf import distributed, models, sharding
 from rlhf.config import ModelArguments
-from rlhf.ppo import distributed
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 

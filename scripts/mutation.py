@@ -38,8 +38,8 @@ DOC = ROOT / "docs" / "development.md"
 # module -> the pytest arguments selecting its fast tests (files, node ids, -k / --deselect)
 MODULES: dict[str, tuple[str, ...]] = {
     "rlhf/ppo/losses.py": ("tests/test_ppo_losses.py", "tests/test_ppo_losses_mutants.py"),
-    "rlhf/ppo/packing.py": ("tests/test_packing.py", "tests/test_packing_mutants.py"),
-    "rlhf/ppo/logprobs.py": ("tests/test_ppo_losses.py", "tests/test_logprobs_mutants.py"),
+    "rlhf/policy/packing.py": ("tests/test_packing.py", "tests/test_packing_mutants.py"),
+    "rlhf/policy/logprobs.py": ("tests/test_ppo_losses.py", "tests/test_logprobs_mutants.py"),
     "rlhf/merging.py": ("tests/test_merging.py", "tests/test_merging_mutants.py"),
     "rlhf/selection.py": ("tests/test_selection.py", "tests/test_selection_mutants.py"),
     "rlhf/evaluation.py": ("tests/test_evaluation.py", "tests/test_evaluation_mutants.py"),

@@ -10,8 +10,9 @@ from conftest import ppo_args
 
 from rlhf import data
 from rlhf.config import parse
-from rlhf.ppo import losses, packing, rewards
-from rlhf.ppo.roles import POLICY, REWARD, VALUE
+from rlhf.policy import packing, rewards
+from rlhf.policy.roles import POLICY, REWARD, VALUE
+from rlhf.ppo import losses
 from rlhf.results import PPOResult
 from rlhf.stages import evaluate, ppo
 from rlhf.tiny import task
@@ -141,7 +142,7 @@ def test_a_run_rewarded_by_functions_alone_loads_no_reward_model_and_says_the_ju
     again = PPOResult.read(tmp_path)
     assert again.judge_is_reward and again.eval is not None and again.eval.sft.gold is not None
     assert not (tmp_path / VALUE).exists()
-    evaluated = evaluate.run(evaluate.EvalConfig(ppo_dir=str(tmp_path), max_prompts=4, seeds=[0], disable_tqdm=True))
+    evaluated = evaluate.run(evaluate.EvalConfig(run_dir=str(tmp_path), max_prompts=4, seeds=[0], disable_tqdm=True))
     assert evaluated.reward_model is None and evaluated.ppo.gold is not None  # no reward model to score pairs with
 
 

@@ -23,10 +23,11 @@ import pytest
 import torch
 from conftest import ppo_args
 
-from rlhf import candidates, data, engine, models, sampling
+from rlhf import candidates, data, models
 from rlhf.config import ModelArguments, PPOConfig, parse
-from rlhf.ppo.roles import POLICY, SharedBase
-from rlhf.ppo.sampler import PolicySampler, Samples
+from rlhf.policy import engine, sampling
+from rlhf.policy.roles import POLICY, SharedBase
+from rlhf.policy.sampler import PolicySampler, Samples
 from rlhf.stages import ppo
 from rlhf_core.errors import ConfigError
 

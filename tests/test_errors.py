@@ -112,6 +112,13 @@ def test_ppo_max_steps_points_to_steps(capsys: pytest.CaptureFixture[str]) -> No
     assert "save_steps" not in line
 
 
+def test_eval_ppo_dir_points_to_run_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rlhf eval` judges any trained policy (ppo, dpo, kto): its folder option is --run_dir."""
+    assert main(["eval", "--ppo_dir", "runs/tiny/dpo"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "--ppo_dir is not an option" in line and "--run_dir" in line
+
+
 @pytest.mark.parametrize(
     ("name", "command"),
     [

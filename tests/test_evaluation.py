@@ -136,7 +136,7 @@ def test_eval_stage_on_a_small_ppo_run(tiny_sft_run: Path, tiny_reward_run: Path
     assert PPOResult.read(ppo_dir).eval is None  # 0 prompts: the stage skips its own comparison
     result = evaluate.main(
         [
-            "--ppo_dir",
+            "--run_dir",
             str(ppo_dir),
             "--output_dir",
             str(tmp_path / "eval"),

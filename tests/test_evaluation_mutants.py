@@ -1,7 +1,7 @@
 """Evaluation's sampling loop and arithmetic at the edges the mutation run (scripts/mutation.py) found unguarded.
 
 :func:`evaluation.sample_policies` runs here on a stand-in sampler with the interface of
-:class:`~rlhf.ppo.sampler.PolicySampler` (no model): what is checked is the loop's bookkeeping,
+:class:`~rlhf.policy.sampler.PolicySampler` (no model): what is checked is the loop's bookkeeping,
 which the slow eval-stage test covers only end to end.
 """
 

@@ -35,6 +35,15 @@ def test_feedback_imports_nothing_of_rlhf() -> None:
         assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)}: feedback stands on rlhf_core only"
 
 
+def test_the_policy_service_imports_nothing_of_training_or_stages() -> None:
+    """RL, evaluation and candidate generation stand on ``rlhf.policy``; it stands on none of them."""
+    paths = sorted((ROOT / "rlhf" / "policy").rglob("*.py"))
+    assert paths, "rlhf/policy/ holds no modules"
+    for path in paths:
+        above = {m for m in _imports(path) if m.split(".")[:2] in (["rlhf", "ppo"], ["rlhf", "stages"])}
+        assert not above, f"{path.relative_to(ROOT)} imports {sorted(above)}: the policy service stands below them"
+
+
 def test_the_core_imports_only_the_standard_library_and_itself() -> None:
     """Neither ``feedback`` nor ``rlhf``: the core is what both stand on."""
     allowed = {"__future__", "rlhf_core", "datasets"}  # datasets: read_file, for CSV and Parquet files only

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlhf.ppo import logprobs
-from rlhf.ppo.logprobs import token_logprobs
-from rlhf.sampling import SamplingSettings
+from rlhf.policy import logprobs
+from rlhf.policy.logprobs import token_logprobs
+from rlhf.policy.sampling import SamplingSettings
 
 V, H = 40, 16
 

@@ -9,7 +9,8 @@ import torch
 from conftest import RECIPES, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf import data, models, sampling
+from rlhf import data, models
+from rlhf.policy import sampling
 from rlhf.results import EvalResult, PPOResult, RewardResult, SFTResult
 from rlhf.tiny import task
 

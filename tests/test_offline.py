@@ -104,7 +104,7 @@ def test_rlhf_eval_judges_a_dpo_adapter_as_it_judges_a_ppo_one(
     out = tmp_path / "dpo"
     overrides = ["--model_name_or_path", str(tiny_sft_run / "merged"), "--max_steps", "3"]
     dpo.run(_config(dpo, out, *overrides, "--max_train_samples", "96", "--eval_strategy", "no"))
-    config = evaluate.EvalConfig(ppo_dir=str(out), max_prompts=8, seeds=[0], disable_tqdm=True)
+    config = evaluate.EvalConfig(run_dir=str(out), max_prompts=8, seeds=[0], disable_tqdm=True)
     with pytest.raises(ConfigError, match="prompts: a dpo run was trained on preferences"):
         evaluate.run(config)
     config.prompts = "builtin:tiny/prompts"

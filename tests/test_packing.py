@@ -1,4 +1,4 @@
-"""Packing answers that share a prompt (rlhf.ppo.packing): layout, mask, cost model, which models can pack.
+"""Packing answers that share a prompt (rlhf.policy.packing): layout, mask, cost model, which models can pack.
 
 That a packed row measures what padded rows measure, on a real model, is in test_ppo.py
 (test_packed_groups_measure_what_padded_rows_measure).
@@ -11,9 +11,9 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-from rlhf.ppo import packing
-from rlhf.ppo.roles import SharedBase
-from rlhf.ppo.sampler import Samples, by_length
+from rlhf.policy import packing
+from rlhf.policy.roles import SharedBase
+from rlhf.policy.sampler import Samples, by_length
 
 PAD = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo import packing
+from rlhf.policy import packing
 
 
 def test_attention_weight_by_hand_and_its_default_intermediate_size() -> None:

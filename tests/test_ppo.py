@@ -20,9 +20,10 @@ from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, models, runs
 from rlhf.config import parse
-from rlhf.ppo import losses, packing
-from rlhf.ppo.roles import POLICY, REWARD, VALUE, position_ids
-from rlhf.ppo.sampler import Samples
+from rlhf.policy import packing
+from rlhf.policy.roles import POLICY, REWARD, VALUE, position_ids
+from rlhf.policy.sampler import Samples
+from rlhf.ppo import losses
 from rlhf.results import PPOResult
 from rlhf.stages import ppo
 from rlhf.stages.reward import score_sequences

@@ -9,9 +9,9 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from trl.trainer.utils import selective_log_softmax
 
+from rlhf.policy.logprobs import token_logprobs
+from rlhf.policy.sampling import SamplingSettings
 from rlhf.ppo import losses
-from rlhf.ppo.logprobs import token_logprobs
-from rlhf.sampling import SamplingSettings
 
 
 def t(*rows: list[float]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from rlhf.ppo import rewards
+from rlhf.policy import rewards
 from rlhf.tiny import corpus, task
 from rlhf_core.errors import ConfigError
 

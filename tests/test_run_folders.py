@@ -141,7 +141,7 @@ def test_a_moved_pipeline_run_is_evaluated_exported_and_reported_from_another_fo
         config = json.loads((elsewhere / adapter / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == str(moved / "sft" / "merged"), adapter
 
-    run_cli("eval", "--ppo_dir", "../b/run/ppo", "--output_dir", "eval", "--seeds", "0", "--disable_tqdm", "true")
+    run_cli("eval", "--run_dir", "../b/run/ppo", "--output_dir", "eval", "--seeds", "0", "--disable_tqdm", "true")
     after_eval = EvalResult.read("eval")
     assert after_eval.ppo_dir == EvalResult.read(moved / "eval").ppo_dir == str(moved / "ppo")
     assert before_eval.reward_model is not None and before_eval.win_rate

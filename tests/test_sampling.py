@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import EXTRA_EOS
 
-from rlhf import data, engine, models, sampling
+from rlhf import data, models
 from rlhf.config import ModelArguments, PPOConfig
-from rlhf.ppo.roles import SharedBase
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy import engine, sampling
+from rlhf.policy.roles import SharedBase
+from rlhf.policy.sampler import PolicySampler
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def sampler(opinionated_base: Path, tiny_reward_run: Path, tmp_path_factory: pyt
     base = models.load_causal_lm(model_args, tokenizer)
     assert base.generation_config.repetition_penalty == 1.3  # the saved config is there to be inherited
     roles = SharedBase(base, models.lora_config(model_args, "CAUSAL_LM"), tiny_reward_run)
-    return PolicySampler.from_config(roles, tokenizer, config)
+    return PolicySampler.from_config(roles, tokenizer, config, config, models.autocast_dtype(config))
 
 
 def test_every_declared_eos_id_ends_an_answer(sampler: PolicySampler) -> None:

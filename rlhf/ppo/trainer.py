@@ -1,4 +1,4 @@
-"""The online RL loop over a :class:`~rlhf.ppo.roles.SharedBase`: rollout, scoring, advantages, update.
+"""The online RL loop over a :class:`~rlhf.policy.roles.SharedBase`: rollout, scoring, advantages, update.
 
 PPO with GAE and the critic-free GRPO, RLOO and REINFORCE++ are one trainer: the same rollout
 (``num_generations`` answers per prompt), scoring, clipped surrogate, checkpoints and metrics;
@@ -7,8 +7,8 @@ value adapter, head, optimizer group or value loss.
 
 One iteration, in the order of TRL 1.12's PPO (kept so the two can be compared step for step):
 
-1. sample responses for a batch of prompts with the :class:`~rlhf.ppo.sampler.PolicySampler` (policy
-   adapter, through its rollout engine, :mod:`rlhf.engine`, synced to the policy first; sampling
+1. sample responses for a batch of prompts with the :class:`~rlhf.policy.sampler.PolicySampler` (policy
+   adapter, through its rollout engine, :mod:`rlhf.policy.engine`, synced to the policy first; sampling
    settings from this config alone, any of the model's EOS ids);
 2. recompute the sampled tokens' log-probs with a forward pass (an engine's own log-probs come from
    another computation, a merged copy or another precision, and generate()'s would cost a batch x
@@ -35,13 +35,11 @@ Shapes: ``B`` episodes, ``P`` (left-padded) prompt tokens, ``R`` response tokens
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,12 +55,13 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from rlhf import ensemble, overoptimisation, sharding
+from rlhf import distributed as dist
+from rlhf import ensemble, models, overoptimisation, sharding
 from rlhf.config import PPOConfig
-from rlhf.ppo import distributed as dist
+from rlhf.policy.loading import load_judge
+from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.policy.sampler import PolicySampler, Trajectory, chunks
 from rlhf.ppo import losses
-from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.sampler import PolicySampler, Trajectory, chunks
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
 
     The tracker classes, not an ``Accelerator``: its ``end_training`` destroys the process group, which
     the stage still needs after training (the adapters are gathered, the policy evaluated), and the
-    trainer prepares nothing else with it (see :mod:`rlhf.ppo.distributed`). Trackers that write files
+    trainer prepares nothing else with it (see :mod:`rlhf.distributed`). Trackers that write files
     (TensorBoard) write under ``output_dir/runs``; the others log to the project ``rlhf``. The run's
     configuration is in the run folder (``rlhf_config.yaml``), not sent to the trackers.
     """
@@ -104,14 +103,6 @@ def start_trackers(names: list[str], output_dir: Path) -> list[GeneralTracker]:
         tracker.start()
         trackers.append(tracker)
     return trackers
-
-
-def load_judge(spec: str | None) -> Callable[[Any, str], float] | None:
-    """``"package.module:function"`` to the function (the gold judge of a task with one)."""
-    if not spec:
-        return None
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class PPOTrainer:
@@ -133,7 +124,7 @@ class PPOTrainer:
         self.judge = load_judge(config.gold_judge)
         self.device = next(p for p in roles.parameters()).device
         self.output_dir = Path(config.output_dir)
-        self.sampler = PolicySampler.from_config(roles, tokenizer, config)
+        self.sampler = PolicySampler.from_config(roles, tokenizer, config, config, models.autocast_dtype(config))
 
         groups = [{"params": roles.trainable_parameters(POLICY), "lr": config.learning_rate, "name": POLICY}]
         if roles.has_critic:
@@ -373,7 +364,7 @@ class PPOTrainer:
     def _shuffled_rows(self, count: int) -> torch.Tensor:
         """A random order of the rollout's rows for the minibatches: groups stay together when they are packed.
 
-        Answers to one prompt share a packed row (:mod:`rlhf.ppo.packing`) only when they are
+        Answers to one prompt share a packed row (:mod:`rlhf.policy.packing`) only when they are
         consecutive rows of one forward pass, so groups are shuffled rather than rows: a micro-batch
         then holds whole groups, or part of one (a micro-batch of 4 in groups of 8 packs 4 answers).
         """

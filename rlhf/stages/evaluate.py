@@ -21,16 +21,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rlhf import data, evaluation, runs
-from rlhf.config import DataArguments, ModelArguments, PPOConfig, from_options, parse
-from rlhf.ppo.sampler import PolicySampler
-from rlhf.ppo.trainer import load_judge
+from rlhf.config import DataArguments, ModelArguments, from_options, parse
+from rlhf.policy import loading
+from rlhf.policy.config import SamplingConfig, ScoringConfig
+from rlhf.policy.sampler import PolicySampler
 from rlhf.results import Calibration, EvalResult, read_stage
-from rlhf.stages import ppo
 from rlhf_core.errors import ConfigError
 from rlhf_core.rows import validate
 
@@ -45,10 +47,10 @@ SAMPLES_FILE = "samples.jsonl"
 class EvalConfig:
     """What to evaluate and on which prompts."""
 
-    ppo_dir: str | None = field(
+    run_dir: str | None = field(
         default=None, metadata={"help": "Run folder of `rlhf ppo`, `rlhf dpo` or `rlhf kto` (its policy adapter)."}
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Where to write; unset: <ppo_dir>/../eval."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write; unset: <run_dir>/../eval."})
     prompts: str | None = field(
         default=None, metadata={"help": "Prompt dataset (default: the PPO run's); needs a 'prompt' column."}
     )
@@ -76,6 +78,10 @@ class EvalConfig:
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
+    retired_keys: ClassVar[dict[str, str]] = {
+        "ppo_dir": "it is --run_dir now (the run folder of any trained policy: rlhf ppo, dpo or kto)"
+    }
+
 
 CONFIG_TYPES = [EvalConfig]
 
@@ -93,42 +99,52 @@ def _reward_model_metrics(sampler: PolicySampler, dataset: str, max_pairs: int |
     return evaluation.reward_calibration(chosen, rejected, dataset=dataset)
 
 
-def _run_settings(config: EvalConfig, run_dir: Path) -> tuple[ModelArguments, str, PPOConfig]:
-    """The evaluated run's model, the prompt set, and the sampling and scoring settings (with the overrides)."""
+def _load(config: EvalConfig, run_dir: Path) -> tuple[PolicySampler, str, ScoringConfig]:
+    """The evaluated policy's sampler (with the overrides), the prompt set, and what scores the answers.
+
+    A ``rlhf ppo`` run samples and scores as it was trained to; a DPO or KTO run, which has neither
+    setting, as a PPO run does by default (:class:`SamplingConfig`, :class:`ScoringConfig`).
+    """
     stage = read_stage(run_dir).stage
     options = runs.read_config(run_dir)
     if stage == "ppo":
-        model_args, data_args, ppo_config = from_options(ppo.CONFIG_TYPES, options)
+        model_args, data_args, sampling_config, scoring = from_options(
+            [ModelArguments, DataArguments, SamplingConfig, ScoringConfig], options
+        )
         prompt_set = config.prompts or data_args.dataset_name
     elif stage in OFFLINE_STAGES:
         model_args, data_args = from_options([ModelArguments, DataArguments], options)
-        ppo_config = PPOConfig(output_dir=str(run_dir), reward_model_path=None, eval_max_prompts=0)
+        sampling_config, scoring = SamplingConfig(), ScoringConfig()
         if not config.prompts:
             raise ConfigError(f"prompts: a {stage} run was trained on preferences, not prompts: name the prompts")
         prompt_set = config.prompts
     else:
-        raise ConfigError(f"ppo_dir: {run_dir} is a {stage} run; evaluate a ppo, dpo or kto run")
-    overrides = {
-        key: getattr(config, key)
-        for key in ("reward_model_path", "gold_judge", "max_new_tokens", "temperature")
-        if getattr(config, key) is not None
-    }
-    ppo_config = dataclasses.replace(ppo_config, **overrides)
-    if not ppo_config.reward_model_path and not ppo_config.reward_funcs:
+        raise ConfigError(f"run_dir: {run_dir} is a {stage} run; evaluate a ppo, dpo or kto run")
+    sampling_config = dataclasses.replace(
+        sampling_config,
+        **{k: getattr(config, k) for k in ("max_new_tokens", "temperature") if getattr(config, k) is not None},
+    )
+    scoring = dataclasses.replace(
+        scoring,
+        **{k: getattr(config, k) for k in ("reward_model_path", "gold_judge") if getattr(config, k) is not None},
+    )
+    if not scoring.reward_model_path and not scoring.reward_funcs:
         raise ConfigError(f"reward_model_path: the {stage} run at {run_dir} has no reward to score answers with")
-    return model_args, str(prompt_set), ppo_config
+    # the run's own precision and seed (both resolved when it ran)
+    precision = types.SimpleNamespace(bf16=options.get("bf16"), fp16=options.get("fp16"))
+    sampler = loading.load_policy(model_args, run_dir, sampling_config, scoring, precision, seed=int(options["seed"]))
+    return sampler, str(prompt_set), scoring
 
 
 def run(config: EvalConfig) -> EvalResult:
     started = time.time()
-    if not config.ppo_dir:
-        raise ConfigError("ppo_dir: the run folder of `rlhf ppo`, `rlhf dpo` or `rlhf kto` is required")
-    ppo_dir = Path(config.ppo_dir)
-    if not (ppo_dir / "adapter_model.safetensors").is_file():
-        raise ConfigError(f"{ppo_dir}: no policy adapter (adapter_model.safetensors); did the run finish?")
-    output_dir = Path(config.output_dir) if config.output_dir else ppo_dir.parent / "eval"
-    model_args, prompt_set, ppo_config = _run_settings(config, ppo_dir)
-    sampler = ppo.policy_sampler(model_args, ppo_config, ppo_dir)
+    if not config.run_dir:
+        raise ConfigError("run_dir: the run folder of `rlhf ppo`, `rlhf dpo` or `rlhf kto` is required")
+    run_dir = Path(config.run_dir)
+    if not (run_dir / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{run_dir}: no policy adapter (adapter_model.safetensors); did the run finish?")
+    output_dir = Path(config.output_dir) if config.output_dir else run_dir.parent / "eval"
+    sampler, prompt_set, scoring = _load(config, run_dir)
 
     loaded = data.load_split(prompt_set, config.split)
     if loaded is None:
@@ -136,7 +152,7 @@ def run(config: EvalConfig) -> EvalResult:
     rows, source = loaded
     validate(rows, "prompt", source)
     rows = rows[: config.max_prompts] if config.max_prompts else rows
-    judge = load_judge(ppo_config.gold_judge)
+    judge = loading.load_judge(scoring.gold_judge)
     prompts = [r["prompt"] for r in rows]
     samples = evaluation.sample_policies(sampler, prompts, config.seeds, judge, show_progress=not config.disable_tqdm)
 
@@ -149,14 +165,14 @@ def run(config: EvalConfig) -> EvalResult:
             )
             for policy in evaluation.POLICIES
         }
-    reward_dir = ppo_config.reward_model_path  # unset when the run was rewarded by functions alone
+    reward_dir = scoring.reward_model_path  # unset when the run was rewarded by functions alone
     preferences = config.preferences or (runs.read_config(reward_dir).get("dataset_name") if reward_dir else None)
     scores_pairs = preferences is not None and sampler.roles.has_reward_model
     comparison = evaluation.compare(samples)
     result = EvalResult(
         **vars(comparison),  # the comparison's fields, flat, beside where it was run
         output_dir=str(output_dir),
-        ppo_dir=str(ppo_dir),
+        ppo_dir=str(run_dir),  # the result's field keeps its name (report, pipeline)
         prompts_dataset=prompt_set,
         rouge=rouge,
         reward_model=_reward_model_metrics(sampler, str(preferences), config.max_pairs) if scores_pairs else None,

@@ -40,7 +40,7 @@ from huggingface_hub import ModelCardData
 from rlhf import merging, models, runs
 from rlhf.config import ModelArguments, from_options, merge_base_field, parse
 from rlhf.models import MERGED_DIR
-from rlhf.ppo.roles import POLICY
+from rlhf.policy.roles import POLICY
 from rlhf.results import (
     METRICS_FILE,
     EvalResult,

@@ -51,7 +51,7 @@ from typing import Any
 from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, feedback_cli, runs
 from rlhf.config import StageConfig, parse
-from rlhf.ppo.trainer import load_judge
+from rlhf.policy import loading
 from rlhf.report import build_report
 from rlhf.results import PPOResult, RewardResult
 from rlhf.stages import dpo, evaluate, export, kto, ppo, reward, rounds, sft, steps
@@ -301,7 +301,7 @@ class Pipeline:
                 temperature=self.config.temperature,
             )
             model_args = replace(ppo_stage.model, model_name_or_path=self._sft_model())
-            return ppo.policy_sampler(model_args, settings, policy)
+            return loading.load_policy(model_args, policy, settings, settings, settings, seed=settings.seed)
 
         store, wanted = self._store(), self.round_items[rnd - 1] if self.round_items else 0
         report, batch = rounds.generate_selected(
@@ -316,7 +316,7 @@ class Pipeline:
                 wanted,
                 choice,
                 sampler,
-                load_judge(self.config.gold_judge),
+                loading.load_judge(self.config.gold_judge),
             ),
             model=self._sft_model(),
             adapter=str(policy),
@@ -327,7 +327,7 @@ class Pipeline:
     def annotate(self, out: Path, rnd: int) -> dict[str, Any]:
         store = self._store()
         if self.config.annotator == "simulated":
-            judge = load_judge(self.config.gold_judge)
+            judge = loading.load_judge(self.config.gold_judge)
             if judge is None:
                 raise ConfigError("--annotator simulated needs a gold_judge ('module:function')")
             report = annotators.annotate(
@@ -393,7 +393,7 @@ class Pipeline:
 
     def eval(self, out: Path, rnd: int) -> dict[str, Any]:
         settings = evaluate.EvalConfig(
-            ppo_dir=str(self.final(self.config.algorithm)),
+            run_dir=str(self.final(self.config.algorithm)),
             output_dir=str(out),
             seeds=list(self.config.eval_seeds),
             disable_tqdm=self.config.disable_tqdm,

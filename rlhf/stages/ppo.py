@@ -2,7 +2,7 @@
 
 The base is the SFT model (the merged output of ``rlhf sft``), loaded once, quantized as the recipe
 says; the policy, reference, value and reward roles are adapters on it (see
-:mod:`rlhf.ppo.roles`). The run writes the policy adapter at the top of ``output_dir`` (it loads
+:mod:`rlhf.policy.roles`). The run writes the policy adapter at the top of ``output_dir`` (it loads
 with ``PeftModel.from_pretrained`` on the SFT model), the value adapter and head under
 ``value/``, a line of metrics per iteration in ``metrics.jsonl``, and ``metrics.json`` comparing the
 SFT and PPO policies on held-out prompts (gold judge where the task has one, reward model, KL).
@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import Dataset
 
-from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
+from rlhf import data, evaluation, overoptimisation, runs, sharding
+from rlhf import distributed as dist
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
-from rlhf.ppo import distributed as dist
-from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy import loading
+from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
 from rlhf.results import PPOResult
 from rlhf_core.errors import ConfigError
@@ -38,89 +36,22 @@ CONFIG_TYPES = [ModelArguments, DataArguments, PPOConfig]
 DESCRIPTION = "PPO: optimise a LoRA policy against a reward model with a KL leash, all roles on one shared base."
 
 
-# What must match between the reward run and PPO for the reward LoRA to see the weights it was trained on.
-QUANTIZATION_KEYS = ("quantization", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_compute_dtype")
-
-
-def _check_reward_model(model_args: ModelArguments, config: PPOConfig) -> None:
-    """The reward LoRA (each member's, for an ensemble) must have been trained on the very base PPO loads,
-    quantized the same way; an aggregation other than the mean needs an ensemble."""
-    reward_dir = str(config.reward_model_path)
-    if not Path(reward_dir).is_dir():
-        raise ConfigError(f"reward_model_path: {reward_dir}: no such folder{models.producer_hint(Path(reward_dir))}")
-    members = ensemble.members(reward_dir)
-    if len(members) == 1 and config.reward_aggregation != "mean":
-        raise ConfigError(
-            f"reward_aggregation: {config.reward_aggregation} combines the members of a reward ensemble, and "
-            f"{reward_dir} is one reward model; train an ensemble (rlhf reward --ensemble_size 4) or use mean"
-        )
-    for folder in dict.fromkeys([reward_dir, *(m.path for m in members)]):
-        _check_trained_on_base(model_args, folder)
-
-
-def _check_trained_on_base(model_args: ModelArguments, reward_dir: str) -> None:
-    reward = runs.read_config(reward_dir)
-
-    def where(name: str) -> Path:
-        return Path(models.resolve_model_path(name)).resolve()
-
-    if where(str(reward["model_name_or_path"])) != where(model_args.model_name_or_path):
-        raise ConfigError(
-            f"reward model {reward_dir} was trained on {reward['model_name_or_path']!r}, but PPO loads "
-            f"{model_args.model_name_or_path!r}: the shared base must be the one the reward LoRA was trained on"
-        )
-    keys = QUANTIZATION_KEYS[:1] if model_args.quantization != "4bit" else QUANTIZATION_KEYS
-    for key in keys:
-        theirs, ours = reward.get(key), getattr(model_args, key)
-        if theirs is not None and theirs != ours:  # None: an older run folder that did not record it
-            raise ConfigError(
-                f"reward model {reward_dir} was trained with {key}: {theirs!r}, PPO loads the base with {ours!r}: "
-                "use the same so the reward LoRA sees the weights it was trained on"
-            )
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_roles(model_args: ModelArguments, config: PPOConfig, critic: bool = True) -> tuple[SharedBase, Any]:
-    """The shared base with the roles the run uses, and the tokenizer (checks the reward model fits the base).
-
-    ``critic=False`` leaves the value adapter out even for PPO (evaluation samples and scores only).
-    """
+def build_roles(model_args: ModelArguments, config: PPOConfig) -> tuple[SharedBase, Any]:
+    """The shared base with the roles the run trains (:func:`rlhf.policy.loading.load_roles`), and the tokenizer."""
     if not config.reward_model_path and not config.reward_funcs:
         raise ConfigError(
             "reward_model_path: the run folder of `rlhf reward` is required (or reward functions in reward_funcs)"
         )
-    if critic and config.uses_critic and config.value_init == "reward" and not config.reward_model_path:
+    if config.uses_critic and config.value_init == "reward" and not config.reward_model_path:
         raise ConfigError("value_init: 'reward' copies the reward model, and there is none; use 'random'")
-    models.resolve_dtypes(model_args, config)
-    if config.reward_model_path:
-        _check_reward_model(model_args, config)
-    tokenizer = models.load_tokenizer(model_args)
-    _seed_everything(config.seed)
-    base = models.load_causal_lm(model_args, tokenizer)
-    if config.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    lora = models.lora_config(model_args, "CAUSAL_LM")
-    if lora is None:
-        raise ConfigError("PPO trains a LoRA policy on the shared base: use_peft must stay true")
-    lora.lora_dropout = 0.0  # dropout would make the recomputed log-probs differ from the sampling ones
-    value_init = config.value_init if config.uses_critic and critic else None  # no value adapter or head
-    return SharedBase(base, lora, config.reward_model_path or None, value_init=value_init), tokenizer
-
-
-def policy_sampler(model_args: ModelArguments, config: PPOConfig, adapter_dir: str | Path) -> PolicySampler:
-    """A sampler of the policy a run trained (its adapter on the shared base), scoring with ``config``'s reward.
-
-    What evaluation and the pipeline's later rounds sample from: no critic, no optimizer.
-    """
-    roles, tokenizer = build_roles(model_args, config, critic=False)
-    roles.load_adapter(POLICY, adapter_dir)
-    return PolicySampler.from_config(roles, tokenizer, config)
+    return loading.load_roles(
+        model_args,
+        config,
+        config,
+        seed=config.seed,
+        value_init=config.value_init if config.uses_critic else None,  # critic-free: no value adapter or head
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
 
 
 def build(model_args: ModelArguments, data_args: DataArguments, config: PPOConfig) -> PPOTrainer:

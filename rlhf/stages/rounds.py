@@ -26,7 +26,7 @@ from feedback import export as feedback_export
 from feedback.records import prompt_messages
 from feedback.store import Store
 from rlhf import candidates, selection
-from rlhf.ppo.sampler import PolicySampler
+from rlhf.policy.sampler import PolicySampler
 from rlhf.results import PPOResult, RewardResult, RoundResult
 from rlhf.stages.steps import AnnotatedBatch, AnnotateStep, Batch, GenerateStep, PreferencesStep, SelectedBatch
 from rlhf_core.errors import ConfigError

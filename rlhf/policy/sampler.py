@@ -18,11 +18,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from rlhf import data, engine, ensemble, sampling
-from rlhf.config import PPOConfig
-from rlhf.ppo import packing, rewards
-from rlhf.ppo.logprobs import token_logprobs
-from rlhf.ppo.roles import POLICY, VALUE, SharedBase
+from rlhf import data, ensemble
+from rlhf.policy import engine, packing, rewards, sampling
+from rlhf.policy.config import SamplingConfig, ScoringConfig
+from rlhf.policy.logprobs import token_logprobs
+from rlhf.policy.roles import POLICY, VALUE, SharedBase
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class PolicySampler:
         self.autocast_dtype = autocast_dtype
         self.device = next(p for p in roles.parameters()).device
         self.eos_ids = sampling.eos_token_ids(roles.causal_lm, tokenizer)
-        # what samples the answers (rlhf.engine): one by name (generate() on this model, or a merged copy of
+        # what samples the answers (rlhf.policy.engine): one by name (generate() on this model, or a merged copy of
         # the policy), or an engine given over roles.peft
         self.engine = (
             engine.build(rollout_engine, roles.peft, self.eos_ids, tokenizer.pad_token_id, autocast_dtype)
@@ -178,25 +178,33 @@ class PolicySampler:
         )
 
     @classmethod
-    def from_config(cls, roles: SharedBase, tokenizer: PreTrainedTokenizerBase, config: PPOConfig) -> PolicySampler:
-        """The sampler of a run: its sampling settings, forward batch size, mixed precision and reward."""
-        settings = sampling.SamplingSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
-        dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+    def from_config(
+        cls,
+        roles: SharedBase,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling_config: SamplingConfig,
+        scoring: ScoringConfig,
+        autocast_dtype: torch.dtype | None,
+    ) -> PolicySampler:
+        """The sampler a run's options describe: how it samples, what scores the answers, its mixed precision."""
+        settings = sampling.SamplingSettings(
+            sampling_config.max_new_tokens, sampling_config.temperature, sampling_config.top_p, sampling_config.top_k
+        )
         functions = (
-            rewards.RewardFunctions.load(config.reward_funcs, config.reward_weights) if config.reward_funcs else None
+            rewards.RewardFunctions.load(scoring.reward_funcs, scoring.reward_weights) if scoring.reward_funcs else None
         )
         return cls(
             roles,
             tokenizer,
             settings,
-            config.forward_batch_size,
-            dtype,
+            sampling_config.forward_batch_size,
+            autocast_dtype,
             functions,
-            config.reward_model_weight,
-            config.pack_groups,
-            config.reward_aggregation,
-            config.uwo_coef,
-            config.rollout_engine,
+            scoring.reward_model_weight,
+            sampling_config.pack_groups,
+            scoring.reward_aggregation,
+            scoring.uwo_coef,
+            sampling_config.rollout_engine,
         )
 
     @property
@@ -233,7 +241,7 @@ class PolicySampler:
         """The active role's last hidden states before each response token, B x R x H.
 
         Consecutive answers to the same prompt are packed, one row per prompt with the prompt once
-        (:mod:`rlhf.ppo.packing`), when the model can take it and the estimated compute is lower;
+        (:mod:`rlhf.policy.packing`), when the model can take it and the estimated compute is lower;
         otherwise each answer is a row of prompt and answer, padded to the batch's widest.
         """
         if self.packing_weight is not None:
@@ -250,7 +258,7 @@ class PolicySampler:
         """Logits predicting each response token (B x R x V), as the sampler draws from them.
 
         At the sampling temperature and, if ``truncated``, ``-inf`` outside the top-k / top-p set
-        (the sampled token kept: :func:`rlhf.sampling.sampled_logits`). Divided in place: the
+        (the sampled token kept: :func:`rlhf.policy.sampling.sampled_logits`). Divided in place: the
         vocabulary projection's backward does not need its output, and at a real vocabulary (152k) a
         second B x R x V tensor is hundreds of MiB.
         """
@@ -265,10 +273,10 @@ class PolicySampler:
         """Log-prob of each response token (B x R) and, with ``with_entropy``, each position's entropy (no grad).
 
         Under the distribution the sampler draws from: temperature, then top-k / top-p, renormalised
-        (:func:`rlhf.sampling.sampled_logits`), so PPO's ratio compares the policy with the sampler it
+        (:func:`rlhf.policy.sampling.sampled_logits`), so PPO's ratio compares the policy with the sampler it
         was. The reference is measured the same way (its own top-k / top-p set, the sampled token always
         in it), so the KL is between the two samplers as configured, 0 while the policy is the reference.
-        Through the vocabulary projection a chunk of positions at a time (:func:`~rlhf.ppo.logprobs.token_logprobs`):
+        Through the vocabulary projection a chunk of positions at a time (:func:`~rlhf.policy.logprobs.token_logprobs`):
         the B x R x V logits never exist at once, in the forward pass or the backward. A head that is not
         a plain linear layer (a LoRA on ``lm_head``) goes through :meth:`response_logits`.
         """

@@ -13,7 +13,7 @@ gloo processes on the tiny PPO recipe, 2 iterations):
 * FSDP2 on a replicate-only mesh (``fully_shard`` over a (N, 1) mesh: HSDP with shards of one, which
   is also what ``replicate_with_fsdp`` builds) gives the same update: losses, adapter weights and value
   head equal to the last bit. But it makes every data-parallel run an FSDP run: the base's weights
-  become DTensors, so the merged rollout engine (:mod:`rlhf.engine`, the default where it applies)
+  become DTensors, so the merged rollout engine (:mod:`rlhf.policy.engine`, the default where it applies)
   cannot merge them, and ``generate`` runs through FSDP's hooks in step across processes. Rollout
   generation took 0.65 s an iteration against 0.30 s with ``generate`` unwrapped and 0.17 s with the
   merged engine (second iteration, 4 answers per process, one measurement on a shared 2-core machine).

@@ -1,7 +1,7 @@
 """The rollout-engine seam: what samples answers for RL, evaluation and candidate generation.
 
 A :class:`RolloutEngine` answers a batch of tokenized prompts with the current policy under
-:class:`~rlhf.sampling.SamplingSettings` and returns a :class:`Rollout`: the answer tokens cut at the
+:class:`~rlhf.policy.sampling.SamplingSettings` and returns a :class:`Rollout`: the answer tokens cut at the
 first EOS, the EOS flags, and the engine's log-prob of each token where it reports them. Whenever the
 model may have changed the caller calls :meth:`RolloutEngine.sync` first (``PolicySampler``: before
 every generation): an engine that holds weights of its own brings them to the model as it is now (the
@@ -14,7 +14,7 @@ Engines here (``rollout_engine`` in the PPO config; ``auto`` picks ``merged`` wh
 same policy and its copy is small, ``transformers`` otherwise):
 
 * ``transformers`` (:class:`TransformersEngine`, the reference): ``generate()`` on the training model
-  itself, every setting from the caller (:mod:`rlhf.sampling`). Nothing to sync; log-probs only on
+  itself, every setting from the caller (:mod:`rlhf.policy.sampling`). Nothing to sync; log-probs only on
   request (they cost a batch x length x vocabulary tensor).
 * ``merged`` (:class:`MergedEngine`): a plain float32 copy of the policy, the base dequantized once per
   sync with the active LoRA merged into it, decoded by a short loop (:func:`decode`) that reports each
@@ -39,7 +39,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf import sampling
+from rlhf.policy import sampling
 from rlhf_core.errors import ConfigError
 
 ENGINES = ("auto", "transformers", "merged")
@@ -164,7 +164,7 @@ def decode(
     """Ancestral sampling with a KV cache: new tokens (N x R) and each one's log-prob where it was drawn.
 
     generate()'s sampling step: float32 logits of the last position, divided by the temperature, cut
-    by top-k then top-p (:func:`rlhf.sampling.truncate`), a draw from their softmax (:func:`draw`),
+    by top-k then top-p (:func:`rlhf.policy.sampling.truncate`), a draw from their softmax (:func:`draw`),
     padding after a row's EOS, and a stop once every row has ended. Without generate()'s
     configuration, processors and stopping machinery; and the log-prob of the drawn token comes for
     one log-softmax of N x V per step.

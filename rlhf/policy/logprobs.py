@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlhf.sampling import SamplingSettings, sampled_logits
+from rlhf.policy.sampling import SamplingSettings, sampled_logits
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MiB in fp32, about 110 positions of a 152k vocabulary
 
@@ -40,7 +40,7 @@ def _logits(
     """One chunk's logits in fp32 as the sampler draws from them (the projection in the weight's dtype).
 
     At the sampling temperature, and ``-inf`` outside the top-k / top-p set (the drawn token kept):
-    :func:`rlhf.sampling.sampled_logits`.
+    :func:`rlhf.policy.sampling.sampled_logits`.
     """
     logits = F.linear(hidden.to(weight.dtype), weight, bias).float()
     if settings.temperature != 1.0:
@@ -124,7 +124,7 @@ def token_logprobs(
     """Log-prob of each of ``tokens`` under the distribution the sampler draws from (``...`` x H, ``...`` -> ``...``).
 
     That is ``head(hidden) / temperature``, cut to the top-k / top-p set when ``settings`` set them
-    (:func:`rlhf.sampling.sampled_logits`), renormalised. Returns the log-probs (fp32,
+    (:func:`rlhf.policy.sampling.sampled_logits`), renormalised. Returns the log-probs (fp32,
     differentiable with respect to ``hidden`` and, if it trains, the head) and, with ``with_entropy``,
     the entropy of each position's distribution (fp32, no gradient; a metric), else None. Equal to
     ``log_softmax(sampled_logits(head(hidden) / temperature)).gather(tokens)`` and its gradient,

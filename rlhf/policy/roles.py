@@ -47,8 +47,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 from trl.trainer.utils import disable_dropout_in_model
 
-from rlhf import ensemble, sharding
-from rlhf.ppo import distributed, packing
+from rlhf import distributed, ensemble, sharding
+from rlhf.policy import packing
 from rlhf_core.errors import ConfigError
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
@@ -266,7 +266,7 @@ class SharedBase(nn.Module):
     def packing_weight(self) -> float | None:
         """What a key position's attention costs relative to a token's linear layers, if groups can be packed.
 
-        None when the model cannot take packed groups' block masks (:mod:`rlhf.ppo.packing`): an
+        None when the model cannot take packed groups' block masks (:mod:`rlhf.policy.packing`): an
         attention implementation other than eager or SDPA, or sliding-window layers.
         """
         config = self.causal_lm.config.get_text_config()
