@@ -1,15 +1,14 @@
 """Candidates to annotate: K sampled responses per prompt from a base model or a LoRA adapter on it.
 
 ``rlhf feedback generate --model runs/tiny/sft/merged --prompts prompts.jsonl --num-candidates 4``
-(or ``--model builtin:tiny --adapter runs/tiny/sft``). The model and tokenizer come from
-:mod:`rlhf.models`, exactly as the training stages load them; an adapter (an SFT run folder) is put
-on the base with ``peft.PeftModel.from_pretrained``, and its tokenizer is used when it saved one.
-
-Prompts are rendered with the model's chat template (generation prompt added), left-padded so
-every row of a batch ends where generation starts, and sampled through the rollout engine PPO
-samples through (:mod:`rlhf.policy.engine`, ``auto``: temperature / top-p / top-k as given, nothing
-inherited from the checkpoint's saved generation config) until any of the model's EOS ids or
-``max_new_tokens``. Only prompts that
+(or ``--model builtin:tiny --adapter runs/tiny/sft``). The model is loaded by the policy service's
+loader (:func:`rlhf.policy.loading.load_roles`, as the training stages load it: the base with a
+policy LoRA, an adapter's weights loaded into it; its tokenizer is used when it saved one) and
+sampled by the service's one :class:`~rlhf.policy.sampler.PolicySampler`, as RL, evaluation and
+the pipeline's later rounds (:func:`propose`) sample: each prompt repeated K times, rendered with
+the model's chat template (generation prompt added), left-padded, answered through the rollout
+engine (temperature / top-p / top-k as given, nothing inherited from the checkpoint's saved
+generation config) until any of the model's EOS ids or ``max_new_tokens``. Only prompts that
 no annotator has been handed or answered get candidates: adding one to a ranked set would leave the
 stored rankings incomplete, so such prompts are skipped and counted (``skipped_in_use``). Each
 candidate is stored with the model, the adapter and the generation settings that produced it.
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, PeftConfig
 from tqdm.auto import tqdm
 
 from feedback import importer
@@ -37,8 +37,11 @@ from feedback.records import Messages
 from feedback.store import Conflict, Store
 from rlhf import models
 from rlhf.config import ModelArguments
-from rlhf.policy import engine, sampling
+from rlhf.policy import loading, sampling
+from rlhf.policy.config import ScoringConfig
+from rlhf.policy.roles import POLICY
 from rlhf.policy.sampler import PolicySampler
+from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +58,8 @@ class GenerationSettings:
     seed: int = 0
 
     def drawn(self) -> sampling.SamplingSettings:
-        """What the sampler draws: ``num_candidates`` answers per prompt, nothing else set."""
-        return sampling.SamplingSettings(
-            self.max_new_tokens, self.temperature, self.top_p, self.top_k, num_return_sequences=self.num_candidates
-        )
+        """What the sampler draws each answer with (``num_candidates``: how often each prompt is repeated)."""
+        return sampling.SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k)
 
 
 @dataclass
@@ -72,43 +73,44 @@ class GenerateReport:
 
 
 def load(
-    model: str, adapter: str | None = None, quantization: str = "none", dtype: str | None = None
-) -> tuple[engine.RolloutEngine, Any]:
-    """A rollout engine over the model (with its adapter, if any) in eval mode, synced, and its tokenizer."""
+    model: str, adapter: str | None = None, quantization: str = "none", settings: GenerationSettings | None = None
+) -> PolicySampler:
+    """The sampler of the model, with the adapter's LoRA as its policy (without one: the model itself).
+
+    Loaded by the policy service's loader, the LoRA shaped as the adapter saved it (rank, alpha, target
+    modules), so its weights fit; the adapter's tokenizer is used when it saved one. Without an adapter
+    the policy LoRA stays zero and :func:`generate` samples with it disabled (``reference``).
+    """
+    settings = settings or GenerationSettings()
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
-    args = ModelArguments(
-        model_name_or_path=model, tokenizer_name_or_path=tokenizer_source, quantization=quantization, dtype=dtype
-    )
-    models.resolve_dtypes(args)
-    tokenizer = models.load_tokenizer(args)
-    tokenizer.padding_side = "left"
-    lm = models.load_causal_lm(args, tokenizer)
+    args = ModelArguments(model_name_or_path=model, tokenizer_name_or_path=tokenizer_source, quantization=quantization)
+    lora = None
     if adapter:
-        from peft import PeftModel
+        lora = PeftConfig.from_pretrained(adapter)
+        if not isinstance(lora, LoraConfig):
+            raise ConfigError(f"adapter: {adapter} is a {lora.peft_type} adapter; candidates come from LoRA ones")
+    # no precision options: float32 (a 4-bit base computes in float32), as sampling without autocast needs
+    roles, tokenizer = loading.load_roles(args, ScoringConfig(), None, seed=settings.seed, policy_lora=lora)
+    if adapter:
+        roles.load_adapter(POLICY, adapter)
+    if quantization == "none":  # a quantized base was placed on this process's device as it loaded
+        roles.to(models.process_device())
+    # The base alone, unquantized, is sampled through a merged copy that shares its float32 weights (the
+    # adapters are disabled): free, where ``auto`` prices one float32 matrix per LoRA layer of the zero policy.
+    rollout_engine = "merged" if adapter is None and quantization == "none" else "auto"
+    return PolicySampler(roles, tokenizer, settings.drawn(), rollout_engine=rollout_engine)
 
-        lm = PeftModel.from_pretrained(lm, adapter)
-    if quantization == "none":
-        lm = lm.to(models.process_device())
-    lm.eval()
-    rollouts = engine.build(
-        "auto", lm, sampling.eos_token_ids(sampling.generative(lm), tokenizer), tokenizer.pad_token_id
-    )
-    with torch.no_grad():
-        rollouts.sync()  # the weights never change here: one sync
-    return rollouts, tokenizer
 
-
-@torch.no_grad()
-def sample_batch(
-    rollouts: engine.RolloutEngine, tokenizer: Any, prompts: Sequence[Messages], settings: GenerationSettings
+def sample_sets(
+    sampler: PolicySampler, prompts: Sequence[Messages], k: int, reference: bool = False
 ) -> list[list[str]]:
-    """``num_candidates`` responses for each prompt of one batch (text without special tokens)."""
-    query, query_mask = engine.encode_prompts(tokenizer, list(prompts), rollouts.device)
-    rollout = rollouts.generate(query, query_mask, settings.drawn())
-    # Rows are prompt 0's K samples, then prompt 1's...
-    decoded = sampling.decode(tokenizer, rollout.tokens, rollouts.eos_ids, rollouts.pad_token_id)
-    k = settings.num_candidates
-    return [decoded[i * k : (i + 1) * k] for i in range(len(prompts))]
+    """``k`` answers to each prompt, sampled as one batch of the prompts each repeated ``k`` times.
+
+    Rows are prompt 0's ``k`` answers, then prompt 1's... (as GRPO groups them); ``reference``
+    samples with every adapter disabled (the model without its policy LoRA).
+    """
+    texts = sampler.generate([p for p in prompts for _ in range(k)], reference=reference).texts
+    return [texts[i : i + k] for i in range(0, len(texts), k)]
 
 
 def generate(
@@ -138,12 +140,13 @@ def generate(
     todo = [(pid, messages) for pid, messages in todo if pid not in in_use]
     if not todo:
         return report
-    rollouts, tokenizer = load(model, adapter, quantization)
+    sampler = load(model, adapter, quantization, settings)
     generation = asdict(settings)
     torch.manual_seed(settings.seed)
     for start in tqdm(range(0, len(todo), batch_size), desc="generating", unit="batch"):
         chunk = todo[start : start + batch_size]
-        samples = sample_batch(rollouts, tokenizer, [messages for _, messages in chunk], settings)
+        prompts = [messages for _, messages in chunk]
+        samples = sample_sets(sampler, prompts, settings.num_candidates, reference=adapter is None)
         for (prompt_id, _), texts in zip(chunk, samples, strict=True):
             store_set(
                 store,
@@ -198,9 +201,8 @@ def propose(
     """``num_candidates`` answers per prompt from a policy, the reward model's score of each, and each
     reward model's (K lists per prompt: one for one reward model, one per member for an ensemble).
 
-    Sampled by the policy's :class:`~rlhf.policy.sampler.PolicySampler` (its settings, EOS ids, one
-    prompt's answers in consecutive rows as GRPO groups them) and scored as PPO scores them: the
-    candidates a later round of the pipeline chooses from.
+    Sampled as round 1's candidates are (:func:`sample_sets`, the policy's settings and EOS ids) and
+    scored as PPO scores them: the candidates a later round of the pipeline chooses from.
     """
     texts: list[list[str]] = []
     scores: list[list[float]] = []
@@ -208,12 +210,12 @@ def propose(
     k = num_candidates
     torch.manual_seed(seed)
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling candidates", unit="batch"):
-        chunk = [p for p in prompts[start : start + batch_size] for _ in range(k)]
-        answers = sampler.generate(chunk)
-        each = sampler.member_scores(chunk, answers.texts)
+        part = prompts[start : start + batch_size]
+        sets = sample_sets(sampler, part, k)
+        each = sampler.member_scores([p for p in part for _ in range(k)], [t for answers in sets for t in answers])
         rewards = sampler.aggregate(each).tolist()
-        for i in range(0, len(chunk), k):
-            texts.append(answers.texts[i : i + k])
+        for i, answers in zip(range(0, len(rewards), k), sets, strict=True):
+            texts.append(answers)
             scores.append(rewards[i : i + k])
             members.append(each[:, i : i + k].tolist())
     return texts, scores, members

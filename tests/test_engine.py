@@ -1,8 +1,8 @@
 """Every rollout engine against the reference one (generate() on the training model): the seam's contract.
 
 Same prompts, greedy: the same tokens, EOS flags and texts, for the policy, the reference (adapters
-disabled) and the policy after it changed (the engine synced); ``num_return_sequences`` answers per
-prompt as candidate generation asks for them. Sampled: the engine's own log-probs (where it reports
+disabled) and the policy after it changed (the engine synced); K answers per prompt as candidate
+generation asks for them. Sampled: the engine's own log-probs (where it reports
 them) are the ones the trainer recomputes, and the update uses the trainer's, never the engine's.
 
 The base is the tiny SFT model saved with a generation config that sets everything a sampler could
@@ -106,18 +106,16 @@ def test_greedy_answers_are_the_reference_engines(roles: tuple[SharedBase, Any],
     assert policy_1 != sft_1 and policy_2 != policy_1  # so the comparisons above could tell policies apart
 
 
+@pytest.mark.parametrize("as_reference", [False, True])
 @pytest.mark.parametrize("name", ENGINES)
-def test_candidates_answer_each_prompt_in_consecutive_rows(roles: tuple[SharedBase, Any], name: str) -> None:
-    """``num_return_sequences`` answers per prompt (candidate generation): greedy, each copy is the reference's."""
-    shared, tokenizer = roles
-    eos_ids = sampling.eos_token_ids(shared.causal_lm, tokenizer)
-    settings = candidates.GenerationSettings(num_candidates=3, top_k=1, max_new_tokens=24)
+def test_candidates_answer_each_prompt_in_consecutive_rows(
+    roles: tuple[SharedBase, Any], name: str, as_reference: bool
+) -> None:
+    """K answers per prompt (candidate generation, :func:`rlhf.candidates.sample_sets`), from the policy or the
+    model without it: greedy, each copy is the reference's."""
     prompts = _prompts(8)
-    with torch.no_grad(), shared.inference():
-        want = _sampler(roles, "reference", GREEDY).generate(prompts).texts
-        tested = ENGINES[name](shared.peft, eos_ids, tokenizer.pad_token_id)
-        tested.sync()
-        got = candidates.sample_batch(tested, tokenizer, prompts, settings)
+    want = _sampler(roles, "reference", GREEDY).generate(prompts, reference=as_reference).texts
+    got = candidates.sample_sets(_sampler(roles, name, GREEDY), prompts, 3, reference=as_reference)
     assert got == [[text] * 3 for text in want]
 
 

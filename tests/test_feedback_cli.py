@@ -188,9 +188,9 @@ def test_generate_skips_prompts_already_handed_out_or_answered(store: Store, mon
     item = store.next_item(a.id)
     assert item is not None and item.prompt_id == 1
     store.submit_ranking(a.id, 1, {c["id"]: 1 for c in item.candidates}, client_id="ranked-before")
-    monkeypatch.setattr(candidates, "load", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(candidates, "load", lambda *args, **kwargs: None)
     monkeypatch.setattr(
-        candidates, "sample_batch", lambda _m, _t, prompts, settings: [["fresh A", "fresh B"] for _ in prompts]
+        candidates, "sample_sets", lambda _sampler, prompts, k, reference: [["fresh A", "fresh B"] for _ in prompts]
     )
     report = candidates.generate(store, "builtin:tiny", settings=candidates.GenerationSettings(num_candidates=2))
     assert (report.prompts, report.skipped_in_use, report.stored) == (3, 1, 4)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import LoraConfig
 
 from rlhf import ensemble, models, runs
 from rlhf.config import ModelArguments
@@ -80,12 +81,15 @@ def load_roles(
     seed: int,
     value_init: str | None = None,
     gradient_checkpointing: bool = False,
+    policy_lora: LoraConfig | None = None,
 ) -> tuple[SharedBase, Any]:
     """The shared base with the roles a run uses, and the tokenizer (checks the reward model fits the base).
 
-    ``precision``: the run's options with ``bf16`` / ``fp16`` (what an unset dtype resolves to);
-    ``value_init``: how the critic starts (None: no value adapter or head, as evaluation and critic-free
-    methods load it). The policy adapter starts at zero (the base itself) until one is loaded into it.
+    ``precision``: the run's options with ``bf16`` / ``fp16`` (what an unset dtype resolves to; None:
+    float32); ``value_init``: how the critic starts (None: no value adapter or head, as evaluation and
+    critic-free methods load it); ``policy_lora``: the policy adapter's shape where it must fit a saved
+    adapter trained elsewhere (unset: the recipe's, ``model_args``). The policy adapter starts at zero
+    (the base itself) until one is loaded into it.
     """
     models.resolve_dtypes(model_args, precision)
     if scoring.reward_model_path:
@@ -96,7 +100,7 @@ def load_roles(
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    lora = models.lora_config(model_args, "CAUSAL_LM")
+    lora = policy_lora or models.lora_config(model_args, "CAUSAL_LM")
     if lora is None:
         raise ConfigError("PPO trains a LoRA policy on the shared base: use_peft must stay true")
     lora.lora_dropout = 0.0  # dropout would make the recomputed log-probs differ from the sampling ones
