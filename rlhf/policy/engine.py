@@ -51,7 +51,7 @@ Qwen2.5-0.5B's is 1.4 GB for 1.1x generate()'s tokens/s, and lifts PPO's peak RS
 
 @dataclass(frozen=True)
 class Rollout:
-    """What an engine returns for N = prompts x ``num_return_sequences`` answers (each prompt's in consecutive rows)."""
+    """What an engine returns for N prompts: one answer each."""
 
     tokens: torch.Tensor  # N x R long: answer tokens, padding after the first EOS
     mask: torch.Tensor  # N x R float: 1 up to and including the first EOS
@@ -169,9 +169,6 @@ def decode(
     configuration, processors and stopping machinery; and the log-prob of the drawn token comes for
     one log-softmax of N x V per step.
     """
-    k = settings.num_return_sequences
-    if k > 1:
-        query, query_mask = query.repeat_interleave(k, 0), query_mask.repeat_interleave(k, 0)
     width = query.shape[1]
     cache = DynamicCache(config=model.config)
     positions = (query_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding takes no position

@@ -33,7 +33,6 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k filter
-    num_return_sequences: int = 1
 
     @property
     def truncates(self) -> bool:
@@ -97,7 +96,6 @@ def generation_config(settings: SamplingSettings, eos_ids: list[int], pad_token_
             "temperature": settings.temperature,
             "top_p": settings.top_p,
             "top_k": settings.top_k,
-            "num_return_sequences": settings.num_return_sequences,
             "eos_token_id": eos_ids,
             "pad_token_id": pad_token_id,
             "use_cache": True,
@@ -147,7 +145,7 @@ def sample(
     eos_ids: list[int],
     pad_token_id: int,
 ) -> torch.Tensor:
-    """New tokens only (``B * num_return_sequences`` x up to ``max_new_tokens``) for left-padded prompts."""
+    """New tokens only (B x up to ``max_new_tokens``) for left-padded prompts."""
     out = _generate(model, input_ids, attention_mask, settings, eos_ids, pad_token_id, with_scores=False)
     return out[:, input_ids.shape[1] :]
 
