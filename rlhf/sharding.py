@@ -160,6 +160,12 @@ def local_share(module: nn.Module) -> tuple[int, int]:
     return local, total
 
 
+def optimizer_state_share(optimizer: torch.optim.Optimizer) -> float:
+    """Elements of the optimizer's sharded state tensors (Adam's moments) this process holds, of all."""
+    states = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, DTensor)]
+    return sum(t.to_local().numel() for t in states) / max(1, sum(t.numel() for t in states))
+
+
 # ----------------------------------------------------------------------------------------------
 # The TRL-based stages (sft, reward, dpo, kto): Accelerate's FSDP2, set up for FSDP-QLoRA
 

@@ -25,7 +25,8 @@ from rlhf import distributed as dist
 from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
 from rlhf.policy import loading
 from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
-from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
+from rlhf.ppo.tracking import STEP_METRICS_FILE
+from rlhf.ppo.trainer import PPOTrainer
 from rlhf.results import PPOResult
 from rlhf_core.errors import ConfigError
 
