@@ -187,7 +187,8 @@ def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
 
 def test_ppo_reads_sharegpt_prompts(tmp_path: Path) -> None:
     """The RL stages' prompts go through the same conversion (train and held-out splits)."""
-    from rlhf.config import ModelArguments, PPOConfig
+    from rlhf.config import ModelArguments
+    from rlhf.ppo.config import PPOConfig
     from rlhf.stages import ppo
 
     folder = tmp_path / "prompts"

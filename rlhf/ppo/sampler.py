@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
 from rlhf import data, engine, ensemble, sampling
-from rlhf.config import PPOConfig
 from rlhf.ppo import packing, rewards
+from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.roles import POLICY, VALUE, SharedBase
 

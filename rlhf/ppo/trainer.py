@@ -58,9 +58,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import ensemble, overoptimisation, sharding
-from rlhf.config import PPOConfig
 from rlhf.ppo import distributed as dist
 from rlhf.ppo import losses
+from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.sampler import PolicySampler, Trajectory, chunks
 

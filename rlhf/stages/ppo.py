@@ -23,8 +23,9 @@ import torch
 from datasets import Dataset
 
 from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
-from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
+from rlhf.config import DataArguments, ModelArguments, StageConfig, parse
 from rlhf.ppo import distributed as dist
+from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import STEP_METRICS_FILE, PPOTrainer
