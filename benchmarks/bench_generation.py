@@ -45,7 +45,7 @@ import torch
 from bench_ppo import ARCHITECTURES, _table, build_random_model
 
 from rlhf import data, engine, models, sampling
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 
 
 def load_policy(model: str, quantization: str) -> tuple[Any, Any]:

@@ -31,7 +31,8 @@ from typing import Any
 from bench_precision import REPO, launch_pipeline
 
 from rlhf import data, ensemble, runs
-from rlhf.config import ModelArguments, from_options
+from rlhf.arguments import ModelArguments
+from rlhf.config import from_options
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.results import RewardResult

@@ -36,7 +36,7 @@ from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
 from rlhf import engine, models, sampling
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.ppo.sampler import PolicySampler
 
 logger = logging.getLogger(__name__)

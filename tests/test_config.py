@@ -213,12 +213,12 @@ def test_precision_left_unset_is_chosen_for_the_hardware(
     import torch
 
     from rlhf import models
-    from rlhf.config import ModelArguments, _auto_precision
+    from rlhf.arguments import ModelArguments, auto_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: gpu)
     config = types.SimpleNamespace(bf16=asked[0], fp16=asked[1])
-    _auto_precision(config)
+    auto_precision(config)
     model_args = ModelArguments(model_name_or_path="builtin:tiny", quantization="4bit")
     models.resolve_dtypes(model_args, config)
     assert (config.bf16, config.fp16, model_args.dtype) == expected

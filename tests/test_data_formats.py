@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlhf import data
+from rlhf.arguments import DataArguments
 from rlhf.cli import main
-from rlhf.config import DataArguments
 from rlhf_core.errors import ConfigError, DataError
 from rlhf_core.rows import Source, convert
 
@@ -168,7 +168,8 @@ def test_data_check_says_what_it_mapped(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
     """The converted rows go through the chat template, with the loss on the output only."""
-    from rlhf.config import ModelArguments, SFTConfig
+    from rlhf.arguments import ModelArguments
+    from rlhf.config import SFTConfig
     from rlhf.stages import sft
 
     path = _jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "What is 3 plus 4?", "output": "3 plus 4 is 7."}] * 4)
@@ -187,7 +188,7 @@ def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
 
 def test_ppo_reads_sharegpt_prompts(tmp_path: Path) -> None:
     """The RL stages' prompts go through the same conversion (train and held-out splits)."""
-    from rlhf.config import ModelArguments
+    from rlhf.arguments import ModelArguments
     from rlhf.ppo.config import PPOConfig
     from rlhf.stages import ppo
 

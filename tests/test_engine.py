@@ -24,7 +24,8 @@ import torch
 from conftest import ppo_args
 
 from rlhf import candidates, data, engine, models, sampling
-from rlhf.config import ModelArguments, parse
+from rlhf.arguments import ModelArguments
+from rlhf.config import parse
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.roles import POLICY, SharedBase
 from rlhf.ppo.sampler import PolicySampler, Samples

@@ -15,7 +15,7 @@ import torch
 from conftest import EXTRA_EOS
 
 from rlhf import data, engine, models, sampling
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.roles import SharedBase
 from rlhf.ppo.sampler import PolicySampler

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from rlhf.config import RunOptions, _auto_precision, _check_trackers
+from rlhf.arguments import RunOptions, auto_precision, check_trackers
 from rlhf_core.errors import ConfigError
 
 # transformers' schedules that need nothing but warm-up and length (no metric, no extra arguments).
@@ -291,7 +291,7 @@ class PPOConfig(RunOptions):
         return self.kl_coef > 0
 
     def __post_init__(self) -> None:
-        _auto_precision(self)
+        auto_precision(self)
         grouped = self.advantage_estimator in ("grpo", "rloo")
         if self.num_generations is None:
             self.num_generations = 4 if grouped else 1
@@ -332,7 +332,7 @@ class PPOConfig(RunOptions):
             self.report_to = [self.report_to]
         self.report_to = [r for r in self.report_to if r != "none"]
         if self.report_to:
-            _check_trackers(self.report_to, library="accelerate")
+            check_trackers(self.report_to, library="accelerate")
         if self.lr_scheduler_type == "constant" and self.warmup_steps:
             raise ConfigError(
                 f"warmup_steps: {self.warmup_steps} with lr_scheduler_type constant, which has no warm-up "

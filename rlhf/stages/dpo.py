@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerBase
 from trl import DPOTrainer
 
 from rlhf import data
-from rlhf.config import DataArguments, DPOConfig, ModelArguments, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import DPOConfig, parse
 from rlhf.results import OfflineResult
 from rlhf.stages import offline
 

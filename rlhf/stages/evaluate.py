@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf import data, evaluation, runs
-from rlhf.config import DataArguments, ModelArguments, from_options, parse
+from rlhf.arguments import DataArguments, ModelArguments
+from rlhf.config import from_options, parse
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.sampler import PolicySampler
 from rlhf.ppo.trainer import load_judge

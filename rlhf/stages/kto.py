@@ -17,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 from trl import KTOTrainer
 
 from rlhf import data
-from rlhf.config import DataArguments, KTOConfig, ModelArguments, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import KTOConfig, parse
 from rlhf.results import LabelBalance, OfflineResult
 from rlhf.stages import offline
 from rlhf_core.errors import DataError

@@ -23,7 +23,8 @@ import torch
 from datasets import Dataset
 
 from rlhf import data, ensemble, evaluation, models, overoptimisation, runs, sharding
-from rlhf.config import DataArguments, ModelArguments, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import parse
 from rlhf.ppo import distributed as dist
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase

@@ -27,7 +27,8 @@ from transformers import PreTrainedModel
 from trl import RewardTrainer
 
 from rlhf import data, ensemble, models, runs
-from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import RewardConfig, parse
 from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
 from rlhf.stages import trainer_stage
 from rlhf_core.errors import ConfigError

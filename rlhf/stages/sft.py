@@ -19,7 +19,8 @@ from typing import Any
 from trl import SFTTrainer
 
 from rlhf import data, merging, models
-from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import SFTConfig, parse
 from rlhf.models import MERGED_DIR
 from rlhf.results import LengthReport, SFTResult
 from rlhf.stages import trainer_stage
