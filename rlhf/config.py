@@ -1,15 +1,18 @@
-"""Typed configuration for every stage: YAML recipes set defaults, command-line flags override them.
+"""Parsing a stage's options: YAML recipes set defaults, command-line flags override them.
 
-Each stage reads a few dataclasses: :class:`ModelArguments` (a TRL ``ModelConfig`` with one
-``quantization`` key), :class:`DataArguments`, and the stage's training config, which subclasses
-TRL's (``SFTConfig``, ``RewardConfig``) and adds only what is new. A recipe is a flat YAML
-mapping whose keys are the fields of those dataclasses, so ``rlhf sft --help`` lists every key a
-recipe may hold, and the resolved config a run writes can be passed back as ``--config``.
+The options themselves are dataclasses declared elsewhere: those every stage shares in
+:mod:`rlhf.arguments`, each stage's own beside it (``rlhf/stages/<stage>.py``, the RL stage's in
+``rlhf/ppo/config.py``). A recipe is a flat YAML mapping whose keys are the fields of those
+dataclasses, so ``rlhf sft --help`` lists every key a recipe may hold, and the resolved config a run
+writes can be passed back as ``--config``.
 
-Why our own parsing: TRL's scripts ask its parser for the "remaining strings", so a misspelt
-``learning_rat: 1e-4`` trains silently with the default. Here an unknown key, in the YAML or on the
-command line, is an error that names it (and the closest known key), and values that argparse
-never sees (YAML defaults) are checked against their field's type and choices.
+Built on transformers' ``HfArgumentParser`` (dataclass fields to flags, their types and choices),
+not on TRL's ``TrlParser``, whose recipe loading this module replaces: TRL's scripts ask it for the
+"remaining strings", so a misspelt ``learning_rat: 1e-4`` trains silently with the default, and its
+YAML keeps the last of a key set twice. Here an unknown key, in the YAML or on the command line, is an
+error that names it (and the closest known key), as are a key set twice and a key other trainers use
+with another meaning (a config's ``retired_keys``); values that argparse never sees (YAML defaults)
+are checked against their field's type and choices.
 """
 
 from __future__ import annotations
@@ -24,88 +27,16 @@ import textwrap
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import trl
 import yaml
 from transformers import HfArgumentParser
 
-from rlhf.arguments import TrainerOptions, merge_base_field
 from rlhf.results import absolute_paths
 from rlhf_core.errors import ConfigError
 from rlhf_core.options import closest
-
-
-@dataclass
-class SFTConfig(TrainerOptions, trl.SFTConfig):
-    """TRL's SFTConfig, plus merging the adapter into a full-precision copy of the base."""
-
-    assistant_only_loss: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Loss on assistant tokens only (needs a chat template with generation markers; TRL swaps one in "
-            "for known models). Unset: on for conversational data, off for plain text."
-        },
-    )
-    merge_adapter: bool = field(
-        default=False,
-        metadata={
-            "help": "Also write output_dir/merged: the adapter merged into a full-precision copy of the base. The "
-            "reward and PPO stages start from it (PPO keeps it as the frozen reference)."
-        },
-    )
-    merged_dtype: str = field(
-        default="float32",
-        metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
-    )
-    merge_base: str = merge_base_field()
-
-
-@dataclass
-class RewardConfig(TrainerOptions, trl.RewardConfig):
-    """TRL's RewardConfig with our precision, checkpoint and resume options, and ensembles."""
-
-    ensemble_size: int = field(
-        default=1,
-        metadata={
-            "help": "Train this many reward models (each its own LoRA and score head, seed + i, and a bootstrap "
-            "resample of the pairs) into output_dir/member-<i>, listed in output_dir/ensemble.json; RL stages "
-            "combine them with reward_aggregation. 1: one reward model in output_dir."
-        },
-    )
-    ensemble_bootstrap: bool = field(
-        default=True,
-        metadata={"help": "Each ensemble member trains on a resample (with replacement) of the training pairs."},
-    )
-
-
-@dataclass
-class DPOConfig(TrainerOptions, trl.DPOConfig):
-    """TRL's DPOConfig with our precision, checkpoint and resume options (the reference: adapters disabled)."""
-
-    help_shown: ClassVar[tuple[str, ...]] = (*TrainerOptions.help_shown, "beta", "loss_type")
-
-
-@dataclass
-class KTOConfig(TrainerOptions, trl.KTOConfig):
-    """TRL's KTOConfig; the weights of desirable and undesirable answers follow the data unless given."""
-
-    help_shown: ClassVar[tuple[str, ...]] = (*TrainerOptions.help_shown, "beta")
-
-    desirable_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "Loss weight of desirable (thumbs-up) answers. Unset: with undesirable_weight, chosen so both "
-            "labels weigh the same in total (the KTO paper's ratio 1 to 4/3, at its low end)."
-        },
-    )
-    undesirable_weight: float | None = field(
-        default=None,
-        metadata={"help": "Loss weight of thumbs-down answers. Unset: see desirable_weight."},
-    )
-
 
 # ----------------------------------------------------------------------------------------------
 # Parsing

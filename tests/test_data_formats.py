@@ -169,8 +169,8 @@ def test_data_check_says_what_it_mapped(tmp_path: Path, capsys: pytest.CaptureFi
 def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
     """The converted rows go through the chat template, with the loss on the output only."""
     from rlhf.arguments import ModelArguments
-    from rlhf.config import SFTConfig
     from rlhf.stages import sft
+    from rlhf.stages.sft import SFTConfig
 
     path = _jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "What is 3 plus 4?", "output": "3 plus 4 is 7."}] * 4)
     config = SFTConfig(output_dir=str(tmp_path / "out"), max_length=64, report_to=[], use_cpu=True)
