@@ -159,12 +159,20 @@ class DataArguments:
 
 @dataclass
 class RunOptions:
-    """Options every training stage shares, beyond TRL's."""
+    """Options every training stage shares, beyond TRL's: resuming, checkpoints kept, precision for the hardware.
+
+    The stages on TRL's trainers take them through :class:`TrainerOptions`, which comes before TRL's class
+    in their bases, so these replace TRL's fields of the same name; the RL stage's config has no TRL base.
+    ``save_steps`` is not one of them: TRL's counts optimizer steps, the RL stage's iterations.
+    """
 
     resume: bool = field(
         default=False,
         metadata={"help": "Continue from the last checkpoint in output_dir (checkpoints are saved every save_steps)."},
     )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on if the GPU has it."})
+    fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision. Unset: on for GPUs without bf16."})
 
 
 def auto_precision(config: Any) -> None:
@@ -231,9 +239,10 @@ def check_trackers(report_to: list[str], library: str = "transformers") -> None:
 
 @dataclass
 class TrainerOptions(RunOptions):
-    """What the sft and reward stages change in TRL's configs: precision for the hardware, frequent checkpoints.
+    """What the stages on TRL's trainers change in TRL's configs: precision for the hardware, frequent checkpoints.
 
-    Listed before TRL's class in each config's bases, so these fields replace TRL's of the same name.
+    Listed before TRL's class in each config's bases, so these fields and :class:`RunOptions`' replace TRL's
+    of the same name.
     """
 
     # TRL's and transformers' training options `--help` describes (the ones recipes set); the rest are
@@ -263,12 +272,9 @@ class TrainerOptions(RunOptions):
         "trust_remote_code",
     )
 
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on if the GPU has it."})
-    fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision. Unset: on for GPUs without bf16."})
     save_steps: float = field(
         default=200, metadata={"help": "Checkpoint every N steps (what --resume continues from)."}
     )
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     fsdp: str = field(
         default="",
         metadata={

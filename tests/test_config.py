@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import RECIPES
 
+from rlhf.arguments import RunOptions
 from rlhf.config import parse, resolved_dict
 from rlhf.stages import dpo, kto, pipeline_options, ppo, reward, sft
 from rlhf_core.errors import ConfigError
@@ -98,6 +100,15 @@ def test_precision_follows_the_hardware_when_unset(tmp_path: Path) -> None:
 
 def _all_recipes() -> list[Path]:
     return sorted(RECIPES.rglob("*.yaml"))
+
+
+def test_the_options_every_stage_shares_are_declared_once() -> None:
+    """Resuming, checkpoints kept and precision come from one class, in TRL's stages ahead of TRL's own fields."""
+    for stage in ("sft", "reward", "ppo", "dpo", "kto"):
+        config = STAGE_TYPES[stage][-1]
+        for name in ("resume", "save_total_limit", "bf16", "fp16"):
+            declared_by = next(c for c in config.__mro__ if name in inspect.get_annotations(c))
+            assert declared_by is RunOptions, f"{stage}: {name} is declared by {declared_by.__name__}"
 
 
 def test_there_are_recipes_for_every_model_and_stage() -> None:

@@ -248,7 +248,6 @@ class PPOConfig(RunOptions):
         default=1, metadata={"help": "Log to the trackers (report_to) every N iterations (metrics.jsonl has all)."}
     )
     save_steps: int = field(default=20, metadata={"help": "Checkpoint every N iterations."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     report_to: list[str] = field(
         default_factory=list,
         metadata={
@@ -257,8 +256,6 @@ class PPOConfig(RunOptions):
         },
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast. Unset: on if the GPU has it."})
-    fp16: bool | None = field(default=None, metadata={"help": "fp16 autocast. Unset: on for GPUs without bf16."})
 
     # Keys of other PPO implementations that mean something else, or nothing, here.
     retired_keys: ClassVar[dict[str, str]] = {
