@@ -45,7 +45,7 @@ import torch
 from bench_ppo import ARCHITECTURES, _table, build_random_model
 
 from rlhf import data, models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.policy import engine, sampling
 
 

@@ -31,10 +31,12 @@ from typing import Any
 from bench_precision import REPO, launch_pipeline
 
 from rlhf import data, ensemble, runs
-from rlhf.config import ModelArguments, PPOConfig, from_options
+from rlhf.arguments import ModelArguments
+from rlhf.config import from_options
 from rlhf.policy import loading
 from rlhf.policy.sampler import PolicySampler
 from rlhf.policy.sampling import SamplingSettings
+from rlhf.ppo.config import PPOConfig
 from rlhf.results import RewardResult
 from rlhf.tiny import corpus, task
 

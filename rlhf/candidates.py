@@ -36,7 +36,7 @@ from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
 from rlhf import models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.policy import loading, sampling
 from rlhf.policy.config import ScoringConfig
 from rlhf.policy.roles import POLICY

@@ -25,7 +25,7 @@ from datasets import Dataset, DatasetDict
 from datasets.exceptions import DatasetNotFoundError
 from transformers import PreTrainedTokenizerBase
 
-from rlhf.config import DataArguments
+from rlhf.arguments import DataArguments
 from rlhf.results import LengthReport
 from rlhf.tiny import corpus
 from rlhf_core.convert import Conversion, convert

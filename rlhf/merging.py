@@ -28,7 +28,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import data, models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.policy import sampling
 from rlhf.results import FullPrecisionLoad, MergeCheck
 

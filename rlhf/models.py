@@ -37,7 +37,8 @@ from transformers import (
 )
 
 from rlhf import runs
-from rlhf.config import ModelArguments, from_options
+from rlhf.arguments import ModelArguments
+from rlhf.config import from_options
 from rlhf.tiny.build import MODEL_DIR as TINY_MODEL_DIR
 from rlhf_core.errors import ConfigError
 

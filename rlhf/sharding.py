@@ -48,10 +48,10 @@ from transformers import PreTrainedModel
 
 from rlhf_core.errors import ConfigError
 
-if TYPE_CHECKING:  # rlhf.config imports this module
+if TYPE_CHECKING:  # rlhf.arguments imports this module
     from transformers import Trainer, TrainingArguments
 
-    from rlhf.config import ModelArguments
+    from rlhf.arguments import ModelArguments
 
 FSDP_MODES = ("full_shard",)
 

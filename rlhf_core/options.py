@@ -9,10 +9,17 @@ an error is one line naming the option, not argparse's usage block.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
+
+
+def closest(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'NAME'?)`` for the known name closest to a misspelt one, or nothing when none is close."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def other_spellings(option: str) -> list[str]:

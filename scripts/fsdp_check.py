@@ -29,7 +29,7 @@ import torch.distributed as dist
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from rlhf import distributed, models, sharding
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 
 PROMPT = [{"role": "user", "content": "What is 3 plus 4?"}]
 

@@ -34,7 +34,7 @@ WHEELS = REPO / ".whl"
 LIMIT_MIB = 64  # what travels with one device command: the working tree and the carried paths
 SITE = "/tmp/site"
 
-# What `rlhf sft|reward|ppo` import that the image has not: rlhf/config.py imports trl, rlhf/models.py
+# What `rlhf sft|reward|ppo` import that the image has not: rlhf/arguments.py imports trl, rlhf/models.py
 # bitsandbytes, rlhf/data.py datasets. Everything else they import (torch, transformers, peft, accelerate,
 # yaml, tqdm, safetensors, numpy, ...) is in IMAGE.
 ROOTS = ("trl", "bitsandbytes", "datasets")

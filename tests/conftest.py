@@ -195,7 +195,7 @@ def ppo_args(out: Path, sft_run: Path, reward_run: Path, *overrides: str) -> lis
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from rlhf import models
-    from rlhf.config import ModelArguments
+    from rlhf.arguments import ModelArguments
 
     return models.load_tokenizer(ModelArguments(model_name_or_path="builtin:tiny"))
 

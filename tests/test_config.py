@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import RECIPES
 
+from rlhf.arguments import RunOptions
 from rlhf.config import parse, resolved_dict
 from rlhf.stages import dpo, kto, pipeline_options, ppo, reward, sft
 from rlhf_core.errors import ConfigError
@@ -98,6 +100,15 @@ def test_precision_follows_the_hardware_when_unset(tmp_path: Path) -> None:
 
 def _all_recipes() -> list[Path]:
     return sorted(RECIPES.rglob("*.yaml"))
+
+
+def test_the_options_every_stage_shares_are_declared_once() -> None:
+    """Resuming, checkpoints kept and precision come from one class, in TRL's stages ahead of TRL's own fields."""
+    for stage in ("sft", "reward", "ppo", "dpo", "kto"):
+        config = STAGE_TYPES[stage][-1]
+        for name in ("resume", "save_total_limit", "bf16", "fp16"):
+            declared_by = next(c for c in config.__mro__ if name in inspect.get_annotations(c))
+            assert declared_by is RunOptions, f"{stage}: {name} is declared by {declared_by.__name__}"
 
 
 def test_there_are_recipes_for_every_model_and_stage() -> None:
@@ -213,12 +224,12 @@ def test_precision_left_unset_is_chosen_for_the_hardware(
     import torch
 
     from rlhf import models
-    from rlhf.config import ModelArguments, _auto_precision
+    from rlhf.arguments import ModelArguments, auto_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: gpu)
     config = types.SimpleNamespace(bf16=asked[0], fp16=asked[1])
-    _auto_precision(config)
+    auto_precision(config)
     model_args = ModelArguments(model_name_or_path="builtin:tiny", quantization="4bit")
     models.resolve_dtypes(model_args, config)
     assert (config.bf16, config.fp16, model_args.dtype) == expected

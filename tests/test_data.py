@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from rlhf import data
-from rlhf.config import DataArguments
+from rlhf.arguments import DataArguments
 from rlhf_core.errors import DataError
 from rlhf_core.rows import Source, validate
 

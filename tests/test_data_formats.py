@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlhf import data
+from rlhf.arguments import DataArguments
 from rlhf.cli import main
-from rlhf.config import DataArguments
 from rlhf_core.convert import convert
 from rlhf_core.errors import ConfigError, DataError
 from rlhf_core.rows import Source
@@ -169,8 +169,9 @@ def test_data_check_says_what_it_mapped(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
     """The converted rows go through the chat template, with the loss on the output only."""
-    from rlhf.config import ModelArguments, SFTConfig
+    from rlhf.arguments import ModelArguments
     from rlhf.stages import sft
+    from rlhf.stages.sft import SFTConfig
 
     path = _jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "What is 3 plus 4?", "output": "3 plus 4 is 7."}] * 4)
     config = SFTConfig(output_dir=str(tmp_path / "out"), max_length=64, report_to=[], use_cpu=True)
@@ -188,7 +189,8 @@ def test_sft_trains_on_the_answer_of_an_alpaca_row(tmp_path: Path) -> None:
 
 def test_ppo_reads_sharegpt_prompts(tmp_path: Path) -> None:
     """The RL stages' prompts go through the same conversion (train and held-out splits)."""
-    from rlhf.config import ModelArguments, PPOConfig
+    from rlhf.arguments import ModelArguments
+    from rlhf.ppo.config import PPOConfig
     from rlhf.stages import ppo
 
     folder = tmp_path / "prompts"

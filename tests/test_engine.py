@@ -24,10 +24,12 @@ import torch
 from conftest import ppo_args
 
 from rlhf import candidates, data, models
-from rlhf.config import ModelArguments, PPOConfig, parse
+from rlhf.arguments import ModelArguments
+from rlhf.config import parse
 from rlhf.policy import engine, sampling
 from rlhf.policy.roles import POLICY, SharedBase
 from rlhf.policy.sampler import PolicySampler, Samples
+from rlhf.ppo.config import PPOConfig
 from rlhf.stages import ppo
 from rlhf_core.errors import ConfigError
 

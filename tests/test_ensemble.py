@@ -14,7 +14,8 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from rlhf import ensemble
-from rlhf.config import StageConfig, parse
+from rlhf.arguments import StageConfig
+from rlhf.config import parse
 from rlhf.results import RewardResult
 from rlhf.stages import ppo, reward
 from rlhf_core.errors import ConfigError

@@ -17,7 +17,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from rlhf import merging, models, report, runs
-from rlhf.config import ModelArguments, from_options
+from rlhf.arguments import ModelArguments
+from rlhf.config import from_options
 from rlhf.results import (
     Calibration,
     CalibrationBin,

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from rlhf import merging, models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 
 
 def _args(**kwargs: object) -> ModelArguments:

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Qwen2Config
 
 from rlhf import merging, models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.results import MergeCheck
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}

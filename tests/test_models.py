@@ -10,7 +10,7 @@ from peft import get_peft_model
 from transformers import AutoTokenizer
 
 from rlhf import models
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf_core.errors import ConfigError
 
 

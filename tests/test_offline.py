@@ -12,7 +12,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from feedback.store import Store
-from rlhf.config import StageConfig, parse
+from rlhf.arguments import StageConfig
+from rlhf.config import parse
 from rlhf.results import EvalResult, OfflineResult
 from rlhf.stages import dpo, evaluate, kto, offline
 from rlhf_core.errors import ConfigError, DataError

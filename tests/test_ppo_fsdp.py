@@ -17,7 +17,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from rlhf import models
-from rlhf.config import ModelArguments, parse
+from rlhf.arguments import ModelArguments
+from rlhf.config import parse
 from rlhf.stages import ppo
 from rlhf_core.errors import ConfigError
 

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from rlhf.config import PPOConfig
 from rlhf.ppo import losses
+from rlhf.ppo.config import PPOConfig
 
 
 def t(*rows: list[float]) -> torch.Tensor:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from rlhf.config import PPOConfig
 from rlhf.policy.sampler import Samples, Trajectory
 from rlhf.ppo import losses, modes
+from rlhf.ppo.config import PPOConfig
 
 
 def _trajectory(logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None) -> Trajectory:

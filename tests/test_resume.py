@@ -20,7 +20,8 @@ from conftest import RECIPES
 from safetensors.torch import load_file
 from transformers import Trainer
 
-from rlhf.config import StageConfig, parse
+from rlhf.arguments import StageConfig
+from rlhf.config import parse
 from rlhf.stages import dpo, kto, reward, sft
 
 STAGES = {"sft": sft, "reward": reward, "dpo": dpo, "kto": kto}

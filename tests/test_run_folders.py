@@ -11,7 +11,9 @@ import yaml
 from conftest import RECIPES, run_cli
 
 from rlhf import report, runs
-from rlhf.config import DataArguments, ModelArguments, PPOConfig, write_resolved_config
+from rlhf.arguments import DataArguments, ModelArguments
+from rlhf.config import write_resolved_config
+from rlhf.ppo.config import PPOConfig
 from rlhf.results import EvalResult, ExportResult, PPOResult, read_stage
 from rlhf.run_paths import read_run_config, relocate
 from rlhf.stages import pipeline

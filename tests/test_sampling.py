@@ -15,10 +15,11 @@ import torch
 from conftest import EXTRA_EOS
 
 from rlhf import data, models
-from rlhf.config import ModelArguments, PPOConfig
+from rlhf.arguments import ModelArguments
 from rlhf.policy import engine, sampling
 from rlhf.policy.roles import SharedBase
 from rlhf.policy.sampler import PolicySampler
+from rlhf.ppo.config import PPOConfig
 
 
 @pytest.fixture(scope="module")

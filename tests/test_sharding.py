@@ -68,7 +68,7 @@ def test_a_4bit_model_repacked_for_the_cpu_kernel_is_refused(tiny_tokenizer: Any
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
     from rlhf import models
-    from rlhf.config import ModelArguments
+    from rlhf.arguments import ModelArguments
 
     model = models.load_causal_lm(
         ModelArguments(model_name_or_path="builtin:tiny", quantization="4bit"), tiny_tokenizer

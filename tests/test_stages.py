@@ -14,7 +14,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rlhf import models, runs
-from rlhf.config import ModelArguments, StageConfig, from_options, parse
+from rlhf.arguments import ModelArguments, StageConfig
+from rlhf.config import from_options, parse
 from rlhf.results import RewardResult, SFTResult
 from rlhf.stages import reward, sft
 from rlhf_core.errors import ConfigError, DataError

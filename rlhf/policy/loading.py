@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig
 
 from rlhf import ensemble, models, runs
-from rlhf.config import ModelArguments
+from rlhf.arguments import ModelArguments
 from rlhf.policy.config import SamplingConfig, ScoringConfig
 from rlhf.policy.roles import POLICY, SharedBase
 from rlhf.policy.sampler import PolicySampler

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from rlhf import distributed as dist
-from rlhf.config import PPOConfig
 from rlhf.policy.roles import POLICY, VALUE, SharedBase
 from rlhf.policy.sampler import PolicySampler, Trajectory, chunks
 from rlhf.ppo import losses
+from rlhf.ppo.config import PPOConfig
 
 
 @dataclass(frozen=True)

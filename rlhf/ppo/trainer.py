@@ -50,11 +50,11 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import distributed as dist
 from rlhf import ensemble, models, overoptimisation, sharding
-from rlhf.config import PPOConfig
 from rlhf.policy.loading import load_judge
 from rlhf.policy.roles import POLICY, SharedBase
 from rlhf.policy.sampler import PolicySampler, Samples, Trajectory, chunks
 from rlhf.ppo import checkpoint, losses, modes
+from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.modes import Targets
 from rlhf.ppo.tracking import record_step, start_trackers
 

@@ -9,15 +9,26 @@ one stage, no reward model, no sampling. What it shares with ``rlhf kto`` is in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import trl
 from transformers import PreTrainedTokenizerBase
 from trl import DPOTrainer
 
 from rlhf import data
-from rlhf.config import DataArguments, DPOConfig, ModelArguments, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig, TrainerOptions
+from rlhf.config import parse
 from rlhf.results import OfflineResult
 from rlhf.stages import offline
+
+
+@dataclass
+class DPOConfig(TrainerOptions, trl.DPOConfig):
+    """TRL's DPOConfig with our precision, checkpoint and resume options (the reference: adapters disabled)."""
+
+    help_shown: ClassVar[tuple[str, ...]] = (*TrainerOptions.help_shown, "beta", "loss_type")
+
 
 CONFIG_TYPES = [ModelArguments, DataArguments, DPOConfig]
 DESCRIPTION = "DPO: train a LoRA policy on preference pairs (prompt/chosen/rejected), the SFT model as reference."

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from rlhf import data, evaluation, runs
-from rlhf.config import DataArguments, ModelArguments, from_options, parse
+from rlhf.arguments import DataArguments, ModelArguments
+from rlhf.config import from_options, parse
 from rlhf.policy import loading
 from rlhf.policy.config import SamplingConfig, ScoringConfig
 from rlhf.policy.sampler import PolicySampler

@@ -38,7 +38,8 @@ import yaml
 from huggingface_hub import ModelCardData
 
 from rlhf import merging, models, runs
-from rlhf.config import ModelArguments, from_options, merge_base_field, parse
+from rlhf.arguments import ModelArguments, merge_base_field
+from rlhf.config import from_options, parse
 from rlhf.models import MERGED_DIR
 from rlhf.policy.roles import POLICY
 from rlhf.results import (

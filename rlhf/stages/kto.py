@@ -10,17 +10,40 @@ loss weights of desirable and undesirable answers are set so that both labels we
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+import trl
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import KTOTrainer
 
 from rlhf import data
-from rlhf.config import DataArguments, KTOConfig, ModelArguments, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig, TrainerOptions
+from rlhf.config import parse
 from rlhf.results import LabelBalance, OfflineResult
 from rlhf.stages import offline
 from rlhf_core.errors import DataError
+
+
+@dataclass
+class KTOConfig(TrainerOptions, trl.KTOConfig):
+    """TRL's KTOConfig; the weights of desirable and undesirable answers follow the data unless given."""
+
+    help_shown: ClassVar[tuple[str, ...]] = (*TrainerOptions.help_shown, "beta")
+
+    desirable_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Loss weight of desirable (thumbs-up) answers. Unset: with undesirable_weight, chosen so both "
+            "labels weigh the same in total (the KTO paper's ratio 1 to 4/3, at its low end)."
+        },
+    )
+    undesirable_weight: float | None = field(
+        default=None,
+        metadata={"help": "Loss weight of thumbs-down answers. Unset: see desirable_weight."},
+    )
+
 
 CONFIG_TYPES = [ModelArguments, DataArguments, KTOConfig]
 DESCRIPTION = "KTO: train a LoRA policy on thumbs (prompt/completion/label), the SFT model as reference."

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from rlhf import data, models
-from rlhf.config import DataArguments, ModelArguments, StageConfig
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
 from rlhf.results import LabelBalance, LengthReport, OfflineResult
 from rlhf.stages import trainer_stage
 from rlhf_core.errors import ConfigError

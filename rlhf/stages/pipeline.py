@@ -50,7 +50,8 @@ from typing import Any
 
 from feedback.store import Progress, Store
 from rlhf import annotators, candidates, data, feedback_cli, runs
-from rlhf.config import StageConfig, parse
+from rlhf.arguments import StageConfig
+from rlhf.config import parse
 from rlhf.policy import loading
 from rlhf.report import build_report
 from rlhf.results import PPOResult, RewardResult

@@ -22,9 +22,11 @@ from datasets import Dataset
 
 from rlhf import data, evaluation, overoptimisation, runs, sharding
 from rlhf import distributed as dist
-from rlhf.config import DataArguments, ModelArguments, PPOConfig, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig
+from rlhf.config import parse
 from rlhf.policy import loading
 from rlhf.policy.roles import POLICY, VALUE, VALUE_HEAD_FILE, SharedBase
+from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.tracking import STEP_METRICS_FILE
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.results import PPOResult

@@ -17,20 +17,42 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import trl
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from trl import RewardTrainer
 
 from rlhf import data, ensemble, models, runs
-from rlhf.config import DataArguments, ModelArguments, RewardConfig, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig, TrainerOptions
+from rlhf.config import parse
 from rlhf.results import Distribution, EnsembleSummary, LengthReport, PairAccuracy, RewardResult
 from rlhf.stages import trainer_stage
 from rlhf_core.errors import ConfigError
+
+
+@dataclass
+class RewardConfig(TrainerOptions, trl.RewardConfig):
+    """TRL's RewardConfig with our precision, checkpoint and resume options, and ensembles."""
+
+    ensemble_size: int = field(
+        default=1,
+        metadata={
+            "help": "Train this many reward models (each its own LoRA and score head, seed + i, and a bootstrap "
+            "resample of the pairs) into output_dir/member-<i>, listed in output_dir/ensemble.json; RL stages "
+            "combine them with reward_aggregation. 1: one reward model in output_dir."
+        },
+    )
+    ensemble_bootstrap: bool = field(
+        default=True,
+        metadata={"help": "Each ensemble member trains on a resample (with replacement) of the training pairs."},
+    )
+
 
 CONFIG_TYPES = [ModelArguments, DataArguments, RewardConfig]
 DESCRIPTION = "Reward modelling: train a scalar reward head + LoRA on preference pairs (prompt/chosen/rejected)."

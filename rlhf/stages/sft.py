@@ -12,20 +12,48 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import trl
 from trl import SFTTrainer
 
 from rlhf import data, merging, models
-from rlhf.config import DataArguments, ModelArguments, SFTConfig, StageConfig, parse
+from rlhf.arguments import DataArguments, ModelArguments, StageConfig, TrainerOptions, merge_base_field
+from rlhf.config import parse
 from rlhf.models import MERGED_DIR
 from rlhf.results import LengthReport, SFTResult
 from rlhf.stages import trainer_stage
 from rlhf_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig(TrainerOptions, trl.SFTConfig):
+    """TRL's SFTConfig, plus merging the adapter into a full-precision copy of the base."""
+
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Loss on assistant tokens only (needs a chat template with generation markers; TRL swaps one in "
+            "for known models). Unset: on for conversational data, off for plain text."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write output_dir/merged: the adapter merged into a full-precision copy of the base. The "
+            "reward and PPO stages start from it (PPO keeps it as the frozen reference)."
+        },
+    )
+    merged_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the merged model.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+    merge_base: str = merge_base_field()
+
 
 CONFIG_TYPES = [ModelArguments, DataArguments, SFTConfig]
 DESCRIPTION = "Supervised fine-tuning: train a LoRA adapter on chat (or prompt/completion, or text) data."

@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, Trainer
 
 from rlhf import models, runs, sharding
-from rlhf.config import ModelArguments, StageConfig
+from rlhf.arguments import ModelArguments, StageConfig
 from rlhf.results import LengthReport, TrainerResult
 
 TrainerT = TypeVar("TrainerT", bound=Trainer)
