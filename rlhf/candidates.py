@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from feedback import importer
 from feedback.records import Messages
 from feedback.store import Conflict, Store
-from rlhf import models
 from rlhf.arguments import ModelArguments
 from rlhf.policy import loading, sampling
 from rlhf.policy.config import ScoringConfig
@@ -93,8 +92,6 @@ def load(
     roles, tokenizer = loading.load_roles(args, ScoringConfig(), None, seed=settings.seed, policy_lora=lora)
     if adapter:
         roles.load_adapter(POLICY, adapter)
-    if quantization == "none":  # a quantized base was placed on this process's device as it loaded
-        roles.to(models.process_device())
     # The base alone, unquantized, is sampled through a merged copy that shares its float32 weights (the
     # adapters are disabled): free, where ``auto`` prices one float32 matrix per LoRA layer of the zero policy.
     rollout_engine = "merged" if adapter is None and quantization == "none" else "auto"

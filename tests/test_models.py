@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 
 from rlhf import models
 from rlhf.arguments import ModelArguments
+from rlhf.policy import loading
+from rlhf.policy.config import ScoringConfig
 from rlhf_core.errors import ConfigError
 
 
@@ -107,3 +109,11 @@ def test_seq_cls_lora_trains_the_score_head_fully_and_puts_no_lora_on_it(tiny_to
     assert any("score.modules_to_save" in n for n in trainable)
     assert not any("score" in n and "lora_" in n for n in trainable)
     assert any("q_proj.lora_A" in n for n in trainable)
+
+
+def test_the_policy_loader_puts_an_unquantized_base_on_this_process_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PPO, eval and candidates load through one loader; a 4-bit base is placed as it loads, a float one must be
+    moved (it stayed on the CPU of a GPU machine). "meta" stands in for the GPU this machine lacks."""
+    monkeypatch.setattr(models, "process_device", lambda: torch.device("meta"))
+    roles, _ = loading.load_roles(_args(quantization="none"), ScoringConfig(), None, seed=0)
+    assert {p.device.type for p in roles.parameters()} == {"meta"}

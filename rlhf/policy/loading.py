@@ -97,6 +97,8 @@ def load_roles(
     tokenizer = models.load_tokenizer(model_args)
     seed_everything(seed)
     base = models.load_causal_lm(model_args, tokenizer)
+    if models.quantization_config(model_args) is None:  # a quantized one was placed on this device as it loaded
+        base.to(models.process_device())
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
