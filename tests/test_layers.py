@@ -35,13 +35,60 @@ def test_feedback_imports_nothing_of_rlhf() -> None:
         assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)}: feedback stands on rlhf_core only"
 
 
-def test_the_policy_service_imports_nothing_of_training_or_stages() -> None:
-    """RL, evaluation and candidate generation stand on ``rlhf.policy``; it stands on none of them."""
-    paths = sorted((ROOT / "rlhf" / "policy").rglob("*.py"))
-    assert paths, "rlhf/policy/ holds no modules"
-    for path in paths:
-        above = {m for m in _imports(path) if m.split(".")[:2] in (["rlhf", "ppo"], ["rlhf", "stages"])}
-        assert not above, f"{path.relative_to(ROOT)} imports {sorted(above)}: the policy service stands below them"
+# The training side, bottom up: a module imports from its own floor and the floors below, never above (a new
+# module must be placed here). What ARCHITECTURE.md draws.
+RLHF_FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "foundations: options, parsing, results, run folders, models, data, sharding",
+        (
+            "rlhf.arguments",
+            "rlhf.config",
+            "rlhf.results",
+            "rlhf.run_paths",
+            "rlhf.runs",
+            "rlhf.models",
+            "rlhf.data",
+            "rlhf.tiny",
+            "rlhf.sharding",
+            "rlhf.distributed",
+            "rlhf.ensemble",
+            "rlhf.overoptimisation",
+            "rlhf.selection",
+            "rlhf.annotators",
+        ),
+    ),
+    ("the policy service", ("rlhf.policy",)),
+    ("what samples or merges a policy", ("rlhf.evaluation", "rlhf.candidates", "rlhf.merging")),
+    ("the RL trainer", ("rlhf.ppo",)),
+    (
+        "stages, orchestration, report, entry points",
+        ("rlhf.stages", "rlhf.report", "rlhf.feedback_cli", "rlhf.data_cli", "rlhf.cli", "rlhf.__main__"),
+    ),
+]
+
+
+def _floor(module: str) -> int | None:
+    for number, (_, prefixes) in enumerate(RLHF_FLOORS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return number
+    return None
+
+
+def test_the_training_side_imports_only_downward() -> None:
+    """RL, evaluation and candidate generation stand on ``rlhf.policy``, which stands on none of them; the
+    stages stand on everything, and nothing below imports a stage."""
+    for path in sorted((ROOT / "rlhf").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module == "rlhf":
+            continue
+        own = _floor(module)
+        assert own is not None, f"{module} is on no floor of RLHF_FLOORS: place it"
+        for imported in _imports(path):
+            floor = _floor(imported)
+            assert floor is None or floor <= own, (
+                f"{module} ({RLHF_FLOORS[own][0]}) imports {imported} ({RLHF_FLOORS[floor][0]}): a floor above it"
+            )
 
 
 def test_the_core_imports_only_the_standard_library_and_itself() -> None:
