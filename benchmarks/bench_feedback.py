@@ -52,7 +52,7 @@ import httpx
 import sqlalchemy as sa
 
 from feedback.store import NotFound, Store, dense_ranks, normalize_url
-from rlhf.tiny import task
+from rlhf.tiny import corpus, task
 
 OVERLAP = 2
 
@@ -159,7 +159,7 @@ def items(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         fact = facts[i % len(facts)]
         question = f"{task.question_text(fact, rng.choice(task.templates_for(fact)))} (#{i})"
-        texts = list(dict.fromkeys(task.STYLES[s](fact, rng) for s in ("helpful", "terse", "rude", "off_topic")))
+        texts = list(dict.fromkeys(corpus.STYLES[s](fact, rng) for s in ("helpful", "terse", "rude", "off_topic")))
         rows.append({"prompt": question, "candidates": texts})
     return rows
 

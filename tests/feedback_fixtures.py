@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from feedback.app import create_app
 from feedback.store import Store, accounts, normalize_url, redact
-from rlhf.tiny import task
+from rlhf.tiny import corpus, task
 
 POSTGRES_URL = os.environ.get("RLHF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
@@ -125,7 +125,7 @@ def tiny_items(n_prompts: int, seed: int = 0) -> list[dict[str, Any]]:
         fact = facts[(i * 7 + seed) % len(facts)]
         question = task.question_text(fact, task.templates_for(fact)[i % len(task.templates_for(fact))])
         styles = ["helpful", "wrong", "rude", "off_topic"]
-        texts = list(dict.fromkeys(task.STYLES[s](fact, rng) for s in styles))
+        texts = list(dict.fromkeys(corpus.STYLES[s](fact, rng) for s in styles))
         rows.append({"id": f"q{i}", "prompt": question, "candidates": texts})
     return rows
 
