@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"rlhf {name}: error: {error}", file=sys.stderr)
         return 2
+    if "torch.distributed" in sys.modules:  # never import torch here: most commands run without it
+        from rlhf import distributed
+
+        distributed.shutdown()
     return 0
 
 

@@ -77,6 +77,18 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def shutdown() -> None:
+    """Leave the process group once a command has finished, every process together.
+
+    A group left for the interpreter's exit to tear down can abort a process after its work is done
+    (gloo under torchrun: "terminate called without an active exception", exit code -6, seen once in
+    CI after the sharded PPO run had written its results), and torchrun then reports the job failed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

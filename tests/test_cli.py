@@ -103,3 +103,19 @@ def test_plain_strips_markup() -> None:
     text = "See :class:`~transformers.Trainer`, ``x`` and `y`, the [paper](https://a.b/c).\n<Tip>Mind <sft dir>.</Tip>"
     text += " 20%%"
     assert plain(text) == "See transformers.Trainer, x and y, the paper (https://a.b/c). Mind <sft dir>. 20%"
+
+
+def test_a_command_that_joined_a_process_group_leaves_it(tmp_path, monkeypatch) -> None:
+    """Under torchrun a stage joins a process group; the command leaves it when done, every process together,
+    rather than leaving gloo's threads to the interpreter's exit (which aborted a finished run once in CI)."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29613")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        assert main(["data", "tiny", "--out", str(tmp_path)]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
