@@ -67,7 +67,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def add_generate(command: cli.CommandFactory) -> None:
     gen = command("generate", cmd_generate, "sample K candidates per prompt from a model (or adapter) and store them")
     gen.add_argument("--model", required=True, help="base model: hub id, folder, or builtin:tiny")
-    gen.add_argument("--adapter", help="a PEFT adapter folder (e.g. an SFT run) to put on the base")
+    gen.add_argument("--adapter", help="a LoRA adapter folder in PEFT's format (e.g. an SFT run) to put on the base")
     gen.add_argument("--prompts", help="prompts file (rows with a 'prompt' column); default: every stored prompt")
     gen.add_argument("--num-candidates", type=int, default=4)
     gen.add_argument("--temperature", type=float, default=1.0)
