@@ -183,6 +183,13 @@ def test_the_run_file_records_what_ran(tiny_sft_run: Path) -> None:
         # transformers' constant schedule has no warm-up: asking for one is an error, not silently ignored
         ({"warmup_steps": 2}, "warmup_steps: 2 with lr_scheduler_type constant, which has no warm-up"),
         ({"lr_scheduler_type": "reduce_lr_on_plateau"}, r"lr_scheduler_type: 'reduce_lr_on_plateau' is not one of"),
+        # the sampling fields (SamplingConfig, which rlhf eval's overrides go through too)
+        ({"max_new_tokens": 0}, "max_new_tokens: 0; an answer needs at least 1"),
+        ({"temperature": 0.0}, "temperature: 0.0; it divides the logits"),
+        ({"top_p": 1.5}, r"top_p: 1.5; a probability mass in \(0, 1\]"),
+        ({"top_k": -1}, "top_k: -1; a count of tokens"),
+        ({"forward_batch_size": 0}, "forward_batch_size: 0"),
+        ({"uwo_coef": -1.0}, "uwo_coef: -1.0 < 0"),
     ],
 )
 def test_bad_rl_settings_are_errors_naming_the_key(tmp_path: Path, options: dict, message: str) -> None:

@@ -42,6 +42,23 @@ class SamplingConfig:
         },
     )
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: {self.max_new_tokens}; an answer needs at least 1 new token")
+        if not self.temperature > 0:
+            raise ConfigError(
+                f"temperature: {self.temperature}; it divides the logits, so it must be > 0 (0.01 is near-greedy)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: {self.top_p}; a probability mass in (0, 1] (1 keeps every token)")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: {self.top_k}; a count of tokens, or 0 for no top-k")
+        if self.forward_batch_size < 1:
+            raise ConfigError(f"forward_batch_size: {self.forward_batch_size}; at least 1 episode per forward")
+        after = getattr(super(), "__post_init__", None)  # PPOConfig's next base: ScoringConfig's checks
+        if after is not None:
+            after()
+
 
 @dataclass
 class ScoringConfig:

@@ -259,7 +259,7 @@ class PPOConfig(RunOptions, SamplingConfig, ScoringConfig):
             )
         if self.adaptive_kl_target is not None and self.kl_coef == 0:
             raise ConfigError("adaptive_kl_target: an adaptive coefficient cannot move from kl_coef 0")
-        super().__post_init__()  # the scoring fields' checks (ScoringConfig)
+        super().__post_init__()  # the sampling and scoring fields' checks (SamplingConfig, ScoringConfig)
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
         micro = self.micro_batch_size or self.mini_batch_size
