@@ -85,9 +85,19 @@ def load(
     args = ModelArguments(model_name_or_path=model, tokenizer_name_or_path=tokenizer_source, quantization=quantization)
     lora = None
     if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"adapter: {adapter}: no adapter_config.json; name a LoRA adapter folder (an sft, ppo, dpo or kto "
+                "run), or pass a merged model as --model"
+            )
         lora = PeftConfig.from_pretrained(adapter)
         if not isinstance(lora, LoraConfig):
             raise ConfigError(f"adapter: {adapter} is a {lora.peft_type} adapter; candidates come from LoRA ones")
+        if lora.task_type not in (None, "CAUSAL_LM"):
+            raise ConfigError(
+                f"adapter: {adapter} is a {lora.task_type} adapter (a reward model's); candidates come from a policy: "
+                "an sft, ppo, dpo or kto run"
+            )
     # no precision options: float32 (a 4-bit base computes in float32), as sampling without autocast needs
     roles, tokenizer = loading.load_roles(args, ScoringConfig(), None, seed=settings.seed, policy_lora=lora)
     if adapter:

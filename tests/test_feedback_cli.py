@@ -146,6 +146,28 @@ def test_generate_with_an_sft_adapter(tmp_path: Path, tiny_sft_run: Path) -> Non
         ]
 
 
+def test_generate_refuses_a_folder_that_is_no_policy_adapter_in_one_line(tmp_path: Path, capsys) -> None:
+    """A missing or merged-model folder, or a reward model's (SEQ_CLS) LoRA: named before any model loads."""
+    from rlhf import feedback_cli
+
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run_cli("feedback", "migrate", "--db", db)
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": "What is 3 plus 4?"}])
+    reward = tmp_path / "reward"
+    reward.mkdir()
+    (reward / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 4}))
+    for adapter, message in (
+        (tmp_path / "nowhere", "no adapter_config.json; name a LoRA adapter folder"),
+        (reward, "is a SEQ_CLS adapter (a reward model's)"),
+    ):
+        argv = ["generate", "--db", db, "--model", "builtin:tiny", "--adapter", str(adapter), "--prompts", str(prompts)]
+        with pytest.raises(SystemExit) as exit_info:
+            feedback_cli.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("rlhf feedback generate: error: adapter: ") and message in err
+
+
 def test_admin_commands(tmp_path: Path, capsys) -> None:
     db = f"sqlite:///{tmp_path / 'f.db'}"
     run_cli("feedback", "migrate", "--db", db)
